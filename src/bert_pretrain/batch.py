@@ -1,0 +1,148 @@
+"""The model's input: one `Batch` dataclass for both the padded and the packed (unpadded) layout.
+
+Padded layout (the MLPerf HDF5 rows as they are):
+    input_ids, segment_ids   (B, T)    token ids / segment ids, 0 after the real tokens
+    attention_mask           (B, T)    bool, True on real tokens
+Packed layout (padding removed, sequences laid end to end):
+    input_ids, segment_ids   (N,)      N = total real tokens of the batch
+    position_ids             (N,)      position of each token inside its own sequence
+    cu_seqlens               (B+1,)    int32 offsets of each sequence in the flat stream
+    max_seqlen               int       longest sequence (a Python int: kernels need it on the host)
+Both layouts:
+    masked_positions         (M,)      flat indices into the token stream (B*T padded, N packed)
+    masked_labels            (M,)      original token ids there; IGNORE_LABEL for unused slots
+    next_sentence_labels     (B,)      1 = random next segment, 0 = is next
+
+M is fixed at B * max_predictions_per_seq (unused slots point at token 0 with IGNORE_LABEL), so
+shapes depend only on B and T and the masked-LM head never needs a host-side count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_LABEL = -1
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    masked_positions: torch.Tensor
+    masked_labels: torch.Tensor
+    next_sentence_labels: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+
+    @property
+    def is_packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.next_sentence_labels.shape[0])
+
+    def _map(self, fn) -> Batch:
+        changes = {
+            f.name: fn(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by `torch.utils.data.DataLoader(pin_memory=True)`."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def _masked_slots(masked_lm_positions: np.ndarray, masked_lm_ids: np.ndarray):
+    """Which of the (B, P) masked-LM slots are real, by the reference's count rule.
+
+    The reference loader takes n = count_nonzero(positions) per row and uses the first n slots
+    (position 0 is always [CLS], so a 0 position is padding).
+    """
+    positions = masked_lm_positions.astype(np.int64)
+    counts = np.count_nonzero(positions, axis=1)  # (B,)
+    valid = np.arange(positions.shape[1])[None, :] < counts[:, None]  # (B, P)
+    labels = np.where(valid, masked_lm_ids.astype(np.int64), IGNORE_LABEL)
+    return positions * valid, labels
+
+
+def padded_batch(
+    input_ids: np.ndarray,
+    segment_ids: np.ndarray,
+    input_mask: np.ndarray,
+    masked_lm_positions: np.ndarray,
+    masked_lm_ids: np.ndarray,
+    next_sentence_labels: np.ndarray,
+) -> Batch:
+    """A padded `Batch` from rows of the MLPerf padded schema (numpy arrays, any int dtypes)."""
+    batch_size, seq_len = input_ids.shape
+    positions, labels = _masked_slots(masked_lm_positions, masked_lm_ids)
+    flat_positions = positions + (np.arange(batch_size) * seq_len)[:, None]  # (B, P)
+    return Batch(
+        input_ids=torch.from_numpy(input_ids.astype(np.int64)),
+        segment_ids=torch.from_numpy(segment_ids.astype(np.int64)),
+        attention_mask=torch.from_numpy(input_mask.astype(bool)),
+        masked_positions=torch.from_numpy(flat_positions.reshape(-1)),
+        masked_labels=torch.from_numpy(labels.reshape(-1)),
+        next_sentence_labels=torch.from_numpy(next_sentence_labels.astype(np.int64)),
+    )
+
+
+def packed_batch(
+    sequences: list[np.ndarray],
+    segments: list[np.ndarray],
+    masked_lm_positions: np.ndarray,
+    masked_lm_ids: np.ndarray,
+    next_sentence_labels: np.ndarray,
+) -> Batch:
+    """A packed `Batch` from per-sequence token and segment arrays (real tokens only).
+
+    `masked_lm_positions`/`masked_lm_ids` are (B, P) as in the padded schema: positions within
+    each sequence, zero-padded.
+    """
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    positions, labels = _masked_slots(masked_lm_positions, masked_lm_ids)
+    flat_positions = positions + offsets[:-1, None]  # (B, P)
+    position_ids = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)  # (N,)
+    return Batch(
+        input_ids=torch.from_numpy(np.concatenate(sequences).astype(np.int64)),
+        segment_ids=torch.from_numpy(np.concatenate(segments).astype(np.int64)),
+        position_ids=torch.from_numpy(position_ids),
+        cu_seqlens=torch.from_numpy(offsets.astype(np.int32)),
+        max_seqlen=int(lengths.max()),
+        masked_positions=torch.from_numpy(flat_positions.reshape(-1)),
+        masked_labels=torch.from_numpy(labels.reshape(-1)),
+        next_sentence_labels=torch.from_numpy(next_sentence_labels.astype(np.int64)),
+    )
+
+
+def pack_padded(
+    input_ids: np.ndarray,
+    segment_ids: np.ndarray,
+    input_mask: np.ndarray,
+    masked_lm_positions: np.ndarray,
+    masked_lm_ids: np.ndarray,
+    next_sentence_labels: np.ndarray,
+) -> Batch:
+    """The packed `Batch` holding the same sequences as `padded_batch` of the same rows."""
+    lengths = input_mask.astype(bool).sum(axis=1)
+    return packed_batch(
+        [row[:n] for row, n in zip(input_ids, lengths)],
+        [row[:n] for row, n in zip(segment_ids, lengths)],
+        masked_lm_positions,
+        masked_lm_ids,
+        next_sentence_labels,
+    )

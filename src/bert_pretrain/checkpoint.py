@@ -1,0 +1,189 @@
+"""Model weights in and out: the NVIDIA MLPerf `.pt`, HF transformers folders, and name maps.
+
+The "reference names" are the NVIDIA/HF `BertForPreTraining` state-dict names (399 keys for
+BERT-large: separate query/key/value, the tied `cls.predictions.decoder.weight`). This project's
+model fuses query/key/value into one `qkv` projection; the maps live here and nowhere else.
+Every file this project writes holds the model under `'model'` in reference names, with the vocab
+padded to a multiple of 8, so `{'model': state_dict}` files from NVIDIA load the same way.
+
+Loading is strict (missing, unexpected or mis-shaped tensors are an error listing them) and never
+unpickles arbitrary objects (`torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+
+from bert_pretrain.atomic import atomic_path
+from bert_pretrain.errors import InputError
+from bert_pretrain.model import BertConfig, BertForPreTraining
+
+MODEL_KEY = "model"
+_QKV = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.qkv\.(weight|bias)$")
+_SPLIT = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
+# Keys some reference files carry that hold nothing of their own: HF's position_ids buffer and
+# its decoder bias (tied to cls.predictions.bias); the tied decoder weight is checked separately.
+_REDUNDANT = ("bert.embeddings.position_ids", "cls.predictions.decoder.bias")
+_VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
+_TIED_DECODER = "cls.predictions.decoder.weight"
+
+
+def to_reference_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This model's state dict -> reference names (qkv split into query/key/value)."""
+    out = {}
+    for name, tensor in state.items():
+        match = _QKV.match(name)
+        if match:
+            prefix, kind = match.groups()
+            for part, chunk in zip(("query", "key", "value"), tensor.chunk(3, dim=0)):
+                out[f"{prefix}.{part}.{kind}"] = chunk.clone()
+        else:
+            out[name] = tensor
+    return out
+
+
+def from_reference_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reference names -> this model's names (query/key/value concatenated into qkv)."""
+    out, parts = {}, {}
+    for name, tensor in state.items():
+        match = _SPLIT.match(name)
+        if match:
+            prefix, part, kind = match.groups()
+            parts.setdefault((prefix, kind), {})[part] = tensor
+        else:
+            out[name] = tensor
+    for (prefix, kind), found in parts.items():
+        if len(found) == 3:
+            out[f"{prefix}.qkv.{kind}"] = torch.cat([found["query"], found["key"], found["value"]], dim=0)
+        else:  # leave the incomplete set under its own names so the strict check reports it
+            out.update({f"{prefix}.{part}.{kind}": t for part, t in found.items()})
+    return out
+
+
+def _pad_vocab(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] >= rows:
+        return tensor
+    padding = tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))
+    return torch.cat([tensor, padding], dim=0)
+
+
+def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load reference-named weights into `model`, strictly; the vocab may be padded or not."""
+    state = {k: v for k, v in state.items() if k not in _REDUNDANT}
+    padded_rows = model.config.padded_vocab_size
+    state = {k: _pad_vocab(v, padded_rows) if k in _VOCAB_ROWS else v for k, v in state.items()}
+    state.setdefault(_TIED_DECODER, state.get("bert.embeddings.word_embeddings.weight"))
+    state = from_reference_names({k: v for k, v in state.items() if v is not None})
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if names:
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise InputError(
+            f"{source}: does not match the model of the given bert_config ({'; '.join(problems)}); "
+            "check that --bert_config_path describes this checkpoint"
+        )
+    model.load_state_dict(state, strict=True)
+    model.zero_vocab_padding()
+
+
+def reference_state(model: BertForPreTraining) -> dict[str, torch.Tensor]:
+    """The model's weights in reference names (padded vocab), as NVIDIA's `{'model': ...}` holds them."""
+    return to_reference_names({k: v.detach() for k, v in model.state_dict().items()})
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a `.safetensors` file, a `{'model': state_dict}` file or a bare state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            return load_safetensors(str(path))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files (pickle, zip, unsafe globals)
+        raise InputError(f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:200]})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get(MODEL_KEY), dict):
+        loaded = loaded[MODEL_KEY]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise InputError(f"{path}: expected a state dict or {{'model': state_dict}}, found {type(loaded).__name__}")
+    return loaded
+
+
+def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torch.Tensor]]:
+    """Config and weights of an HF transformers `BertForPreTraining` folder."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{directory}: no config.json; an HF model folder holds config.json and model.safetensors")
+    try:
+        config = BertConfig.from_json_file(config_file, hf_names=True)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return config, read_weights_file(directory / name)
+    raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def load_weights(model: BertForPreTraining, path: str | Path) -> None:
+    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`."""
+    path = Path(path)
+    state = read_hf_directory(path)[1] if path.is_dir() else read_weights_file(path)
+    load_reference_state(model, state, str(path))
+
+
+def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:
+    """`torch.save({'model': reference_state, **extra})` to `path`, atomically."""
+    payload = {MODEL_KEY: reference_state(model), **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_bert_config(path: str | Path) -> BertConfig:
+    """`bert_config.json` as a BertConfig, with file errors as InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such bert_config.json; pass --bert_config_path")
+    try:
+        return BertConfig.from_json_file(path)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def hf_config_dict(config: BertConfig) -> dict:
+    """`config.json` for HF transformers; names the GELU variant the way HF reads it."""
+    values = config.to_dict()
+    values["hidden_act"] = "gelu" if config.gelu_approximate == "none" else "gelu_pytorch_tanh"
+    return {"architectures": ["BertForPreTraining"], "model_type": "bert", "pad_token_id": 0, **values}
+
+
+def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
+    """Write an HF folder (config.json + model.safetensors, unpadded vocab) that
+    `transformers.BertForPreTraining.from_pretrained` loads with the same outputs."""
+    config = model.config
+    state = reference_state(model)
+    state.pop(_TIED_DECODER)  # HF re-ties it to the word embeddings on load
+    state = {k: (v[: config.vocab_size] if k in _VOCAB_ROWS else v).contiguous().clone() for k, v in state.items()}
+    state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].clone()
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+        save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return directory

@@ -1,0 +1,140 @@
+"""`bert-pretrain <command>`: parse the flags, call one function, turn bad input into a short message.
+
+Each command has a `_<name>_arguments(parser)` that documents its flags and a `_<name>(args)` that
+calls into the package. Heavy modules are imported inside the handlers so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bert_pretrain.errors import InputError
+
+DESCRIPTION = """\
+BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defines it.
+
+  prepare   raw text or a Wikipedia dump -> HDF5 shards in the MLPerf layout (+ eval set)
+  train     shards + bert_config.json (+ init checkpoint) -> checkpoints, MLPerf log, metrics
+  evaluate  checkpoint + eval shards -> masked-LM accuracy / loss, NSP accuracy (JSON)
+  convert   NVIDIA .pt / HF transformers folder <-> this project's checkpoints
+  bench     training-step throughput, this model vs HF transformers
+  inspect   what is in a shard, decoded back to text
+  demo      the whole pipeline end to end on a small built-in corpus
+
+Run `bert-pretrain <command> --help` for each command's options.
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the descriptions' line breaks."""
+
+
+def _common(parser: argparse.ArgumentParser, dest: str = "debug") -> None:
+    parser.add_argument("--debug", dest=dest, action="store_true", help="show the full traceback on errors")
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where to run; 'auto' takes this process's GPU when there is one, else the CPU",
+    )
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init_checkpoint", required=True,
+                   help="weights to evaluate: an NVIDIA {'model': state_dict} .pt (e.g. model.ckpt-28252.apex.pt), "
+                        "a checkpoint written by `train`, a .safetensors file, or an HF model folder")
+    p.add_argument("--bert_config_path", required=True, help="the model's bert_config.json")
+    p.add_argument("--eval_dir", required=True, help="folder of eval shards (e.g. eval_set_uncompressed/)")
+    p.add_argument("--eval_batch_size", type=int, default=128, help="sequences per batch, per process")
+    p.add_argument("--max_seq_length", type=int, default=512, help="sequence length the shards were made with")
+    p.add_argument("--max_predictions_per_seq", type=int, default=76, help="masked slots per sequence in the shards")
+    p.add_argument("--num_eval_examples", type=int, default=None,
+                   help="evaluate the first N samples (MLPerf: 10000); default: every sample in the folder")
+    _device_argument(p)
+
+
+def _evaluate(args) -> int:
+    from bert_pretrain.evaluate import evaluate_checkpoint
+
+    if args.eval_batch_size < 1:
+        raise InputError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
+    result = evaluate_checkpoint(
+        args.init_checkpoint, args.bert_config_path, args.eval_dir, args.eval_batch_size,
+        args.max_seq_length, args.max_predictions_per_seq, args.num_eval_examples, args.device,
+    )
+    if result is not None:
+        print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True,
+                   help="an NVIDIA/this project's .pt ({'model': state_dict}), a .safetensors file, or an HF folder")
+    p.add_argument("--bert_config_path", default=None,
+                   help="bert_config.json of the input; not needed when the input is an HF folder (it has config.json)")
+    p.add_argument("--output", required=True,
+                   help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors); "
+                        "a path ending in .pt -> NVIDIA format {'model': state_dict}, vocab padded to a multiple of 8")
+
+
+def _convert(args) -> int:
+    from pathlib import Path
+
+    from bert_pretrain.checkpoint import (export_hf, load_reference_state, read_bert_config, read_hf_directory,
+                                          read_weights_file, save_reference_checkpoint)
+    from bert_pretrain.model import BertForPreTraining
+
+    source = Path(args.input)
+    if source.is_dir():
+        config, state = read_hf_directory(source)
+    elif args.bert_config_path is None:
+        raise InputError(f"{source}: a checkpoint file needs --bert_config_path to say the model's shape")
+    else:
+        config, state = read_bert_config(args.bert_config_path), read_weights_file(source)
+    model = BertForPreTraining(config)
+    load_reference_state(model, state, str(source))
+    if args.output.endswith(".pt"):
+        save_reference_checkpoint(model, args.output)
+        print(f"wrote {args.output} (NVIDIA format, vocab {config.padded_vocab_size})")
+    else:
+        export_hf(model, args.output)
+        print(f"wrote {args.output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)")
+    return 0
+
+
+# name -> (one-line help, add-arguments function, handler)
+COMMANDS = {
+    "evaluate": ("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
+                 _evaluate_arguments, _evaluate),
+    "convert": ("convert weights between NVIDIA .pt, this project's checkpoints and HF transformers",
+                _convert_arguments, _convert),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bert-pretrain", description=DESCRIPTION, formatter_class=_Formatter)
+    _common(parser, dest="debug_anywhere")  # a subcommand's own default would overwrite a shared dest
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (summary, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary, formatter_class=_Formatter)
+        add_arguments(p)
+        _common(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        if args.debug or args.debug_anywhere:
+            raise
+        print(f"bert-pretrain {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bert-pretrain {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,242 @@
+"""The HDF5 shard schema: the one place that knows key names, dtypes and shapes.
+
+Padded layout (MLPerf v1.0, reference.md §3.1), N rows:
+    input_ids            (N, T)  i4   token ids, 0 after the real tokens
+    input_mask           (N, T)  i1   1 on real tokens
+    segment_ids          (N, T)  i1   0 = segment A (and padding), 1 = segment B
+    masked_lm_positions  (N, P)  i4   ascending positions of the masked tokens, 0-padded
+    masked_lm_ids        (N, P)  i4   original ids there, 0-padded
+    next_sentence_labels (N,)    i1   1 = random next, 0 = is next
+Variable-length layout (reference.md §3.2): no input_mask; rows keep only real tokens and real
+masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_sentence_labels i1.
+
+Files are written to a temporary name in the same folder and renamed when complete, so a file
+with the final name is always whole.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bert_pretrain.atomic import atomic_path
+from bert_pretrain.errors import InputError
+
+PADDED_DTYPES = {
+    "input_ids": np.dtype("i4"),
+    "input_mask": np.dtype("i1"),
+    "segment_ids": np.dtype("i1"),
+    "masked_lm_positions": np.dtype("i4"),
+    "masked_lm_ids": np.dtype("i4"),
+    "next_sentence_labels": np.dtype("i1"),
+}
+VARLENGTH_DTYPES = {
+    "input_ids": np.dtype("i2"),
+    "segment_ids": np.dtype("i1"),
+    "masked_lm_positions": np.dtype("i2"),
+    "masked_lm_ids": np.dtype("i2"),
+}
+SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
+PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
+SHARD_SUFFIXES = (".hdf5", ".h5")
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """HDF5 files of `directory` whose names contain 'part' (the reference's rule), sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no such folder of HDF5 shards")
+    files = sorted(p for p in directory.iterdir() if "part" in p.name and p.suffix in SHARD_SUFFIXES)
+    if not files:
+        raise InputError(f"{directory}: holds no HDF5 shard (files named '*part*.hdf5'); check the path")
+    return files
+
+
+@contextmanager
+def _open_for_reading(path: Path):
+    try:
+        handle = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({err}); it may be truncated or not a shard") from None
+    with handle:
+        yield handle
+
+
+def shard_format(path: str | Path) -> str:
+    """'padded' or 'varlength', from the keys and dtypes in the file."""
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        if "input_ids" not in f:
+            raise InputError(f"{path}: missing key 'input_ids'; not a pretraining shard")
+        return "varlength" if h5py.check_vlen_dtype(f["input_ids"].dtype) is not None else "padded"
+
+
+def num_samples(path: str | Path) -> int:
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        if "next_sentence_labels" not in f:
+            raise InputError(f"{path}: missing key 'next_sentence_labels'; not a pretraining shard")
+        return int(f["next_sentence_labels"].shape[0])
+
+
+def read_padded(
+    path: str | Path,
+    max_seq_length: int | None = None,
+    max_predictions_per_seq: int | None = None,
+    vocab_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """All six arrays of a padded shard, validated (a varlength shard is padded on the fly)."""
+    path = Path(path)
+    if shard_format(path) == "varlength":
+        if max_seq_length is None or max_predictions_per_seq is None:
+            raise InputError(f"{path}: a variable-length shard needs max_seq_length and max_predictions_per_seq to pad")
+        arrays = varlength_to_padded(read_varlength(path), max_seq_length, max_predictions_per_seq)
+    else:
+        with _open_for_reading(path) as f:
+            missing = [k for k in PADDED_DTYPES if k not in f]
+            if missing:
+                raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
+            arrays = {k: np.asarray(f[k][:]) for k in PADDED_DTYPES}
+    validate_padded(arrays, path, max_seq_length, max_predictions_per_seq, vocab_size)
+    return arrays
+
+
+def validate_padded(
+    arrays: dict[str, np.ndarray],
+    path: str | Path,
+    max_seq_length: int | None = None,
+    max_predictions_per_seq: int | None = None,
+    vocab_size: int | None = None,
+) -> None:
+    """Raise InputError naming `path` and the problem if the arrays break the padded schema."""
+
+    def fail(problem: str):
+        raise InputError(f"{path}: {problem}")
+
+    for key, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.integer):
+            fail(f"key '{key}' has dtype {array.dtype}, expected an integer type ({PADDED_DTYPES[key]})")
+    rows = arrays["next_sentence_labels"].shape
+    if len(rows) != 1:
+        fail(f"key 'next_sentence_labels' has shape {rows}, expected (N,)")
+    n = rows[0]
+    for group, expected_width, what in (
+        (SEQUENCE_KEYS, max_seq_length, "max_seq_length"),
+        (PREDICTION_KEYS, max_predictions_per_seq, "max_predictions_per_seq"),
+    ):
+        shapes = {k: arrays[k].shape for k in group}
+        widths = {s[1] for s in shapes.values() if len(s) == 2}
+        if any(len(s) != 2 or s[0] != n for s in shapes.values()) or len(widths) != 1:
+            fail(f"keys {list(group)} have shapes {shapes}; expected ({n}, {what}) for each")
+        width = widths.pop()
+        if expected_width is not None and width != expected_width:
+            fail(f"keys {list(group)} have width {width}, but {what} is {expected_width}; pass --{what} {width}")
+    seq_len = arrays["input_ids"].shape[1]
+    positions = arrays["masked_lm_positions"]
+    if positions.size and (positions.min() < 0 or positions.max() >= seq_len):
+        fail(f"masked_lm_positions outside the sequence (values {positions.min()}..{positions.max()}, length {seq_len})")
+    for key in ("input_mask", "segment_ids", "next_sentence_labels"):
+        values = arrays[key]
+        if values.size and (values.min() < 0 or values.max() > 1):
+            fail(f"key '{key}' holds values outside {{0, 1}} ({values.min()}..{values.max()})")
+    if vocab_size is not None:
+        for key in ("input_ids", "masked_lm_ids"):
+            values = arrays[key]
+            if values.size and (values.min() < 0 or values.max() >= vocab_size):
+                fail(
+                    f"key '{key}' holds token ids {values.min()}..{values.max()} outside the vocab of "
+                    f"{vocab_size}; was the shard made with another vocab?"
+                )
+
+
+def _write_atomically(path: str | Path, write_datasets) -> None:
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            write_datasets(f)
+    except OSError as err:
+        raise InputError(f"{path}: could not write the shard ({err}); check the folder is writable and has space") from None
+
+
+def write_padded(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the six padded arrays with the reference dtypes, uncompressed, atomically."""
+    validate_padded(arrays, path)
+
+    def datasets(f):
+        for key, dtype in PADDED_DTYPES.items():
+            f.create_dataset(key, data=np.asarray(arrays[key]).astype(dtype, copy=False))
+
+    _write_atomically(path, datasets)
+
+
+def padded_to_varlength(arrays: dict[str, np.ndarray]) -> dict[str, list[np.ndarray] | np.ndarray]:
+    """Per-row arrays holding only the real tokens and the real masked slots."""
+    lengths = arrays["input_mask"].astype(bool).sum(axis=1)
+    counts = np.count_nonzero(arrays["masked_lm_positions"], axis=1)
+    return {
+        "input_ids": [row[:n] for row, n in zip(arrays["input_ids"], lengths)],
+        "segment_ids": [row[:n] for row, n in zip(arrays["segment_ids"], lengths)],
+        "masked_lm_positions": [row[:c] for row, c in zip(arrays["masked_lm_positions"], counts)],
+        "masked_lm_ids": [row[:c] for row, c in zip(arrays["masked_lm_ids"], counts)],
+        "next_sentence_labels": np.asarray(arrays["next_sentence_labels"]),
+    }
+
+
+def varlength_to_padded(rows: dict, max_seq_length: int, max_predictions_per_seq: int) -> dict[str, np.ndarray]:
+    n = len(rows["next_sentence_labels"])
+    out = {
+        key: np.zeros((n, max_predictions_per_seq if key in PREDICTION_KEYS else max_seq_length), dtype)
+        for key, dtype in PADDED_DTYPES.items()
+        if key != "next_sentence_labels"
+    }
+    for i in range(n):
+        length = len(rows["input_ids"][i])
+        count = len(rows["masked_lm_positions"][i])
+        if length > max_seq_length or count > max_predictions_per_seq:
+            raise InputError(
+                f"row {i} has {length} tokens and {count} masked slots, more than "
+                f"max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions_per_seq}"
+            )
+        out["input_ids"][i, :length] = rows["input_ids"][i]
+        out["segment_ids"][i, :length] = rows["segment_ids"][i]
+        out["input_mask"][i, :length] = 1
+        out["masked_lm_positions"][i, :count] = rows["masked_lm_positions"][i]
+        out["masked_lm_ids"][i, :count] = rows["masked_lm_ids"][i]
+    out["next_sentence_labels"] = np.asarray(rows["next_sentence_labels"], dtype=PADDED_DTYPES["next_sentence_labels"])
+    return out
+
+
+def read_varlength(path: str | Path) -> dict[str, list[np.ndarray] | np.ndarray]:
+    """The rows of a variable-length shard: lists of per-row arrays, plus the NSP labels."""
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        missing = [k for k in (*VARLENGTH_DTYPES, "next_sentence_labels") if k not in f]
+        if missing:
+            raise InputError(f"{path}: missing keys {missing}; not a variable-length shard")
+        rows = {k: list(f[k][:]) for k in VARLENGTH_DTYPES}
+        rows["next_sentence_labels"] = np.asarray(f["next_sentence_labels"][:])
+    n = len(rows["next_sentence_labels"])
+    if any(len(v) != n for v in rows.values()):
+        raise InputError(f"{path}: keys have different row counts {({k: len(v) for k, v in rows.items()})}")
+    return rows
+
+
+def write_varlength(path: str | Path, rows: dict) -> None:
+    """Write variable-length rows (e.g. from `padded_to_varlength`) atomically."""
+    largest = max((int(r.max()) for key in ("input_ids", "masked_lm_ids") for r in rows[key] if len(r)), default=0)
+    if largest > np.iinfo(np.int16).max:
+        raise InputError(f"{path}: token id {largest} does not fit the variable-length format's int16; use --format padded")
+
+    def datasets(f):
+        for key, dtype in VARLENGTH_DTYPES.items():
+            data = np.empty(len(rows[key]), dtype=object)
+            data[:] = [np.asarray(r, dtype=dtype) for r in rows[key]]
+            f.create_dataset(key, data=data, dtype=h5py.vlen_dtype(dtype))
+        f.create_dataset("next_sentence_labels", data=np.asarray(rows["next_sentence_labels"], dtype="i1"))
+
+    _write_atomically(path, datasets)

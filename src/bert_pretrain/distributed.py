@@ -1,0 +1,91 @@
+"""Process-group setup and the few collectives the project uses; all are no-ops in a single process.
+
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) `init_distributed` joins the
+group; otherwise the run is one process and every helper here returns the local value.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bert_pretrain.errors import InputError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """'auto' picks this process's GPU when CUDA is available, else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device(requested)
+
+
+def init_distributed(device: str = "auto", backend: str | None = None, timeout_s: float = 600.0) -> DistInfo:
+    """Join the torchrun process group if there is one; choose this process's device.
+
+    `backend` defaults to nccl on CUDA and gloo on CPU. The timeout bounds how long a collective
+    waits for a dead peer before every survivor fails with an error instead of hanging.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    if world_size > 1 and not dist.is_initialized():
+        backend = backend or ("nccl" if resolved.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=resolved if backend == "nccl" else None,
+        )
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks, in place; returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(value, src: int = 0):
+    """`value` as rank `src` has it, on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,129 @@
+"""Masked-LM / NSP evaluation over the MLPerf eval set, token-level as MLPerf counts it.
+
+The eval set is the first `num_eval_examples` rows of the HDF5 files of the eval folder (sorted by
+name). Under several processes the rows are split contiguously, the first `N % world` ranks taking
+one extra (the reference's split), and the sums are all-reduced before the ratios are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bert_pretrain.batch import Batch, pack_padded, padded_batch
+from bert_pretrain.checkpoint import load_weights, read_bert_config
+from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
+from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
+from bert_pretrain.errors import InputError
+from bert_pretrain.model import BertForPreTraining
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    mlm_accuracy: float  # correct masked tokens / all masked tokens
+    mlm_loss: float  # mean cross-entropy over all masked tokens
+    nsp_accuracy: float
+    nsp_loss: float
+    masked_tokens: int
+    samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_eval_set(
+    eval_dir: str | Path,
+    num_examples: int | None,
+    max_seq_length: int,
+    max_predictions_per_seq: int,
+    vocab_size: int,
+) -> dict[str, np.ndarray]:
+    """The first `num_examples` rows (all when None) of the eval folder's shards, validated."""
+    parts, have = [], 0
+    for path in list_shards(eval_dir):
+        if num_examples is not None and have >= num_examples:
+            break
+        arrays = read_padded(path, max_seq_length, max_predictions_per_seq, vocab_size)
+        parts.append(arrays)
+        have += len(arrays["next_sentence_labels"])
+    if num_examples is not None and have < num_examples:
+        raise InputError(
+            f"{eval_dir}: holds {have} eval samples, fewer than the {num_examples} asked for; "
+            f"pass --num_eval_examples {have} or build a larger eval set"
+        )
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in PADDED_DTYPES}
+    return {k: v[:num_examples] for k, v in rows.items()}
+
+
+def rank_rows(num_rows: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous share of `num_rows`; the first `num_rows % world_size` get one extra."""
+    base, extra = divmod(num_rows, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, packed: bool = False) -> list[Batch]:
+    """Fixed-order batches of the given rows (the last one may be smaller)."""
+    make = pack_padded if packed else padded_batch
+    n = len(arrays["next_sentence_labels"])
+    return [
+        make(*(arrays[k][i : i + batch_size] for k in (
+            "input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels"
+        )))
+        for i in range(0, n, batch_size)
+    ]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bool = False) -> EvalResult:
+    """Sums of the model's metric counts over `batches` on every rank, reduced, as ratios.
+
+    Everything stays on the device until the one read at the end.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+        out = model(batch.to(device, non_blocking=True))
+        sums += torch.stack([
+            out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
+            out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),
+        ])
+    model.train(was_training)
+    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, nsp_count = all_reduce_sum(sums).tolist()
+    return EvalResult(
+        mlm_accuracy=mlm_correct / max(mlm_count, 1.0),
+        mlm_loss=mlm_loss / max(mlm_count, 1.0),
+        nsp_accuracy=nsp_correct / max(nsp_count, 1.0),
+        nsp_loss=nsp_loss / max(nsp_count, 1.0),
+        masked_tokens=int(mlm_count),
+        samples=int(nsp_count),
+    )
+
+
+def evaluate_checkpoint(
+    init_checkpoint: str,
+    bert_config_path: str,
+    eval_dir: str,
+    eval_batch_size: int = 128,
+    max_seq_length: int = 512,
+    max_predictions_per_seq: int = 76,
+    num_eval_examples: int | None = None,
+    device: str = "auto",
+) -> EvalResult | None:
+    """`bert-pretrain evaluate`: load a checkpoint, evaluate it; the result on rank 0, None elsewhere."""
+    config = read_bert_config(bert_config_path)
+    info = init_distributed(device)
+    model = BertForPreTraining(config)
+    load_weights(model, init_checkpoint)
+    model.to(info.device)
+    arrays = load_eval_set(eval_dir, num_eval_examples, max_seq_length, max_predictions_per_seq, config.vocab_size)
+    mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
+    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, eval_batch_size)
+    result = evaluate(model, batches, info.device, progress=info.is_main)
+    shutdown()
+    return result if info.is_main else None
