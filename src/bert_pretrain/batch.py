@@ -6,7 +6,10 @@ Padded layout (the MLPerf HDF5 rows as they are):
 Packed layout (padding removed, sequences laid end to end):
     input_ids, segment_ids   (N,)      N = total real tokens of the batch
     position_ids             (N,)      position of each token inside its own sequence
-    cu_seqlens               (B+1,)    int32 offsets of each sequence in the flat stream
+    cu_seqlens               (B+1,)    int32 offsets of each sequence in the flat stream; (B+2,) when a
+                                       packer appends one padding segment to round N up to a bucket
+                                       (data/packing.py): its tokens are attended among themselves and
+                                       never reach the loss
     max_seqlen               int       longest sequence (a Python int: kernels need it on the host)
 Both layouts:
     masked_positions         (M,)      flat indices into the token stream (B*T padded, N packed)

@@ -105,12 +105,57 @@ def _convert(args) -> int:
     return 0
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from bert_pretrain.attention import BACKENDS
+
+    p.add_argument("--model", default="tiny", choices=("tiny", "base", "large"),
+                   help="model shape (tiny: 2 layers, hidden 128); ignored with --bert_config_path")
+    p.add_argument("--bert_config_path", default=None, help="a bert_config.json giving the model's shape")
+    p.add_argument("--seq", type=int, default=128, help="max_seq_length of the rows")
+    p.add_argument("--batch", type=int, default=32, help="sequences per training step")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="autocast precision")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per contestant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per contestant first (compilation happens here)")
+    p.add_argument("--rounds", type=int, default=2, help="timed blocks per contestant, alternating between them")
+    p.add_argument("--shard", default=None,
+                   help="an HDF5 shard (padded or variable-length) to take rows from; default: synthetic rows "
+                        "with the MLPerf Wikipedia length histogram")
+    p.add_argument("--max_predictions_per_seq", type=int, default=None,
+                   help="masked slots per row; default 76 at --seq 512, else ceil(0.15 * seq)")
+    p.add_argument("--compare", default=None, choices=("hf",), help="also run HF transformers on the same batches")
+    p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend for packed batches")
+    compile_group = p.add_mutually_exclusive_group()
+    compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
+                               help="torch.compile the model (default: on CUDA only)")
+    compile_group.add_argument("--no_compile", dest="compile", action="store_false", help="run the model eagerly")
+    p.add_argument("--hf_compile", action="store_true", help="torch.compile the HF model too")
+    p.add_argument("--pad_to_multiple", type=int, default=1,
+                   help="round each packed batch's token count up to a multiple of this (fewer distinct shapes)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's dense peak for MFU; default: looked up for known GPUs (none for CPUs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows and the weights")
+    _device_argument(p)
+
+
+def _bench(args) -> int:
+    from bert_pretrain.bench import BenchOptions, format_table, run_bench
+
+    names = [f for f in BenchOptions.__dataclass_fields__ if hasattr(args, f)]
+    options = BenchOptions(**{name: getattr(args, name) for name in names})
+    result = run_bench(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(result))
+    print(json.dumps(result))
+    return 0
+
+
 # name -> (one-line help, add-arguments function, handler)
 COMMANDS = {
     "evaluate": ("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
                  _evaluate_arguments, _evaluate),
     "convert": ("convert weights between NVIDIA .pt, this project's checkpoints and HF transformers",
                 _convert_arguments, _convert),
+    "bench": ("training-step throughput of this project vs HF transformers; prints a table and one JSON line",
+              _bench_arguments, _bench),
 }
 
 

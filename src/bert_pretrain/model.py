@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert_pretrain.attention import packed_attention, padded_attention
+from bert_pretrain.attention import attention_dtype, packed_attention, padded_attention, resolve_backend
 from bert_pretrain.batch import IGNORE_LABEL, Batch
 
 # Activation names as written in config files -> the GELU variant they mean.
@@ -189,8 +189,13 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, batch: Batch, attention_backend: str):
+        # Resolve "auto" once per forward, outside the (possibly compiled) layers.
+        first = self.layer[0]
+        dropout_p = first.attention_dropout if self.training else 0.0
+        backend = resolve_backend(attention_backend, x.device, attention_dtype(x), dropout_p, batch.is_packed,
+                                  first.head_dim)
         for layer in self.layer:
-            x = layer(x, batch, attention_backend)
+            x = layer(x, batch, backend)
         return x
 
 
@@ -220,7 +225,8 @@ class BertModel(nn.Module):
         x = self.embeddings(batch.input_ids, batch.segment_ids, position_ids)
         x = self.encoder(x, batch, attention_backend)
         if batch.is_packed:
-            cls_hidden = x[batch.cu_seqlens[:-1].long()]  # (B, H)
+            # The first B offsets: a packer may append a padding segment after the B sequences.
+            cls_hidden = x[batch.cu_seqlens[: batch.num_sequences].long()]  # (B, H)
         else:
             cls_hidden = x[:, 0]
         return x.reshape(-1, x.shape[-1]), self.pooler(cls_hidden)
@@ -303,7 +309,8 @@ def pretraining_loss(mlm_logits, mlm_labels, nsp_logits, nsp_labels) -> Pretrain
     mlm_loss_sum = F.cross_entropy(mlm_logits, mlm_labels, ignore_index=IGNORE_LABEL, reduction="sum")
     mlm_correct = ((mlm_logits.argmax(-1) == mlm_labels) & valid).sum()
     nsp_loss_sum = F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")
-    nsp_count = torch.tensor(nsp_labels.shape[0], device=nsp_labels.device)
+    # torch.full launches a fill; torch.tensor(...) on a GPU would copy from the host and synchronise.
+    nsp_count = torch.full((), nsp_labels.shape[0], dtype=torch.long, device=nsp_labels.device)
     loss = mlm_loss_sum / mlm_count.clamp(min=1) + nsp_loss_sum / nsp_labels.shape[0]
     return PretrainingOutput(
         loss=loss,

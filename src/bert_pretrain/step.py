@@ -2,7 +2,10 @@
 
 Shared by `train` and `bench`, so the benchmark times exactly what training runs. Nothing here reads
 a tensor back to the host: the returned sums and the overflow flag stay on the device until the
-caller reads them at log time.
+caller reads them at log time. For fp16 that needs an optimizer that takes GradScaler's on-device
+`found_inf` (`_step_supports_amp_scaling`); with any other, `GradScaler.step` reads it back.
+
+`compile_model` applies `torch.compile` from outside the model (regional compilation).
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2
     return torch.amp.GradScaler(
         device.type, init_scale=init_scale, growth_interval=2000, enabled=precision == "fp16"
     )
+
+
+def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """Compile the model's hot regions in place and return the model.
+
+    Each encoder layer, the embeddings and the masked-LM head are compiled (`Module.compile`, so
+    parameter names and checkpoints are unchanged). All encoder layers run one compiled graph
+    (parameters are graph inputs), so compiling BERT-large costs about one layer, not 24. The
+    attention backend is resolved outside the layers, and the token count becomes a dynamic
+    dimension after its first change, so packed batches of varying size do not recompile.
+    """
+    from bert_pretrain.model import BertEmbeddings, BertLayer, BertLMPredictionHead
+
+    for module in model.modules():
+        if isinstance(module, (BertLayer, BertEmbeddings, BertLMPredictionHead)):
+            module.compile(mode=mode)
+    return model
 
 
 def _sums(out) -> torch.Tensor:

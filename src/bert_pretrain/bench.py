@@ -1,0 +1,324 @@
+"""`bert-pretrain bench`: training-step throughput of this project, and of HF transformers, same run.
+
+Both run the same sequences (MLPerf length distribution: a shard's rows, or synthetic rows with
+the real length histogram, data/synthetic.py), in alternating timed blocks after a warm-up. This
+project's step is `step.train_step` (packed batches, compiled model on CUDA, the optimizer); the
+peer is bench_hf.py. Reported: sequences/s, real tokens/s, TFLOP/s and MFU on real tokens only
+(flops.py), peak memory, GPU energy per sequence (NVML), and the input pipeline's rate (packing
+rows into batches, plus reading the shard when one is given) against what the step consumes.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bert_pretrain import bench_hf
+from bert_pretrain.attention import resolve_backend
+from bert_pretrain.data import shards
+from bert_pretrain.data.packing import pack_padded_rows, pack_rows, row_lengths
+from bert_pretrain.data.synthetic import synthetic_rows
+from bert_pretrain.distributed import resolve_device
+from bert_pretrain.errors import InputError
+from bert_pretrain.flops import batch_flops, peak_tflops
+from bert_pretrain.model import BertConfig, BertForPreTraining
+from bert_pretrain.power import EnergyMeter
+from bert_pretrain.step import PRECISIONS, compile_model, make_grad_scaler, train_step
+
+# Shapes of the standard models (google-research/bert); vocab 30522, 512 positions.
+MODEL_SHAPES = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+POOL_BATCHES = 16  # distinct batches cycled through, so lengths vary as in training
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str = "tiny"
+    bert_config_path: str | None = None
+    seq: int = 128
+    batch: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    steps: int = 20
+    warmup: int = 5
+    rounds: int = 2
+    shard: str | None = None
+    compare: str | None = None
+    max_predictions_per_seq: int | None = None
+    attention: str = "auto"
+    compile: bool | None = None  # None: on for CUDA, off for the CPU
+    hf_compile: bool = False
+    pad_to_multiple: int = 1
+    peak_tflops: float | None = None
+    seed: int = 0
+
+    def predictions(self) -> int:
+        """MLPerf's 76 at 512; ceil(0.15 * seq) otherwise (20 at 128, as BERT's phase 1)."""
+        if self.max_predictions_per_seq is not None:
+            return self.max_predictions_per_seq
+        return 76 if self.seq == 512 else math.ceil(0.15 * self.seq)
+
+
+def bench_config(options: BenchOptions) -> BertConfig:
+    if options.bert_config_path:
+        try:
+            return BertConfig.from_json_file(options.bert_config_path)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    if options.model not in MODEL_SHAPES:
+        raise InputError(f"--model {options.model!r} is not one of {sorted(MODEL_SHAPES)}")
+    return BertConfig(vocab_size=30522, **MODEL_SHAPES[options.model])
+
+
+def _validate(options: BenchOptions, config: BertConfig) -> None:
+    if options.precision not in PRECISIONS:
+        raise InputError(f"--precision {options.precision!r} is not one of {PRECISIONS}")
+    if options.compare not in (None, "hf"):
+        raise InputError(f"--compare {options.compare!r}: the only peer is 'hf'")
+    for name in ("batch", "steps", "rounds", "seq", "pad_to_multiple"):
+        if getattr(options, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    if options.steps < options.rounds:
+        raise InputError(f"--steps {options.steps} is less than --rounds {options.rounds}")
+    if options.seq > config.max_position_embeddings:
+        raise InputError(f"--seq {options.seq} exceeds the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
+
+
+def load_rows(options: BenchOptions, config: BertConfig, count: int) -> dict[str, np.ndarray]:
+    """`count` padded rows: the shard's first rows (cycled when it has fewer), else synthetic ones."""
+    if options.shard is None:
+        rng = np.random.default_rng(options.seed)
+        return synthetic_rows(rng, count, options.seq, options.predictions(), config.vocab_size)
+    arrays = shards.read_padded(options.shard, options.seq, options.predictions(), config.vocab_size)
+    index = np.arange(count) % len(arrays["next_sentence_labels"])
+    return {key: value[index] for key, value in arrays.items()}
+
+
+def measure_input_pipeline(options: BenchOptions, rows: dict, device: torch.device) -> dict:
+    """Sequences/s the input side delivers: packing (and pinning) batches, plus reading the shard."""
+    result = {}
+    read_s_per_row = 0.0
+    source = rows
+    if options.shard is not None:
+        start = time.perf_counter()
+        if shards.shard_format(options.shard) == "varlength":
+            source = shards.read_varlength(options.shard)
+        else:
+            source = shards.read_padded(options.shard)
+        read_s_per_row = (time.perf_counter() - start) / len(source["next_sentence_labels"])
+        result["shard_read_seq_per_s"] = 1.0 / read_s_per_row
+    total = len(source["next_sentence_labels"])
+    starts = [(i * options.batch) % max(total - options.batch + 1, 1) for i in range(POOL_BATCHES * 4)]
+    begin = time.perf_counter()
+    for start in starts:
+        chunk = {k: v[start:start + options.batch] for k, v in source.items()}
+        batch = pack_rows(chunk, options.predictions(), options.pad_to_multiple)
+        if device.type == "cuda":
+            batch.pin_memory()
+    pack_s_per_row = (time.perf_counter() - begin) / (len(starts) * options.batch)
+    result["pack_seq_per_s"] = 1.0 / pack_s_per_row
+    result["input_seq_per_s"] = 1.0 / (pack_s_per_row + read_s_per_row)
+    return result
+
+
+def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of parameters and optimizer state (what stays resident between steps)."""
+    tensors = list(model.parameters()) + [
+        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Runner:
+    """One contestant: a step function over a pool of prepared inputs, and its timing totals."""
+
+    def __init__(self, name, step_fn, inputs, model, optimizer):
+        self.name, self.step_fn, self.inputs = name, step_fn, inputs
+        self.model, self.optimizer = model, optimizer
+        self.calls = 0
+        self.seconds = 0.0
+        self.joules = 0.0
+        self.timed_indices: list[int] = []
+        self.peak_bytes = 0
+        self.last = None
+
+    def run(self, steps: int, device, meter: EnergyMeter | None, other: _Runner | None, timed: bool) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _synchronize(device)
+        if meter:
+            meter.start()
+        start = time.perf_counter()
+        for _ in range(steps):
+            index = self.calls % len(self.inputs)
+            self.last = self.step_fn(self.inputs[index])
+            self.calls += 1
+            if timed:
+                self.timed_indices.append(index)
+        _synchronize(device)
+        if not timed:
+            return
+        self.seconds += time.perf_counter() - start
+        joules = meter.stop() if meter else None
+        self.joules = None if joules is None or self.joules is None else self.joules + joules
+        if device.type == "cuda":
+            resident_other = _static_bytes(other.model, other.optimizer) if other else 0
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device) - resident_other)
+
+
+def _contestants(options, config, rows, device):
+    """This project's runner and, with --compare hf, HF's, over the same POOL_BATCHES batches."""
+    groups = [{k: v[i * options.batch:(i + 1) * options.batch] for k, v in rows.items()}
+              for i in range(POOL_BATCHES)]
+    pin = device.type == "cuda"
+    torch.manual_seed(options.seed)
+    model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
+    if options.compile if options.compile is not None else device.type == "cuda":
+        compile_model(model)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused,
+                                  foreach=None if fused else True)
+    scaler = make_grad_scaler(options.precision, device)
+    batches = [pack_padded_rows(g, options.predictions(), options.pad_to_multiple) for g in groups]
+    batches = [b.pin_memory() if pin else b for b in batches]
+
+    def ours(batch):
+        return train_step(model, optimizer, scaler, [batch], options.precision, device).sums[0]
+
+    runners = [_Runner("bert_pretrain", ours, batches, model, optimizer)]
+    if options.compare == "hf":
+        hf = bench_hf.hf_model(config, device, options.hf_compile)
+        hf_opt = bench_hf.hf_optimizer(hf, device)
+        hf_scaler = make_grad_scaler(options.precision, device)
+        inputs = [bench_hf.hf_inputs(g) for g in groups]
+        inputs = [{k: v.pin_memory() for k, v in x.items()} if pin else x for x in inputs]
+
+        def peer(x):
+            return bench_hf.hf_train_step(hf, hf_opt, hf_scaler, x, options.precision, device)
+
+        runners.append(_Runner("hf_transformers", peer, inputs, hf, hf_opt))
+    return runners, groups
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({len(names)} threads)" if names else platform.processor()
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _summary(runner: _Runner, groups, config, options, device, peak) -> dict:
+    """Rates of one runner over its timed steps (FLOPs of real tokens only)."""
+    lengths = [row_lengths(groups[i]) for i in runner.timed_indices]
+    masked = [np.count_nonzero(groups[i]["masked_lm_positions"], axis=1) for i in runner.timed_indices]
+    sequences = options.batch * len(runner.timed_indices)
+    flops = sum(batch_flops(config, n, m) for n, m in zip(lengths, masked))
+    tflops = flops / runner.seconds / 1e12
+    if device.type == "cuda":
+        peak_gb = runner.peak_bytes / 2**30
+    else:  # the process's resident peak, both contestants together: the CPU has no per-allocation counter
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "seq_per_s": sequences / runner.seconds,
+        "tokens_per_s": float(sum(n.sum() for n in lengths)) / runner.seconds,
+        "tflops": tflops,
+        "mfu": tflops / peak if peak else None,
+        "peak_mem_gb": peak_gb,
+        "power_w": runner.joules / runner.seconds if runner.joules is not None else None,
+        "joules_per_seq": runner.joules / sequences if runner.joules is not None else None,
+        "loss": float(runner.last),
+    }
+
+
+def run_bench(options: BenchOptions, progress=print) -> dict:
+    """Run the benchmark; returns the result dict (the JSON line's content)."""
+    config = bench_config(options)
+    _validate(options, config)
+    device = resolve_device(options.device)
+    rows = load_rows(options, config, options.batch * POOL_BATCHES)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[options.precision]
+    try:
+        backend = resolve_backend(options.attention, device, dtype, config.attention_probs_dropout_prob, True,
+                                  config.hidden_size // config.num_attention_heads)
+    except ValueError as err:
+        raise InputError(f"--attention: {err}") from None
+    progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
+             f"seq {options.seq} batch {options.batch} {options.precision} on {_device_name(device)}; "
+             f"attention {backend}; building")
+    runners, groups = _contestants(options, config, rows, device)
+    meter = EnergyMeter(device)
+    for runner in runners:
+        progress(f"bench: warm-up {runner.name} ({options.warmup} steps)")
+        runner.run(options.warmup, device, None, None, timed=False)
+    per_round = options.steps // options.rounds
+    for round_index in range(options.rounds):
+        order = runners if round_index % 2 == 0 else runners[::-1]
+        for runner in order:
+            other = next((r for r in runners if r is not runner), None)
+            runner.run(per_round, device, meter if meter.available else None, other, timed=True)
+        progress(f"bench: round {round_index + 1}/{options.rounds} done")
+    peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
+    result = {
+        "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
+        "precision": options.precision, "device": str(device), "device_name": _device_name(device),
+        "attention": backend, "compile": bool(options.compile if options.compile is not None
+                                              else device.type == "cuda"),
+        "steps": per_round * options.rounds, "optimizer": type(runners[0].optimizer).__name__,
+        "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
+        "power": "nvml" if meter.available else meter.reason,
+        "torch": torch.__version__,
+    }
+    result.update(_summary(runners[0], groups, config, options, device, peak))
+    if len(runners) > 1:
+        import transformers
+
+        result["transformers"] = transformers.__version__
+        hf = _summary(runners[1], groups, config, options, device, peak)
+        result.update({f"hf_{key}": value for key, value in hf.items()})
+        result["ratio"] = result["seq_per_s"] / result["hf_seq_per_s"]
+    result.update(measure_input_pipeline(options, rows, device))
+    result["input_ratio"] = result["input_seq_per_s"] / result["seq_per_s"]
+    return result
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table: one row per measure, one column per contestant."""
+    keys = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "power_w", "joules_per_seq", "loss")
+    has_hf = "hf_seq_per_s" in result
+    header = "| measure | bert_pretrain |" + (" hf_transformers |" if has_hf else "")
+    lines = [header, "|---|---:|" + ("---:|" if has_hf else "")]
+    for key in keys:
+        cells = [_fmt(result.get(key))] + ([_fmt(result.get(f"hf_{key}"))] if has_hf else [])
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if has_hf:
+        lines.append(f"| ratio (seq/s) | {result['ratio']:.2f}x | 1.00x |")
+    lines.append(f"| input pipeline seq/s | {_fmt(result['input_seq_per_s'])} "
+                 f"({result['input_ratio']:.1f}x the step) |" + (" |" if has_hf else ""))
+    return "\n".join(lines)

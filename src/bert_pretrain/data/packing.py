@@ -1,0 +1,216 @@
+"""Rows -> packed `Batch`es: padding removed, sequences laid end to end with `cu_seqlens`.
+
+Input rows come in either shard layout (data/shards.py): padded MLPerf arrays (N, T) with
+`input_mask`, or variable-length rows (lists of per-row arrays, no `input_mask`). Both give the
+same packed `Batch` for the same rows.
+
+Choices, and why:
+- A step keeps the reference's sequences per micro-batch (B rows -> one packed micro-batch), so
+  the loss is the reference's: mean masked-LM CE over the micro-batch's masked tokens + mean NSP.
+  Packing changes where the compute goes (real tokens only), not what is computed.
+- Token balance: `balanced_split` splits rows into equal-count parts with near-equal token
+  counts (sorted by length, dealt in snake order): for gradient-accumulation micro-batches and,
+  given the global batch, for ranks, as the reference's exchange padding does (it sorts and
+  deals round-robin). `split_by_token_budget` groups rows under a token budget (evaluation).
+- Static-ish shapes: `pad_to_multiple` rounds the flat token count N up by appending one padding
+  segment (token 0, segment 0, position 0) to `cu_seqlens`, so the stream takes few distinct
+  lengths (CUDA graphs, allocator reuse) and `cu_seqlens` always has B+2 entries. It costs at most
+  `pad_to_multiple` tokens per batch. The default (1) adds nothing: torch.compile marks the token
+  dimension dynamic after its first change, so it needs no bucketing. `max_seqlen` may be fixed
+  (e.g. at max_seq_length) so that kernels and compiled code see one value; the flash kernels
+  only size their grid with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bert_pretrain.batch import IGNORE_LABEL, Batch
+from bert_pretrain.errors import InputError
+
+ROW_KEYS = ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
+
+
+def _masked_slots(positions: np.ndarray, ids: np.ndarray, width: int):
+    """(B, P) zero-padded positions/ids -> (B, width) positions and labels, IGNORE_LABEL where unused.
+
+    The reference's count rule: a row's first count_nonzero(positions) slots are real (position 0
+    is [CLS], never masked).
+    """
+    counts = np.count_nonzero(positions, axis=1)  # (B,)
+    if counts.size and counts.max() > width:
+        raise InputError(f"a row has {counts.max()} masked tokens, more than max_predictions_per_seq={width}")
+    out_positions = np.zeros((len(positions), width), np.int64)
+    out_labels = np.full((len(positions), width), IGNORE_LABEL, np.int64)
+    used = min(width, positions.shape[1])
+    valid = np.arange(used)[None, :] < counts[:, None]  # (B, used)
+    out_positions[:, :used] = np.where(valid, positions[:, :used], 0)
+    out_labels[:, :used] = np.where(valid, ids[:, :used], IGNORE_LABEL)
+    return out_positions, out_labels
+
+
+def _packed(input_ids, segment_ids, position_ids, lengths, positions, labels, nsp,
+            pad_to_multiple: int, max_seqlen: int | None) -> Batch:
+    """Assemble a packed Batch from the flat stream (N,), lengths (B,) and (B, P) masked slots."""
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    longest = int(lengths.max()) if len(lengths) else 0
+    if pad_to_multiple > 1:
+        pad = pad_to_multiple - offsets[-1] % pad_to_multiple  # 1..multiple: B+2 offsets, always
+        offsets = np.append(offsets, offsets[-1] + pad)
+        input_ids = np.concatenate([input_ids, np.zeros(pad, input_ids.dtype)])
+        segment_ids = np.concatenate([segment_ids, np.zeros(pad, segment_ids.dtype)])
+        position_ids = np.concatenate([position_ids, np.zeros(pad, position_ids.dtype)])
+        longest = max(longest, int(pad))
+    if max_seqlen is not None:
+        if max_seqlen < longest:
+            raise InputError(f"max_seqlen={max_seqlen} is shorter than a segment of this batch ({longest} tokens)")
+        longest = max_seqlen
+    flat_positions = positions + offsets[: len(lengths), None]  # (B, P)
+    return Batch(
+        input_ids=torch.from_numpy(np.ascontiguousarray(input_ids, np.int64)),
+        segment_ids=torch.from_numpy(np.ascontiguousarray(segment_ids, np.int64)),
+        position_ids=torch.from_numpy(np.ascontiguousarray(position_ids, np.int64)),
+        cu_seqlens=torch.from_numpy(offsets.astype(np.int32)),
+        max_seqlen=longest,
+        masked_positions=torch.from_numpy(flat_positions.reshape(-1)),
+        masked_labels=torch.from_numpy(labels.reshape(-1)),
+        next_sentence_labels=torch.from_numpy(np.asarray(nsp, np.int64)),
+    )
+
+
+def pack_padded_rows(arrays: dict, max_predictions_per_seq: int | None = None, pad_to_multiple: int = 1,
+                     max_seqlen: int | None = None) -> Batch:
+    """A packed Batch from padded MLPerf rows (dict of (B, T) / (B, P) / (B,) arrays), vectorised.
+
+    `max_predictions_per_seq` sets the masked slots per row (default: the arrays' P).
+    """
+    mask = np.asarray(arrays["input_mask"]).astype(bool)  # (B, T)
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        raise InputError("input_mask is not a prefix of ones in every row; padded rows keep their tokens first")
+    positions = np.asarray(arrays["masked_lm_positions"])
+    width = positions.shape[1] if max_predictions_per_seq is None else max_predictions_per_seq
+    slots, labels = _masked_slots(positions, np.asarray(arrays["masked_lm_ids"]), width)
+    return _packed(
+        np.asarray(arrays["input_ids"])[mask], np.asarray(arrays["segment_ids"])[mask],
+        np.nonzero(mask)[1], lengths, slots, labels, arrays["next_sentence_labels"], pad_to_multiple, max_seqlen,
+    )
+
+
+def _ragged_to_padded(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Zero-padded (B, width) from a list of 1-D arrays (vectorised)."""
+    counts = np.array([len(r) for r in rows], np.int64)
+    out = np.zeros((len(rows), width), np.int64)
+    if counts.sum():
+        row = np.repeat(np.arange(len(rows)), counts)
+        slot = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        out[row, slot] = np.concatenate(rows)
+    return out
+
+
+def pack_varlength_rows(rows: dict, max_predictions_per_seq: int, pad_to_multiple: int = 1,
+                        max_seqlen: int | None = None) -> Batch:
+    """A packed Batch from variable-length rows (`shards.read_varlength` layout, any subset of rows)."""
+    lengths = np.array([len(r) for r in rows["input_ids"]], np.int64)
+    if (lengths == 0).any():
+        raise InputError("a variable-length row has no tokens")
+    counts = np.array([len(r) for r in rows["masked_lm_positions"]], np.int64)
+    if counts.size and counts.max() > max_predictions_per_seq:
+        raise InputError(f"a row has {counts.max()} masked tokens, more than "
+                         f"max_predictions_per_seq={max_predictions_per_seq}")
+    width = max_predictions_per_seq
+    slots, labels = _masked_slots(_ragged_to_padded(rows["masked_lm_positions"], width),
+                                  _ragged_to_padded(rows["masked_lm_ids"], width), width)
+    position_ids = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return _packed(
+        np.concatenate(rows["input_ids"]), np.concatenate(rows["segment_ids"]), position_ids, lengths,
+        slots, labels, rows["next_sentence_labels"], pad_to_multiple, max_seqlen,
+    )
+
+
+def select_rows(rows: dict, indices: Sequence[int]) -> dict:
+    """The given rows of either layout (padded arrays or variable-length lists), in that order."""
+    indices = np.asarray(indices, np.int64)
+    return {key: (np.asarray(value)[indices] if isinstance(value, np.ndarray) else [value[i] for i in indices])
+            for key, value in rows.items()}
+
+
+def row_lengths(rows: dict) -> np.ndarray:
+    """Real tokens per row, (N,) int64, for either layout."""
+    if "input_mask" in rows:
+        return np.asarray(rows["input_mask"]).astype(bool).sum(axis=1).astype(np.int64)
+    return np.array([len(r) for r in rows["input_ids"]], np.int64)
+
+
+def pack_rows(rows: dict, max_predictions_per_seq: int, pad_to_multiple: int = 1,
+              max_seqlen: int | None = None) -> Batch:
+    """A packed Batch from rows of either layout."""
+    if "input_mask" in rows:
+        return pack_padded_rows(rows, max_predictions_per_seq, pad_to_multiple, max_seqlen)
+    return pack_varlength_rows(rows, max_predictions_per_seq, pad_to_multiple, max_seqlen)
+
+
+def balanced_split(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Split row indices into `parts` groups of equal size (+-1) and near-equal token sums.
+
+    Longest first, dealt in snake order (0..p-1, p-1..0, ...); each group keeps ascending indices.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be at least 1, got {parts}")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    rounds = np.arange(len(order)) // parts
+    place = np.arange(len(order)) % parts
+    group = np.where(rounds % 2 == 0, place, parts - 1 - place)
+    return [np.sort(order[group == g]) for g in range(parts)]
+
+
+def split_by_token_budget(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Consecutive groups of row indices whose token sums stay within `max_tokens` (one row may exceed it alone)."""
+    groups, current, total = [], [], 0
+    for index, length in enumerate(np.asarray(lengths).tolist()):
+        if current and total + length > max_tokens:
+            groups.append(np.array(current, np.int64))
+            current, total = [], 0
+        current.append(index)
+        total += length
+    if current:
+        groups.append(np.array(current, np.int64))
+    return groups
+
+
+def packed_micro_batches(rows: dict, accumulation: int, max_predictions_per_seq: int, balance: bool = True,
+                         pad_to_multiple: int = 1, max_seqlen: int | None = None) -> list[Batch]:
+    """One optimizer step's rows -> `accumulation` packed micro-batches of equal row counts.
+
+    With `balance`, rows are dealt so the micro-batches hold near-equal token counts; otherwise
+    they are consecutive slices, as the reference's loader makes them.
+    """
+    count = len(rows["next_sentence_labels"])
+    if count % accumulation:
+        raise InputError(f"{count} rows do not split into {accumulation} equal micro-batches")
+    if balance:
+        groups = balanced_split(row_lengths(rows), accumulation)
+    else:
+        groups = np.array_split(np.arange(count), accumulation)
+    return [pack_rows(select_rows(rows, g), max_predictions_per_seq, pad_to_multiple, max_seqlen) for g in groups]
+
+
+class PackedCollate:
+    """`DataLoader(collate_fn=PackedCollate(76))`: a list of one-row dicts (either layout) -> packed Batch."""
+
+    def __init__(self, max_predictions_per_seq: int, pad_to_multiple: int = 1, max_seqlen: int | None = None):
+        self.max_predictions_per_seq = max_predictions_per_seq
+        self.pad_to_multiple = pad_to_multiple
+        self.max_seqlen = max_seqlen
+
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        if "input_mask" in samples[0]:
+            rows = {key: np.stack([np.asarray(s[key]) for s in samples]) for key in samples[0]}
+        else:
+            rows = {key: [np.asarray(s[key]) for s in samples] for key in ROW_KEYS}
+            rows["next_sentence_labels"] = np.asarray(rows["next_sentence_labels"])
+        return pack_rows(rows, self.max_predictions_per_seq, self.pad_to_multiple, self.max_seqlen)
