@@ -15,14 +15,15 @@ LAYERS = [
     {"errors", "atomic"},
     # 1: leaves, one concept each (torch / numpy / h5py / tokenizers only). `model` uses the batch and
     # attention leaves that exist to keep it architecture-only.
-    {"batch", "attention", "model", "tokenization", "data.shards", "optim", "distributed", "mlperf", "metrics"},
+    {"batch", "attention", "model", "tokenization", "data.shards", "optim", "distributed", "mlperf", "metrics",
+     "flops", "power"},
     # 2: data and state built from the leaves
     {"data", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader", "data.packing",
-     "checkpoint", "evaluate", "inspect", "step", "training_state"},
+     "checkpoint", "evaluate", "inspect", "step", "training_state", "data.synthetic"},
     # 3: composition
     {"config"},
     # 4: wiring
-    {"train", "bench", "demo"},
+    {"train", "bench", "bench_hf", "demo"},
     # 5: entry
     {"cli", "__main__", ""},
 ]

@@ -1,0 +1,98 @@
+"""The benchmark runs end to end and its FLOPs formula counts what the model multiplies (no speed asserted)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bert_pretrain.data.packing import pack_padded_rows
+from bert_pretrain.data.shards import padded_to_varlength, write_padded, write_varlength
+from bert_pretrain.data.synthetic import sample_lengths, synthetic_rows
+from bert_pretrain.flops import batch_flops, peak_tflops
+from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.power import EnergyMeter
+from conftest import run_cli, tiny_config
+
+JSON_KEYS = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "input_seq_per_s", "input_ratio")
+
+
+def test_tiny_cpu_bench_against_hf_prints_the_json_line_last():
+    result = run_cli("bench", "--model", "tiny", "--seq", "64", "--batch", "4", "--steps", "2", "--warmup", "1",
+                     "--rounds", "1", "--device", "cpu", "--compare", "hf")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| measure |")
+    report = json.loads(lines[-1])
+    for key in JSON_KEYS + ("hf_seq_per_s", "ratio"):
+        assert key in report, key
+    assert report["seq_per_s"] > 0 and report["hf_seq_per_s"] > 0
+    assert report["ratio"] == pytest.approx(report["seq_per_s"] / report["hf_seq_per_s"])
+    assert np.isfinite(report["loss"]) and np.isfinite(report["hf_loss"])
+    assert report["mfu"] is None and report["power_w"] is None  # no known peak or NVML on a CPU
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlength"])
+def test_bench_reads_rows_from_a_shard(tmp_path, layout):
+    config = tiny_config(vocab_size=30522)
+    config_path = tmp_path / "bert_config.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    arrays = synthetic_rows(np.random.default_rng(0), 12, 64, 10, 30522)
+    shard = tmp_path / "part_0.hdf5"
+    if layout == "padded":
+        write_padded(shard, arrays)
+    else:
+        write_varlength(shard, padded_to_varlength(arrays))
+    result = run_cli("bench", "--bert_config_path", str(config_path), "--seq", "64", "--batch", "4", "--steps", "2",
+                     "--warmup", "1", "--rounds", "1", "--device", "cpu", "--shard", str(shard),
+                     "--max_predictions_per_seq", "10")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    cycled = arrays["input_mask"].sum(axis=1)[np.arange(64) % 12]  # 16 batches of 4 from 12 rows
+    assert report["mean_length"] == pytest.approx(cycled.mean())
+    assert report["shard_read_seq_per_s"] > 0 and "hf_seq_per_s" not in report
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    result = run_cli("bench", "--seq", "1024", "--device", "cpu")
+    assert result.returncode == 2 and "max_position_embeddings" in result.stderr
+    result = run_cli("bench", "--shard", str(tmp_path / "missing.hdf5"), "--device", "cpu")
+    assert result.returncode == 2 and "missing.hdf5" in result.stderr
+
+
+def test_flops_formula_counts_every_multiply_of_a_training_step():
+    """PyTorch's FLOP counter over forward + backward equals the formula when nothing is padded."""
+    config = tiny_config(vocab_size=96, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    rng = np.random.default_rng(0)
+    length, masked = 20, 3  # equal lengths and every masked slot used: no padding anywhere
+    arrays = synthetic_rows(rng, 4, 32, masked, 96, lengths=np.full(4, length))
+    model = BertForPreTraining(config, attention_backend="math")
+    with FlopCounterMode(display=False) as counter:
+        model(pack_padded_rows(arrays)).loss.backward()
+    assert counter.get_total_flops() == pytest.approx(batch_flops(config, np.full(4, length), np.full(4, masked)))
+
+
+def test_synthetic_rows_follow_the_mlperf_histogram_and_invariants():
+    rng = np.random.default_rng(0)
+    assert sample_lengths(rng, 100_000, 512).mean() == pytest.approx(255.8, abs=2)
+    assert sample_lengths(rng, 1000, 128).max() == 128
+    arrays = synthetic_rows(rng, 50, 128, 20, 30522)
+    lengths = arrays["input_mask"].sum(axis=1)
+    for i, length in enumerate(lengths):
+        positions = arrays["masked_lm_positions"][i]
+        count = np.count_nonzero(positions)
+        assert count == min(20, max(1, round(length * 0.15)))
+        assert (np.diff(positions[:count]) > 0).all()
+        assert arrays["input_ids"][i, 0] == 101 and arrays["input_ids"][i, length - 1] == 102
+        assert not np.isin(arrays["input_ids"][i, positions[:count]], (101, 102)).any()
+
+
+def test_peaks_and_power_are_absent_where_unknown():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "fp16") == 756.0
+    assert peak_tflops("AMD EPYC", "fp32") is None
+    meter = EnergyMeter(torch.device("cpu"))
+    assert not meter.available
+    meter.start()
+    assert meter.stop() is None
