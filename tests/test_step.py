@@ -63,3 +63,60 @@ def test_fp16_overflow_skips_the_update():
     assert scaler.get_scale() == 2.0**9
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
+
+
+def test_compile_model_marks_the_hot_regions_and_keeps_parameter_names():
+    from bert_pretrain.step import compile_model
+
+    model = _model()
+    names = list(model.state_dict())
+    assert compile_model(model) is model
+    assert list(model.state_dict()) == names
+    assert all(layer._compiled_call_impl is not None for layer in model.bert.encoder.layer)
+    assert model.cls.predictions._compiled_call_impl is not None
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_step_never_waits_for_the_gpu(precision):
+    """Steps with an optimizer that takes GradScaler's on-device flags queue work without a host sync."""
+    from bert_pretrain.data.packing import pack_padded_rows
+
+    device = torch.device("cuda")
+    arrays = mlperf_arrays(np.random.default_rng(0), n=8, seq_len=64, max_pred=10, vocab_size=100)
+    batch = pack_padded_rows(arrays).pin_memory()
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(hidden_size=64, num_attention_heads=1), attention_backend="auto").to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    scaler = make_grad_scaler(precision, device)
+    train_step(model, optimizer, scaler, [batch], precision, device)  # first step: lazy state creation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            result = train_step(model, optimizer, scaler, [batch], precision, device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(result.sums).all()
+
+
+@pytest.mark.gpu
+@CUDA
+def test_compiled_model_computes_what_the_eager_model_does():
+    from bert_pretrain.data.packing import pack_padded_rows
+    from bert_pretrain.step import autocast, compile_model
+
+    device = torch.device("cuda")
+    model = _model().to(device)
+    model.attention_backend = "auto"
+    batches = [pack_padded_rows(mlperf_arrays(np.random.default_rng(s), n=6, seq_len=32, max_pred=5, vocab_size=100))
+               .to(device) for s in range(3)]
+    with autocast(device, "bf16"):
+        eager = [model(b).loss.float() for b in batches]
+        compile_model(model)
+        compiled = [model(b).loss.float() for b in batches]
+    torch.testing.assert_close(torch.stack(compiled), torch.stack(eager), rtol=2e-2, atol=1e-3)

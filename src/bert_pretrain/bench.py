@@ -10,6 +10,7 @@ rows into batches, plus reading the shard when one is given) against what the st
 
 from __future__ import annotations
 
+import gc
 import math
 import platform
 import resource
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from bert_pretrain import bench_hf
-from bert_pretrain.attention import resolve_backend
+from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.data import shards
 from bert_pretrain.data.packing import pack_padded_rows, pack_rows, row_lengths
 from bert_pretrain.data.synthetic import synthetic_rows
@@ -131,6 +132,11 @@ def measure_input_pipeline(options: BenchOptions, rows: dict, device: torch.devi
     return result
 
 
+def compile_enabled(options: BenchOptions, device: torch.device) -> bool:
+    """--compile / --no_compile, else on for CUDA only (CPU compilation costs more than it saves here)."""
+    return options.compile if options.compile is not None else device.type == "cuda"
+
+
 def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of parameters and optimizer state (what stays resident between steps)."""
     tensors = list(model.parameters()) + [
@@ -154,6 +160,7 @@ class _Runner:
         self.seconds = 0.0
         self.joules = 0.0
         self.timed_indices: list[int] = []
+        self.block_seconds: list[float] = []
         self.peak_bytes = 0
         self.last = None
 
@@ -173,7 +180,8 @@ class _Runner:
         _synchronize(device)
         if not timed:
             return
-        self.seconds += time.perf_counter() - start
+        self.block_seconds.append(time.perf_counter() - start)
+        self.seconds += self.block_seconds[-1]
         joules = meter.stop() if meter else None
         self.joules = None if joules is None or self.joules is None else self.joules + joules
         if device.type == "cuda":
@@ -181,20 +189,22 @@ class _Runner:
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device) - resident_other)
 
 
-def _contestants(options, config, rows, device):
+def _contestants(options, config, rows, device, backend: str):
     """This project's runner and, with --compare hf, HF's, over the same POOL_BATCHES batches."""
     groups = [{k: v[i * options.batch:(i + 1) * options.batch] for k, v in rows.items()}
               for i in range(POOL_BATCHES)]
     pin = device.type == "cuda"
     torch.manual_seed(options.seed)
     model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
-    if options.compile if options.compile is not None else device.type == "cuda":
+    if compile_enabled(options, device):
         compile_model(model)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused,
                                   foreach=None if fused else True)
     scaler = make_grad_scaler(options.precision, device)
-    batches = [pack_padded_rows(g, options.predictions(), options.pad_to_multiple) for g in groups]
+    # Variable-length kernels only size their grid with max_seqlen: fix it so compiled code sees one value.
+    max_seqlen = options.seq if backend in PACKED_ONLY else None
+    batches = [pack_padded_rows(g, options.predictions(), options.pad_to_multiple, max_seqlen) for g in groups]
     batches = [b.pin_memory() if pin else b for b in batches]
 
     def ours(batch):
@@ -213,6 +223,35 @@ def _contestants(options, config, rows, device):
 
         runners.append(_Runner("hf_transformers", peer, inputs, hf, hf_opt))
     return runners, groups
+
+
+def _time_contestants(runners, options, device, meter, progress):
+    """Warm-up, then `rounds` alternating timed blocks. Returns the runners that finished and HF's error."""
+    per_round = options.steps // options.rounds
+    active_meter = meter if meter.available else None
+    try:
+        for runner in runners:
+            progress(f"bench: warm-up {runner.name} ({options.warmup} steps)")
+            runner.run(options.warmup, device, None, None, timed=False)
+        for round_index in range(options.rounds):
+            for runner in runners if round_index % 2 == 0 else runners[::-1]:
+                other = next((r for r in runners if r is not runner), None)
+                runner.run(per_round, device, active_meter, other, timed=True)
+            progress(f"bench: round {round_index + 1}/{options.rounds} done")
+        return runners, None
+    except torch.cuda.OutOfMemoryError as err:
+        if len(runners) == 1:
+            raise
+        # The peer (logits for every position) ran out of memory: time this project alone.
+        hf_error = f"out of memory: {str(err).splitlines()[0]}"
+    progress(f"bench: hf_transformers failed ({hf_error}); timing bert_pretrain alone")
+    ours = _Runner(runners[0].name, runners[0].step_fn, runners[0].inputs, runners[0].model, runners[0].optimizer)
+    runners.clear()  # drop the peer's model, optimizer and gradients
+    gc.collect()
+    torch.cuda.empty_cache()
+    for _ in range(options.rounds):
+        ours.run(per_round, device, active_meter, None, timed=True)
+    return [ours], hf_error
 
 
 def _device_name(device: torch.device) -> str:
@@ -264,30 +303,22 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
              f"seq {options.seq} batch {options.batch} {options.precision} on {_device_name(device)}; "
              f"attention {backend}; building")
-    runners, groups = _contestants(options, config, rows, device)
+    runners, groups = _contestants(options, config, rows, device, backend)
     meter = EnergyMeter(device)
-    for runner in runners:
-        progress(f"bench: warm-up {runner.name} ({options.warmup} steps)")
-        runner.run(options.warmup, device, None, None, timed=False)
-    per_round = options.steps // options.rounds
-    for round_index in range(options.rounds):
-        order = runners if round_index % 2 == 0 else runners[::-1]
-        for runner in order:
-            other = next((r for r in runners if r is not runner), None)
-            runner.run(per_round, device, meter if meter.available else None, other, timed=True)
-        progress(f"bench: round {round_index + 1}/{options.rounds} done")
+    runners, hf_error = _time_contestants(runners, options, device, meter, progress)
     peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
     result = {
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
-        "attention": backend, "compile": bool(options.compile if options.compile is not None
-                                              else device.type == "cuda"),
-        "steps": per_round * options.rounds, "optimizer": type(runners[0].optimizer).__name__,
+        "attention": backend, "compile": compile_enabled(options, device),
+        "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,
         "torch": torch.__version__,
     }
     result.update(_summary(runners[0], groups, config, options, device, peak))
+    if hf_error:
+        result["hf_error"] = hf_error
     if len(runners) > 1:
         import transformers
 
@@ -295,6 +326,9 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         hf = _summary(runners[1], groups, config, options, device, peak)
         result.update({f"hf_{key}": value for key, value in hf.items()})
         result["ratio"] = result["seq_per_s"] / result["hf_seq_per_s"]
+        # Per alternating pair of blocks (same step count each): shows how steady the ratio was.
+        result["ratio_rounds"] = [hf_s / ours_s for ours_s, hf_s in zip(runners[0].block_seconds,
+                                                                          runners[1].block_seconds)]
     result.update(measure_input_pipeline(options, rows, device))
     result["input_ratio"] = result["input_seq_per_s"] / result["seq_per_s"]
     return result

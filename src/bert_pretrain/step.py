@@ -52,15 +52,34 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.M
     Each encoder layer, the embeddings and the masked-LM head are compiled (`Module.compile`, so
     parameter names and checkpoints are unchanged). All encoder layers run one compiled graph
     (parameters are graph inputs), so compiling BERT-large costs about one layer, not 24. The
-    attention backend is resolved outside the layers, and the token count becomes a dynamic
-    dimension after its first change, so packed batches of varying size do not recompile.
+    attention backend is resolved outside the layers. The packed token count is marked dynamic
+    before the first call, so batches of any token count share one compilation (keep
+    `Batch.max_seqlen` fixed as well, see data/packing.py, or its first change costs one more).
     """
-    from bert_pretrain.model import BertEmbeddings, BertLayer, BertLMPredictionHead
+    from bert_pretrain.model import BertEmbeddings, BertEncoder, BertLayer, BertLMPredictionHead, BertModel
 
     for module in model.modules():
-        if isinstance(module, (BertLayer, BertEmbeddings, BertLMPredictionHead)):
+        if isinstance(module, (BertEmbeddings, BertLayer, BertLMPredictionHead)):
             module.compile(mode=mode)
+        elif isinstance(module, BertModel):
+            module.register_forward_pre_hook(_mark_packed_tokens_dynamic)
+        elif isinstance(module, BertEncoder):
+            module.register_forward_pre_hook(_mark_hidden_dynamic)
     return model
+
+
+def _mark_packed_tokens_dynamic(module, args) -> None:
+    """Before BertModel.forward(batch, ...): the packed stream's length N varies from batch to batch."""
+    batch = args[0]
+    if batch.is_packed:
+        for tensor in (batch.input_ids, batch.segment_ids, batch.position_ids):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
+def _mark_hidden_dynamic(module, args) -> None:
+    """Before BertEncoder.forward(x, batch, ...): x is (N, H) when packed."""
+    if args[1].is_packed:
+        torch._dynamo.maybe_mark_dynamic(args[0], 0)
 
 
 def _sums(out) -> torch.Tensor:

@@ -1,0 +1,292 @@
+"""One call on a lent H100/H200: correctness on CUDA, then `bench` against HF; writes a dated report.
+
+On the GPU machine, from the repository root (needs only torch, transformers, h5py, numpy; the
+package need not be installed):
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_check.py --out "$OUT"
+
+Dry run on a CPU (same sections, tiny sizes):
+
+    PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
+
+Every section runs in its own process with a timeout taken from one overall budget (default
+450 s); a failure or timeout is recorded in the report and the next section runs. The report
+(`<out>/throughput_<device>_<date>.md`, plus the raw JSON) is rewritten after every section and
+printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _section_environment(args) -> dict:
+    import platform
+
+    import torch
+
+    from bert_pretrain.attention import BACKENDS, unsupported_reason
+
+    device = torch.device(args.device)
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+    for package in ("transformers", "triton", "numpy", "h5py", "pynvml", "flash_attn"):
+        try:
+            info[package] = getattr(__import__(package), "__version__", "present")
+        except ImportError:
+            info[package] = None
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(capability=list(torch.cuda.get_device_capability(device)),
+                    memory_gb=round(properties.total_memory / 2**30, 1), multiprocessors=properties.multi_processor_count)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    info["packed_attention"] = {b: unsupported_reason(b, device, dtype, 0.1, 64) or "ok" for b in BACKENDS}
+    return info
+
+
+def _section_probe(args) -> dict:
+    """Each packed attention backend, forward and backward, against the math backend on this device."""
+    import torch
+
+    from bert_pretrain.attention import BACKENDS, packed_attention, unsupported_reason
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lengths = [200, 512, 17, 300] if device.type == "cuda" else [20, 51, 7]
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    torch.manual_seed(0)
+    qkv = torch.randn(sum(lengths), 3, 16, 64, device=device, dtype=dtype)
+    results = {}
+    reference = None
+    for backend in ["math"] + [b for b in BACKENDS if b not in ("auto", "math")]:
+        reason = unsupported_reason(backend, device, dtype, 0.0, 64)
+        if reason:
+            results[backend] = f"unsupported: {reason}"
+            continue
+        try:
+            inputs = qkv.clone().requires_grad_(device.type == "cuda" or backend != "flex")
+            out = packed_attention(*inputs.unbind(1), cu, max(lengths), backend=backend)
+            if inputs.requires_grad:
+                out.float().square().sum().backward()
+            value = (out.float(), inputs.grad.float() if inputs.grad is not None else None)
+            if reference is None:
+                reference = value
+            errors = [(a - b).norm().item() / b.norm().item() for a, b in zip(value, reference) if a is not None]
+            results[backend] = "ok, relative error vs math " + ", ".join(f"{e:.1e}" for e in errors)
+        except Exception as err:  # noqa: BLE001 - the probe records any failure and moves on
+            results[backend] = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return results
+
+
+def _copy_task_rows(rng, n: int, seq: int, max_pred: int, vocab: int) -> dict:
+    """Learnable rows: Zipf-distributed tokens (a model first learns the frequencies), and segment B repeats
+    segment A when the NSP label is 0 (then attention can copy masked tokens and tell the pairs apart)."""
+    import numpy as np
+
+    from bert_pretrain.data.synthetic import sample_lengths
+
+    frequency = np.arange(1, vocab - 4, dtype=np.float64) ** -1.5
+    frequency /= frequency.sum()
+
+    arrays = {"input_ids": np.zeros((n, seq), np.int32), "input_mask": np.zeros((n, seq), np.int8),
+              "segment_ids": np.zeros((n, seq), np.int8), "masked_lm_positions": np.zeros((n, max_pred), np.int32),
+              "masked_lm_ids": np.zeros((n, max_pred), np.int32),
+              "next_sentence_labels": rng.integers(0, 2, n).astype(np.int8)}
+    for i, length in enumerate(sample_lengths(rng, n, seq).clip(min=9).tolist()):
+        half = (length - 3) // 2
+        seg_a = 5 + rng.choice(vocab - 5, half, p=frequency)
+        seg_b = seg_a if arrays["next_sentence_labels"][i] == 0 else 5 + rng.choice(vocab - 5, half, p=frequency)
+        tokens = np.concatenate([[2], seg_a, [3], seg_b, [3]])
+        length = len(tokens)
+        candidates = np.setdiff1d(np.arange(1, length - 1), [half + 1])
+        count = min(max_pred, max(1, round(0.15 * length)))
+        positions = np.sort(rng.choice(candidates, count, replace=False))
+        arrays["masked_lm_ids"][i, :count] = tokens[positions]
+        arrays["masked_lm_positions"][i, :count] = positions
+        tokens[positions] = 4
+        arrays["input_ids"][i, :length] = tokens
+        arrays["input_mask"][i, :length] = 1
+        arrays["segment_ids"][i, half + 2:length] = 1
+    return arrays
+
+
+def _section_train(args) -> dict:
+    """A few hundred optimizer steps of the fast path (packed, auto attention) on a small model: loss must fall."""
+    import numpy as np
+    import torch
+
+    from bert_pretrain.data.packing import pack_padded_rows
+    from bert_pretrain.model import BertConfig, BertForPreTraining
+    from bert_pretrain.step import make_grad_scaler, train_step
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    steps, batch, seq = (300, 64, 128) if cuda else (40, 8, 64)
+    precision = "bf16" if cuda else "fp32"
+    config = BertConfig(vocab_size=200, hidden_size=256 if cuda else 64, num_hidden_layers=4 if cuda else 2,
+                        num_attention_heads=4, intermediate_size=1024 if cuda else 128, max_position_embeddings=seq)
+    rng = np.random.default_rng(0)
+    arrays = _copy_task_rows(rng, batch * 32, seq, 20, config.vocab_size)
+    batches = [pack_padded_rows({k: v[i * batch:(i + 1) * batch] for k, v in arrays.items()}).to(device)
+               for i in range(32)]
+    torch.manual_seed(0)
+    model = BertForPreTraining(config, attention_backend="auto").to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=cuda)
+    scaler = make_grad_scaler(precision, device)
+    losses = []
+    for step in range(steps):
+        losses.append(train_step(model, optimizer, scaler, [batches[step % 32]], precision, device).sums[0])
+    losses = torch.stack(losses).tolist()
+    window = max(steps // 10, 1)
+    first, last = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
+    return {"steps": steps, "precision": precision, "config": config.to_dict(), "first_loss": first,
+            "last_loss": last, "loss_fell": last < 0.8 * first, "finite": bool(np.isfinite(losses).all())}
+
+
+SECTIONS = {"environment": _section_environment, "probe": _section_probe, "train": _section_train}
+
+
+def _bench_plan(args) -> list[tuple[str, list[str], int]]:
+    """(name, bench arguments, seconds it may need at most) in order of importance."""
+    if args.device == "cpu":
+        small = ["--seq", "128", "--batch", "8", "--steps", "4", "--warmup", "1", "--rounds", "2"]
+        return [(f"{args.model}_{p}", ["--model", args.model, "--precision", p, *small], 120) for p in ("fp32", "bf16")]
+    large = ["--model", "large", "--seq", "512", "--batch", "64", "--steps", "20", "--warmup", "5"]
+    return [
+        ("large512_bf16", [*large, "--precision", "bf16"], 240),
+        ("large512_fp16", [*large, "--precision", "fp16"], 200),
+        ("base128_bf16", ["--model", "base", "--seq", "128", "--batch", "256", "--steps", "20", "--warmup", "5",
+                          "--precision", "bf16"], 150),
+    ]
+
+
+def _run(command: list[str], timeout: float) -> tuple[int | None, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        return done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as err:
+        return None, err.stdout.decode() if err.stdout else "", err.stderr.decode() if err.stderr else ""
+
+
+def _last_json(stdout: str):
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return None
+
+
+class Report:
+    """The Markdown report and raw JSON, rewritten whole after every section."""
+
+    def __init__(self, out: Path, args):
+        self.out, self.args = out, args
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.sections: list[dict] = []
+        self.path = None
+
+    def add(self, section: dict) -> None:
+        self.sections.append(section)
+        env = next((s["result"] for s in self.sections if s["name"] == "environment" and s.get("result")), {})
+        device = re.sub(r"[^a-z0-9]+", "-", str(env.get("device_name") or self.args.device).lower()).strip("-")
+        stem = f"throughput_{device or 'unknown'}_{self.started:%Y-%m-%d}"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path = self.out / f"{stem}.md"
+        for path, text in ((self.path, self.markdown()), (self.out / f"{stem}.json", json.dumps(self.sections, indent=1))):
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(text)
+            partial.replace(path)
+
+    def markdown(self) -> str:
+        lines = [f"# GPU check: throughput and correctness ({self.started:%Y-%m-%d %H:%M} UTC)", "",
+                 f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`; budget {self.args.budget_s:.0f} s.", ""]
+        for section in self.sections:
+            lines += [f"## {section['name']}: {section['status']} ({section['seconds']:.0f} s)", ""]
+            if section.get("command"):
+                lines += [f"`{section['command']}`", ""]
+            result = section.get("result")
+            if result and "seq_per_s" in result:
+                lines += _bench_table(result)
+            elif result:
+                lines += ["```", json.dumps(result, indent=1)[:4000], "```"]
+            if section.get("log"):
+                lines += ["", "```", section["log"][-1500:], "```"]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _bench_table(r: dict) -> list[str]:
+    def cell(key):
+        value = r.get(key)
+        return "-" if value is None else (f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}")
+
+    keys = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "power_w", "joules_per_seq", "loss")
+    rows = ["| measure | bert_pretrain | hf_transformers |", "|---|---:|---:|"]
+    rows += [f"| {k} | {cell(k)} | {cell('hf_' + k)} |" for k in keys]
+    rows += [f"| ratio (seq/s) | {cell('ratio')} | rounds {[round(x, 2) for x in r.get('ratio_rounds', [])]} |",
+             f"| input pipeline seq/s | {cell('input_seq_per_s')} ({cell('input_ratio')}x the step) | |", "",
+             f"model {r['model']}, seq {r['seq']}, batch {r['batch']}, {r['precision']}, attention {r['attention']}, "
+             f"compile {r['compile']}, optimizer {r['optimizer']}, mean real length {r['mean_length']:.1f}, "
+             f"{r['steps']} timed steps each, peak {r.get('peak_tflops')} TFLOP/s, torch {r['torch']}, "
+             f"transformers {r.get('transformers')}, power {r.get('power')}" + (f"; HF: {r['hf_error']}" if r.get("hf_error") else "")]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--model", default="large", help="with --device cpu: the model for the dry run (tiny)")
+    parser.add_argument("--budget_s", type=float, default=450.0, help="hard limit for the whole check")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the report")
+    parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)  # internal: run one section
+    args = parser.parse_args(argv)
+    if args.section:
+        print(json.dumps(SECTIONS[args.section](args)))
+        return 0
+    deadline = time.monotonic() + args.budget_s
+    report = Report(Path(args.out), args)
+    me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--model", args.model]
+    plan = [(name, [*me, "--section", name], limit) for name, limit in (("environment", 60), ("probe", 60))]
+    plan.append(("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                               "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py"], 150))
+    plan.append(("train", [*me, "--section", "train"], 90))
+    plan += [(name, [sys.executable, "-m", "bert_pretrain", "bench", "--device", args.device, "--compare", "hf", *rest],
+              limit) for name, rest, limit in _bench_plan(args)]
+    for name, command, limit in plan:
+        timeout = min(limit, deadline - time.monotonic())
+        print(f"gpu_check: {name} (up to {timeout:.0f} s)", flush=True)
+        if timeout < 20:
+            report.add({"name": name, "status": "SKIPPED (budget spent)", "seconds": 0.0})
+            continue
+        start = time.monotonic()
+        code, stdout, stderr = _run(command, timeout)
+        section = {"name": name, "seconds": time.monotonic() - start, "command": " ".join(command[1:])}
+        if name == "gpu tests":
+            tail = (stdout.strip().splitlines() or [""])[-1]
+            ok = code == 0 or (code == 5 and args.device == "cpu")  # 5: every test skipped (no CUDA)
+            section.update(status=("ok" if ok else "FAILED") + f": {tail}", log=stdout[-3000:] if not ok else "")
+        elif code == 0:
+            section.update(status="ok", result=_last_json(stdout))
+        else:
+            status = "TIMED OUT" if code is None else f"FAILED (exit {code})"
+            section.update(status=status, result=_last_json(stdout), log=stderr[-3000:])
+        report.add(section)
+        print(f"gpu_check: {name}: {section['status']} in {section['seconds']:.0f} s", flush=True)
+    print(report.markdown())
+    print(f"gpu_check: report written to {report.path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
