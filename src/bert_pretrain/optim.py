@@ -89,7 +89,8 @@ class Lamb(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, step=0)
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
-        self.last_grad_norm: torch.Tensor | None = None
+        # A dict, not an attribute: torch.compile can trace a dict update inside step(), not a setattr.
+        self._stats: dict[str, torch.Tensor] = {}
         for group in self.param_groups:
             for param in group["params"]:
                 if param.dtype != torch.float32:
@@ -97,6 +98,11 @@ class Lamb(torch.optim.Optimizer):
                         f"Lamb keeps fp32 weights and moments but got a {param.dtype} parameter; "
                         "keep the model in fp32 and use autocast for fp16/bf16"
                     )
+
+    @property
+    def last_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient L2 norm of the last step, before clipping (a 0-d device tensor)."""
+        return self._stats.get("grad_norm")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -124,7 +130,7 @@ class Lamb(torch.optim.Optimizer):
     def _clip_(self, grads: list[torch.Tensor]) -> None:
         """Scale `grads` by max_grad_norm / max(global_norm, max_grad_norm) (tf.clip_by_global_norm)."""
         global_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        self.last_grad_norm = global_norm
+        self._stats["grad_norm"] = global_norm
         if self.max_grad_norm is not None:
             # 1 exactly when the norm is within bounds; no host-side test of the tensor.
             torch._foreach_mul_(grads, self.max_grad_norm / global_norm.clamp(min=self.max_grad_norm))
@@ -144,26 +150,23 @@ class Lamb(torch.optim.Optimizer):
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        updates = _adam_direction(exp_avgs, exp_avg_sqs, group["step"], beta1, beta2, group["eps"])
+        # m_hat / (sqrt(v_hat) + eps) == factor * m / (sqrt(v) + eps * sqrt(bc2)), factor = sqrt(bc2) / bc1:
+        # the bias corrections become scalars folded into other ops, saving passes over the weights.
+        root_bc2 = math.sqrt(1.0 - beta2 ** group["step"])
+        factor = root_bc2 / (1.0 - beta1 ** group["step"])
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"] * root_bc2)
         lr, weight_decay = group["lr"], group["weight_decay"]
         if weight_decay != 0.0:
-            torch._foreach_add_(updates, params, alpha=weight_decay)
-            torch._foreach_mul_(updates, list((_trust_ratios(params, updates) * -lr).unbind()))
+            updates = torch._foreach_mul(params, weight_decay)
+            torch._foreach_addcdiv_(updates, exp_avgs, denominators, value=factor)
+            del denominators
+            scales = (_trust_ratios(params, updates) * -lr).unbind()  # (len(params),) -> 0-d tensors
+            torch._foreach_addcmul_(params, updates, list(scales))
         else:
-            torch._foreach_mul_(updates, -lr)
-        torch._foreach_add_(params, updates)
-
-
-def _adam_direction(exp_avgs, exp_avg_sqs, step: int, beta1: float, beta2: float, eps: float):
-    """m_hat / (sqrt(v_hat) + eps) per tensor, with the bias corrections of update number `step`."""
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    denominators = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denominators, math.sqrt(bias_correction2))
-    torch._foreach_add_(denominators, eps)
-    updates = torch._foreach_div(exp_avgs, denominators)
-    torch._foreach_div_(updates, bias_correction1)
-    return updates
+            updates = torch._foreach_div(exp_avgs, denominators)
+            torch._foreach_mul_(updates, -lr * factor)
+            torch._foreach_add_(params, updates)
 
 
 def _trust_ratios(params, updates) -> torch.Tensor:
