@@ -78,11 +78,16 @@ def test_resume_continues_the_file_and_the_plot(tmp_path):
     first = MetricsWriter(tmp_path)
     fill(first, steps=range(1, 4))
     first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"kind": "train", "st')  # the last line of a killed run
     resumed = MetricsWriter(tmp_path, resume=True)
     fill(resumed, steps=range(4, 7))
     assert [r["step"] for r in resumed._history if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     resumed.close()
-    assert len(lines(tmp_path / "metrics.jsonl")) == 8
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 9  # 8 records + the cut line
+    again = MetricsWriter(tmp_path, resume=True)
+    assert len([r for r in again._history if r["kind"] == "train"]) == 6
+    again.close()
     fresh = MetricsWriter(tmp_path)  # a new run starts the file again
     fresh.close()
     assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -33,9 +33,20 @@ def _tensorboard_writer(log_dir: Path):
 
 
 def _read_history(path: Path) -> list[dict]:
+    """The records already in `path`; a line cut short by a killed process is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _ends_mid_line(path: Path) -> bool:
+    return path.read_bytes()[-1:] not in (b"", b"\n")
 
 
 def _checked(values: dict) -> dict:
@@ -67,6 +78,8 @@ class MetricsWriter:
             path = self.output_dir / METRICS_FILE
             self._history = _read_history(path) if resume else []
             self._file = open(path, "a" if resume else "w", encoding="utf-8")
+            if resume and _ends_mid_line(path):
+                self._file.write("\n")  # close a line cut short by a killed process
             self._tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIR)
 
     def train(self, step: int, samples: int, values: dict) -> None:

@@ -130,10 +130,10 @@ class MLPerfLogger:
         values = dict(values)
         missing = [key for key in REQUIRED_HYPERPARAMETERS if key not in values]
         epsilons = {values.pop(key) for key in EPSILON_KEYS if key in values}
-        if missing or len(epsilons) != 1:
-            raise ValueError(f"MLPerf hyperparameters: missing {missing or ''}"
-                             f"{' and' if missing else ''} need exactly one epsilon value under "
-                             f"{' or '.join(EPSILON_KEYS)} (got {sorted(epsilons)})")
+        if len(epsilons) != 1:
+            missing.append(f"one epsilon value under {' or '.join(EPSILON_KEYS)} (got {sorted(epsilons)})")
+        if missing:
+            raise ValueError(f"MLPerf hyperparameters are missing: {', '.join(missing)}")
         epsilon = epsilons.pop()
         for key, value in [*values.items(), *((key, epsilon) for key in EPSILON_KEYS)]:
             self._log("event", key, value=_plain(key, value))
