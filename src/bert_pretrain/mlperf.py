@@ -135,8 +135,9 @@ class MLPerfLogger:
         if missing:
             raise ValueError(f"MLPerf hyperparameters are missing: {', '.join(missing)}")
         epsilon = epsilons.pop()
-        for key, value in [*values.items(), *((key, epsilon) for key in EPSILON_KEYS)]:
-            self._log("event", key, value=_plain(key, value))
+        checked = [(key, _plain(key, value)) for key, value in [*values.items(), *((k, epsilon) for k in EPSILON_KEYS)]]
+        for key, value in checked:  # all checked before the first is logged
+            self._log("event", key, value=value)
 
     def init_stop(self) -> None:
         self._log("end", constants.INIT_STOP)
