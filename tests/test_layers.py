@@ -18,8 +18,8 @@ LAYERS = [
     {"batch", "attention", "model", "tokenization", "data.shards", "optim", "distributed", "mlperf", "metrics",
      "flops", "power"},
     # 2: data and state built from the leaves
-    {"data", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader", "data.packing",
-     "checkpoint", "evaluate", "inspect", "step", "training_state", "data.synthetic"},
+    {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
+     "data.packing", "checkpoint", "evaluate", "inspect", "step", "training_state", "data.synthetic"},
     # 3: composition
     {"config"},
     # 4: wiring
