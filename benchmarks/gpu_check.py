@@ -127,11 +127,12 @@ def _section_train(args) -> dict:
 
     from bert_pretrain.data.packing import pack_padded_rows
     from bert_pretrain.model import BertConfig, BertForPreTraining
+    from bert_pretrain.optim import Lamb, parameter_groups
     from bert_pretrain.step import make_grad_scaler, train_step
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    steps, batch, seq = (300, 64, 128) if cuda else (40, 8, 64)
+    steps, batch, seq = (300, 64, 128) if cuda else (100, 8, 64)
     precision = "bf16" if cuda else "fp32"
     config = BertConfig(vocab_size=200, hidden_size=256 if cuda else 64, num_hidden_layers=4 if cuda else 2,
                         num_attention_heads=4, intermediate_size=1024 if cuda else 128, max_position_embeddings=seq)
@@ -141,7 +142,7 @@ def _section_train(args) -> dict:
                for i in range(32)]
     torch.manual_seed(0)
     model = BertForPreTraining(config, attention_backend="auto").to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=cuda)
+    optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=3e-3)
     scaler = make_grad_scaler(precision, device)
     losses = []
     for step in range(steps):

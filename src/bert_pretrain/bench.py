@@ -2,7 +2,7 @@
 
 Both run the same sequences (MLPerf length distribution: a shard's rows, or synthetic rows with
 the real length histogram, data/synthetic.py), in alternating timed blocks after a warm-up. This
-project's step is `step.train_step` (packed batches, compiled model on CUDA, the optimizer); the
+project's step is `step.train_step` (packed batches, compiled model on CUDA, multi-tensor LAMB); the
 peer is bench_hf.py. Reported: sequences/s, real tokens/s, TFLOP/s and MFU on real tokens only
 (flops.py), peak memory, GPU energy per sequence (NVML), and the input pipeline's rate (packing
 rows into batches, plus reading the shard when one is given) against what the step consumes.
@@ -29,6 +29,7 @@ from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError
 from bert_pretrain.flops import batch_flops, peak_tflops
 from bert_pretrain.model import BertConfig, BertForPreTraining
+from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.power import EnergyMeter
 from bert_pretrain.step import PRECISIONS, compile_model, make_grad_scaler, train_step
 
@@ -198,9 +199,7 @@ def _contestants(options, config, rows, device, backend: str):
     model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
     if compile_enabled(options, device):
         compile_model(model)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused,
-                                  foreach=None if fused else True)
+    optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4)
     scaler = make_grad_scaler(options.precision, device)
     # Variable-length kernels only size their grid with max_seqlen: fix it so compiled code sees one value.
     max_seqlen = options.seq if backend in PACKED_ONLY else None
