@@ -73,7 +73,8 @@ def test_compile_model_marks_the_hot_regions_and_keeps_parameter_names():
     assert compile_model(model) is model
     assert list(model.state_dict()) == names
     assert all(layer._compiled_call_impl is not None for layer in model.bert.encoder.layer)
-    assert model.cls.predictions._compiled_call_impl is not None
+    assert model.cls.predictions.transform._compiled_call_impl is not None
+    assert model.criterion._compiled_call_impl is not None
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -39,7 +39,7 @@ MODEL_SHAPES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-POOL_BATCHES = 16  # distinct batches cycled through, so lengths vary as in training
+POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class BenchOptions:
     bert_config_path: str | None = None
     seq: int = 128
     batch: int = 32
+    accumulation: int = 1
     device: str = "auto"
     precision: str = "fp32"
     steps: int = 20
@@ -86,7 +87,7 @@ def _validate(options: BenchOptions, config: BertConfig) -> None:
         raise InputError(f"--precision {options.precision!r} is not one of {PRECISIONS}")
     if options.compare not in (None, "hf"):
         raise InputError(f"--compare {options.compare!r}: the only peer is 'hf'")
-    for name in ("batch", "steps", "rounds", "seq", "pad_to_multiple"):
+    for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple"):
         if getattr(options, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
     if options.steps < options.rounds:
@@ -120,7 +121,7 @@ def measure_input_pipeline(options: BenchOptions, rows: dict, device: torch.devi
         read_s_per_row = (time.perf_counter() - start) / len(source["next_sentence_labels"])
         result["shard_read_seq_per_s"] = 1.0 / read_s_per_row
     total = len(source["next_sentence_labels"])
-    starts = [(i * options.batch) % max(total - options.batch + 1, 1) for i in range(POOL_BATCHES * 4)]
+    starts = [(i * options.batch) % max(total - options.batch + 1, 1) for i in range(64)]
     begin = time.perf_counter()
     for start in starts:
         chunk = {k: v[start:start + options.batch] for k, v in source.items()}
@@ -191,9 +192,10 @@ class _Runner:
 
 
 def _contestants(options, config, rows, device, backend: str):
-    """This project's runner and, with --compare hf, HF's, over the same POOL_BATCHES batches."""
-    groups = [{k: v[i * options.batch:(i + 1) * options.batch] for k, v in rows.items()}
-              for i in range(POOL_BATCHES)]
+    """This project's runner and, with --compare hf, HF's, over the same POOL_STEPS steps of micro-batches."""
+    size, per_step = options.batch, options.accumulation
+    groups = [[{k: v[(i * per_step + j) * size:(i * per_step + j + 1) * size] for k, v in rows.items()}
+               for j in range(per_step)] for i in range(POOL_STEPS)]
     pin = device.type == "cuda"
     torch.manual_seed(options.seed)
     model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
@@ -203,19 +205,20 @@ def _contestants(options, config, rows, device, backend: str):
     scaler = make_grad_scaler(options.precision, device)
     # Variable-length kernels only size their grid with max_seqlen: fix it so compiled code sees one value.
     max_seqlen = options.seq if backend in PACKED_ONLY else None
-    batches = [pack_padded_rows(g, options.predictions(), options.pad_to_multiple, max_seqlen) for g in groups]
-    batches = [b.pin_memory() if pin else b for b in batches]
+    steps = [[pack_padded_rows(g, options.predictions(), options.pad_to_multiple, max_seqlen) for g in step]
+             for step in groups]
+    steps = [[b.pin_memory() if pin else b for b in step] for step in steps]
 
-    def ours(batch):
-        return train_step(model, optimizer, scaler, [batch], options.precision, device).sums[0]
+    def ours(micro_batches):
+        return train_step(model, optimizer, scaler, micro_batches, options.precision, device).sums[0]
 
-    runners = [_Runner("bert_pretrain", ours, batches, model, optimizer)]
+    runners = [_Runner("bert_pretrain", ours, steps, model, optimizer)]
     if options.compare == "hf":
         hf = bench_hf.hf_model(config, device, options.hf_compile)
         hf_opt = bench_hf.hf_optimizer(hf, device)
         hf_scaler = make_grad_scaler(options.precision, device)
-        inputs = [bench_hf.hf_inputs(g) for g in groups]
-        inputs = [{k: v.pin_memory() for k, v in x.items()} if pin else x for x in inputs]
+        inputs = [[bench_hf.hf_inputs(g) for g in step] for step in groups]
+        inputs = [[{k: v.pin_memory() for k, v in x.items()} if pin else x for x in step] for step in inputs]
 
         def peer(x):
             return bench_hf.hf_train_step(hf, hf_opt, hf_scaler, x, options.precision, device)
@@ -266,9 +269,10 @@ def _device_name(device: torch.device) -> str:
 
 def _summary(runner: _Runner, groups, config, options, device, peak) -> dict:
     """Rates of one runner over its timed steps (FLOPs of real tokens only)."""
-    lengths = [row_lengths(groups[i]) for i in runner.timed_indices]
-    masked = [np.count_nonzero(groups[i]["masked_lm_positions"], axis=1) for i in runner.timed_indices]
-    sequences = options.batch * len(runner.timed_indices)
+    timed = [group for i in runner.timed_indices for group in groups[i]]  # the micro-batches run
+    lengths = [row_lengths(group) for group in timed]
+    masked = [np.count_nonzero(group["masked_lm_positions"], axis=1) for group in timed]
+    sequences = options.batch * len(timed)
     flops = sum(batch_flops(config, n, m) for n, m in zip(lengths, masked))
     tflops = flops / runner.seconds / 1e12
     if device.type == "cuda":
@@ -292,7 +296,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     config = bench_config(options)
     _validate(options, config)
     device = resolve_device(options.device)
-    rows = load_rows(options, config, options.batch * POOL_BATCHES)
+    rows = load_rows(options, config, options.batch * options.accumulation * POOL_STEPS)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[options.precision]
     try:
         backend = resolve_backend(options.attention, device, dtype, config.attention_probs_dropout_prob, True,
@@ -300,7 +304,8 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
-             f"seq {options.seq} batch {options.batch} {options.precision} on {_device_name(device)}; "
+             f"seq {options.seq} batch {options.batch}x{options.accumulation} {options.precision} on "
+             f"{_device_name(device)}; "
              f"attention {backend}; building")
     runners, groups = _contestants(options, config, rows, device, backend)
     meter = EnergyMeter(device)
@@ -308,6 +313,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
     result = {
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
+        "accumulation": options.accumulation,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
         "attention": backend, "compile": compile_enabled(options, device),
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,

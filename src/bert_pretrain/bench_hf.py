@@ -59,12 +59,14 @@ def hf_inputs(arrays: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def hf_train_step(model, optimizer, scaler, inputs: dict, precision: str, device: torch.device) -> torch.Tensor:
-    """One HF training step as its Trainer takes it; returns the loss (on the device)."""
-    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-    with autocast(device, precision):
-        loss = model(**inputs).loss
-    scaler.scale(loss).backward()
+def hf_train_step(model, optimizer, scaler, micro_batches: list[dict], precision: str,
+                  device: torch.device) -> torch.Tensor:
+    """One HF training step as its Trainer takes it (accumulating over the micro-batches); returns the last loss."""
+    for inputs in micro_batches:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        with autocast(device, precision):
+            loss = model(**inputs).loss
+        scaler.scale(loss / len(micro_batches)).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     scaler.step(optimizer)

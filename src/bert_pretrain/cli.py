@@ -112,7 +112,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="model shape (tiny: 2 layers, hidden 128); ignored with --bert_config_path")
     p.add_argument("--bert_config_path", default=None, help="a bert_config.json giving the model's shape")
     p.add_argument("--seq", type=int, default=128, help="max_seq_length of the rows")
-    p.add_argument("--batch", type=int, default=32, help="sequences per training step")
+    p.add_argument("--batch", type=int, default=32, help="sequences per micro-batch")
+    p.add_argument("--accumulation", type=int, default=1,
+                   help="micro-batches per optimizer step (gradient accumulation), for both contestants")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="autocast precision")
     p.add_argument("--steps", type=int, default=20, help="timed steps per contestant")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per contestant first (compilation happens here)")

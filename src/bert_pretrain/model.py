@@ -251,11 +251,19 @@ class BertLMPredictionHead(nn.Module):
         self.decoder.weight = word_embeddings.weight  # tied
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
         self.vocab_size = config.vocab_size
+        # 0 on the real vocabulary, -inf on the padding entries: added to the bias, it keeps the padded
+        # columns out of every softmax and argmax without slicing (which copies the logits and their grad).
+        padding = torch.zeros(config.padded_vocab_size)
+        padding[config.vocab_size :] = float("-inf")
+        self.register_buffer("vocab_padding", padding, persistent=False)
+
+    def padded_logits(self, x):
+        """x: (M, H) states of the masked tokens -> (M, padded_vocab_size) logits, -inf in the padded columns."""
+        return F.linear(self.transform(x), self.decoder.weight, self.bias + self.vocab_padding)
 
     def forward(self, x):
         """x: (M, H) states of the masked tokens -> (M, vocab_size) logits (padded rows cut off)."""
-        logits = F.linear(self.transform(x), self.decoder.weight, self.bias)  # (M, padded_vocab)
-        return logits[:, : self.vocab_size]
+        return self.padded_logits(x)[:, : self.vocab_size]
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -274,6 +282,7 @@ class BertForPreTraining(nn.Module):
         self.attention_backend = attention_backend
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
+        self.criterion = PretrainingLoss()
         self.apply(self._init_weights)
         self.zero_vocab_padding()
 
@@ -295,13 +304,23 @@ class BertForPreTraining(nn.Module):
     def forward(self, batch: Batch) -> PretrainingOutput:
         tokens, pooled = self.bert(batch, self.attention_backend)  # (B*T or N, H), (B, H)
         masked_states = tokens.index_select(0, batch.masked_positions)  # (M, H)
-        mlm_logits = self.cls.predictions(masked_states)  # (M, V)
+        mlm_logits = self.cls.predictions.padded_logits(masked_states)  # (M, padded V), -inf past V
         nsp_logits = self.cls.seq_relationship(pooled)  # (B, 2)
-        return pretraining_loss(mlm_logits, batch.masked_labels, nsp_logits, batch.next_sentence_labels)
+        return self.criterion(mlm_logits, batch.masked_labels, nsp_logits, batch.next_sentence_labels)
+
+
+class PretrainingLoss(nn.Module):
+    """`pretraining_loss` as a module without parameters, so that it can be compiled as one region."""
+
+    def forward(self, mlm_logits, mlm_labels, nsp_logits, nsp_labels) -> PretrainingOutput:
+        return pretraining_loss(mlm_logits, mlm_labels, nsp_logits, nsp_labels)
 
 
 def pretraining_loss(mlm_logits, mlm_labels, nsp_logits, nsp_labels) -> PretrainingOutput:
-    """Mean CE over the masked tokens (IGNORE_LABEL slots excluded) plus mean NSP CE, in fp32."""
+    """Mean CE over the masked tokens (IGNORE_LABEL slots excluded) plus mean NSP CE, in fp32.
+
+    `mlm_logits` may carry extra -inf columns (the vocabulary's padding): they change nothing.
+    """
     mlm_logits = mlm_logits.float()
     nsp_logits = nsp_logits.float()
     valid = mlm_labels != IGNORE_LABEL

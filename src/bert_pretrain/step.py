@@ -49,17 +49,18 @@ def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2
 def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
     """Compile the model's hot regions in place and return the model.
 
-    Each encoder layer, the embeddings and the masked-LM head are compiled (`Module.compile`, so
-    parameter names and checkpoints are unchanged). All encoder layers run one compiled graph
-    (parameters are graph inputs), so compiling BERT-large costs about one layer, not 24. The
+    Each encoder layer, the embeddings, the masked-LM head's transform and the loss are compiled
+    (`Module.compile`, so parameter names and checkpoints are unchanged). All encoder layers run one
+    compiled graph (parameters are graph inputs), so compiling BERT-large costs about one layer. The
     attention backend is resolved outside the layers. The packed token count is marked dynamic
     before the first call, so batches of any token count share one compilation (keep
     `Batch.max_seqlen` fixed as well, see data/packing.py, or its first change costs one more).
     """
-    from bert_pretrain.model import BertEmbeddings, BertEncoder, BertLayer, BertLMPredictionHead, BertModel
+    from bert_pretrain.model import (BertEmbeddings, BertEncoder, BertLayer, BertModel, BertPredictionHeadTransform,
+                                     PretrainingLoss)
 
     for module in model.modules():
-        if isinstance(module, (BertEmbeddings, BertLayer, BertLMPredictionHead)):
+        if isinstance(module, (BertEmbeddings, BertLayer, BertPredictionHeadTransform, PretrainingLoss)):
             module.compile(mode=mode)
         elif isinstance(module, BertModel):
             module.register_forward_pre_hook(_mark_packed_tokens_dynamic)
