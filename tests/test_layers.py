@@ -20,7 +20,7 @@ LAYERS = [
     {"data", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader", "data.packing",
      "checkpoint", "evaluate", "inspect", "step", "training_state"},
     # 3: composition
-    {"config"},
+    {"config", "reference_flags"},
     # 4: wiring
     {"train", "bench", "demo"},
     # 5: entry
