@@ -66,3 +66,43 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "bert_pretrain", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+def easy_mlperf_arrays(rng: np.random.Generator, n: int, seq_len: int, max_pred: int, vocab_size: int) -> dict:
+    """`mlperf_arrays` rows whose words are one word repeated, so a masked word is the row's other
+    words: a tiny model learns it in a few dozen steps (masked-LM accuracy well above 0.72)."""
+    arrays = mlperf_arrays(rng, n, seq_len, max_pred, vocab_size)
+    words = rng.integers(5, vocab_size, n)
+    is_word = arrays["input_ids"] >= 5  # not padding, [CLS], [SEP] or [MASK]
+    arrays["input_ids"] = np.where(is_word, words[:, None], arrays["input_ids"]).astype(np.int32)
+    has_slot = arrays["masked_lm_positions"] > 0
+    arrays["masked_lm_ids"] = np.where(has_slot, words[:, None], 0).astype(np.int32)
+    return arrays
+
+
+def write_data_folder(root: Path, seed: int = 0, num_shards: int = 4, rows_per_shard: int = 64,
+                      eval_rows: int = 64, seq_len: int = 32, max_pred: int = 5, vocab_size: int = 64,
+                      config=None) -> Path:
+    """A DATA folder laid out exactly as MLPerf's / DeepSparkHub's: <N>_shards_uncompressed/,
+    eval_set_uncompressed/part_eval_10k.hdf5, bert_config.json and model.ckpt-28252.apex.pt (NVIDIA's
+    {'model': state_dict} format), all tiny and easy (see `easy_mlperf_arrays`)."""
+    import json
+
+    import torch
+
+    from bert_pretrain.checkpoint import save_reference_checkpoint
+    from bert_pretrain.data.shards import write_padded
+    from bert_pretrain.model import BertForPreTraining
+
+    rng = np.random.default_rng(seed)
+    shards = root / f"{num_shards}_shards_uncompressed"
+    for i in range(num_shards):
+        write_padded(shards / f"part_{i}_of_{num_shards}.hdf5",
+                     easy_mlperf_arrays(rng, rows_per_shard, seq_len, max_pred, vocab_size))
+    write_padded(root / "eval_set_uncompressed" / "part_eval_10k.hdf5",
+                 easy_mlperf_arrays(rng, eval_rows, seq_len, max_pred, vocab_size))
+    config = config or tiny_config(vocab_size, max_position_embeddings=seq_len)
+    (root / "bert_config.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(seed)
+    save_reference_checkpoint(BertForPreTraining(config), root / "model.ckpt-28252.apex.pt")
+    return root

@@ -22,7 +22,7 @@ LAYERS = [
     # 3: composition
     {"config", "reference_flags"},
     # 4: wiring
-    {"train", "bench", "demo"},
+    {"train", "train_setup", "train_observers", "bench", "demo"},
     # 5: entry
     {"cli", "__main__", ""},
 ]
