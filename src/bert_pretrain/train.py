@@ -33,15 +33,16 @@ from bert_pretrain.training_state import Progress, gather_rank_states, save_trai
 SYNC_EVERY = 50
 
 
-def train(config: RunConfig) -> int:
-    """Run training; returns the exit code (0 when done, 128 + signal number when interrupted)."""
+def train(config: RunConfig, stream_factory=None) -> int:
+    """Run training; returns the exit code (0 when done, 128 + signal number when interrupted).
+    `stream_factory` replaces the shard stream (see `train_setup.setup`)."""
     started = time.time()
     info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
     signals: list[int] = []
     previous_handlers = _catch_signals(signals)
     run, peer_lost = None, False
     try:
-        run = setup(config, info, signals)
+        run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
         loop_started = time.time()
         status, reason = _loop(run)
@@ -146,7 +147,7 @@ def _open_block(run: Run) -> None:
 
 
 def _log(run: Run) -> None:
-    values = run.tracker.read()
+    values = _collective(run, run.tracker.read)
     progress, scaler = run.state.progress, run.state.scaler
     now = time.time()
     then, samples_then = run.last_log

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from bert_pretrain.distributed import all_reduce_sum
 from bert_pretrain.metrics import MetricsWriter
 from bert_pretrain.mlperf import MLPerfLogger
 from bert_pretrain.step import SUM_NAMES, StepResult
@@ -42,10 +44,11 @@ class StepTracker:
             float(attempt), dtype=torch.float64, device=self.device)), self.first_bad_step)
 
     def read(self) -> dict:
-        """Means since the last read (host values; this is the synchronisation point)."""
-        sums = dict(zip(SUM_NAMES, self._sums.tolist()))
+        """Means over all processes since the last read (a collective, and a host synchronisation)."""
+        sums = dict(zip(SUM_NAMES, all_reduce_sum(self._sums).tolist()))
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         values = {
-            "loss": sums["loss"] / max(self._steps, 1),
+            "loss": sums["loss"] / max(self._steps * world_size, 1),
             "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0),
             "mlm_loss": sums["mlm_loss_sum"] / max(sums["mlm_count"], 1.0),
             "nsp_accuracy": sums["nsp_correct"] / max(sums["nsp_count"], 1.0),

@@ -87,7 +87,9 @@ def guard(world_size: int, output_hint: Path | None, collective):
         raise
 
 
-def setup(config: RunConfig, info: DistInfo, signals: list[int]) -> Run:
+def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
+    """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
+    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
@@ -118,7 +120,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int]) -> Run:
     warmup = warmup_steps_for(config.optimizer.max_steps, config.optimizer.warmup_proportion,
                               config.optimizer.warmup_steps)
     warmup_start = warmup_start_for(config.optimizer.warmup_steps, config.optimizer.start_warmup_step)
-    stream = _stream(config, info, bert_config.vocab_size, state.data_position)
+    stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
     run = Run(config=config, info=info, state=state, model=model, stream=stream,
               eval_batches=_eval_batches(config, info, bert_config.vocab_size),
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
@@ -180,7 +182,8 @@ def _changed_options(saved: dict, config: RunConfig) -> list[str]:
     return [f"note: resuming with changed options ({', '.join(changed)}); the continuation is not the exact one"]
 
 
-def _stream(config: RunConfig, info: DistInfo, vocab_size: int, start: DataPosition) -> ShardStream:
+def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: DataPosition) -> ShardStream:
+    """The default stream: this process's share of --input_dir, from `start`."""
     def report(message: str) -> None:
         print(f"bert-pretrain train (rank {info.rank}): {message}", file=sys.stderr, flush=True)
 
