@@ -69,7 +69,6 @@ def _loop(run: Run) -> tuple[str, str]:
         return done
     run.observers.run_start(progress.step)
     run.last_log = (time.time(), progress.samples)
-    attempt = 0
     while True:
         _open_block(run)
         micro_batches = [next(run.stream) for _ in range(accumulation)]
@@ -77,12 +76,12 @@ def _loop(run: Run) -> tuple[str, str]:
         _set_learning_rate(run, applied_before)
         result = _collective(run, lambda: train_step(run.model, state.optimizer, state.scaler, micro_batches,
                                                      precision, run.info.device))
-        attempt += 1
         progress.step = _updates_applied(run)
         progress.skipped_steps += progress.step == applied_before
         progress.samples += run.global_batch_size
         state.data_position = run.stream.position
-        run.tracker.add(result, progress.step + progress.skipped_steps, state.scaler)
+        attempt = progress.step + progress.skipped_steps  # steps taken, skipped ones included
+        run.tracker.add(result, attempt, state.scaler)
         run.observers.step_done()
 
         log_due = config.run.log_freq > 0 and attempt % config.run.log_freq == 0
@@ -218,7 +217,7 @@ def _agree_to_stop(run: Run) -> bool:
 
 
 def _collective(run: Run, work):
-    return guard(run.info.world_size, run.schedule.latest() if run.info.world_size > 1 else None, work)
+    return guard(run.info.world_size, work, run.schedule.latest)
 
 
 def _verify_checkpoint(run: Run) -> None:

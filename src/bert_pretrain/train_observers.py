@@ -34,14 +34,14 @@ class StepTracker:
         self.first_bad_step = torch.full((), math.inf, dtype=torch.float64, device=device)
 
     def add(self, result: StepResult, attempt: int, scaler: torch.amp.GradScaler) -> None:
+        """Add one step's sums; `attempt` numbers the step for the divergence message. No host sync,
+        and no host-to-device copy (the step number enters as a Python scalar)."""
         self._sums += result.sums
         self._steps += 1
-        unexplained = ~result.skipped.to(self.device)
-        if scaler.is_enabled():
-            unexplained = unexplained | (scaler._scale < 1.0)
-        bad = ~torch.isfinite(result.sums[0]) & unexplained
-        self.first_bad_step = torch.where(bad, torch.minimum(self.first_bad_step, torch.tensor(
-            float(attempt), dtype=torch.float64, device=self.device)), self.first_bad_step)
+        bad = ~torch.isfinite(result.sums[0])
+        if scaler.is_enabled():  # an overflow the scaler skipped is explained while the scale is sane
+            bad = bad & ~(result.skipped & (scaler._scale >= 1.0))
+        self.first_bad_step = torch.where(bad, self.first_bad_step.clamp(max=float(attempt)), self.first_bad_step)
 
     def read(self) -> dict:
         """Means over all processes since the last read (a collective, and a host synchronisation)."""

@@ -72,8 +72,9 @@ class Run:
     last_log: tuple[float, int] = (0.0, 0)  # (time, samples) at the last log
 
 
-def guard(world_size: int, output_hint: Path | None, collective):
-    """Run something that talks to the other processes; a dead peer becomes a clear PeerLost."""
+def guard(world_size: int, collective, last_checkpoint=lambda: None):
+    """Run something that talks to the other processes; a dead peer becomes a clear PeerLost
+    (naming `last_checkpoint()`, looked up only then)."""
     try:
         return collective()
     except (dist.DistError, RuntimeError) as err:
@@ -81,7 +82,8 @@ def guard(world_size: int, output_hint: Path | None, collective):
         lost = isinstance(err, dist.DistError) or any(
             word in text for word in ("onnection", "gloo", "NCCL", "Timeout", "timed out", "peer"))
         if world_size > 1 and lost:
-            kept = f" The last checkpoint, {output_hint}, is intact." if output_hint else ""
+            latest = last_checkpoint()
+            kept = f" The last checkpoint, {latest}, is intact." if latest else ""
             raise PeerLost(f"lost contact with another process of the run ({text.splitlines()[0][:160]}); "
                            f"stopping.{kept}") from None
         raise
@@ -138,7 +140,8 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
         return None, ""
     if wanted != "latest":
         return Path(wanted), ""
-    latest = broadcast_object(str(schedule.latest()) if info.is_main and schedule.latest() else None)
+    found = schedule.latest() if info.is_main else None
+    latest = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process agrees
     if latest is None:
         return None, (f"note: --resume_from_checkpoint found no {schedule.prefix}*.pt in {schedule.output_dir}; "
                       "starting a new run")
