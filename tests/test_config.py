@@ -106,7 +106,7 @@ def test_the_nvidia_launch_line_with_float_counts_runs_unchanged(paths):
 @pytest.mark.parametrize("argv, words", [
     (["--train_batch_size", "10", "--gradient_accumulation_steps", "3"],
      ["--train_batch_size 10", "not divisible", "--gradient_accumulation_steps 3", "--train_batch_size 9"]),
-    (["--fp16", "--bf16"], ["--fp16", "--bf16", "choose one"]),
+    (["--fp16", "--bf16"], ["--fp16", "--bf16", "choose one", "--no-fp16"]),
     (["--target_mlm_accuracy", "72"], ["--target_mlm_accuracy", "[0, 1]"]),
     (["--opt_lamb_beta_1", "1.0"], ["--opt_lamb_beta_1", "[0, 1)"]),
     (["--max_steps", "0"], ["--max_steps", "at least 1"]),
@@ -139,8 +139,9 @@ def test_fp16_without_a_gpu_falls_back_to_fp32_with_a_note(paths):
 
 @pytest.mark.parametrize("text, words", [
     ("train_batch_size = 8\nlearnig_rate = 1e-3\n", ["learnig_rate", "did you mean 'learning_rate'"]),
-    ("train_batch_size = 'eight'\n", ["train_batch_size", "must be a int"]),
-    ("max_steps = 7100.5\n", ["max_steps", "must be a int"]),
+    ("train_batch_size = 'eight'\n", ["train_batch_size", "must be a whole number"]),
+    ("max_steps = 7100.5\n", ["max_steps", "must be a whole number"]),
+    ("fp16 = 1\n", ["fp16", "must be true or false"]),
     ("device = 'tpu'\n", ["device", "one of"]),
     ("train_batch_size = \n", ["not valid TOML"]),
 ])

@@ -229,6 +229,9 @@ def _read_toml(path: str) -> dict:
     return values
 
 
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _coerce(name: str, value, source: str):
     """A TOML value checked against the field's type (flags are already typed by argparse)."""
     group, f = _FIELDS[name]
@@ -243,7 +246,7 @@ def _coerce(name: str, value, source: str):
         or (kind is str and isinstance(value, str))
     )
     if not ok:
-        raise InputError(f"{source}: option '{name}' must be a {kind.__name__}, got {value!r}")
+        raise InputError(f"{source}: option '{name}' must be {_TYPE_WORDS[kind]}, got {value!r}")
     choices = f.metadata["argparse"].get("choices")
     if choices and value not in choices:
         raise InputError(f"{source}: option '{name}' must be one of {list(choices)}, got {value!r}")
@@ -282,7 +285,8 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
     """The precision and backend that will actually run, with a note for each fallback."""
     values, notes = dict(values), []
     if values.get("fp16") and values.get("bf16"):
-        raise InputError("--fp16 and --bf16 were both given; choose one (or neither for fp32)")
+        raise InputError("--fp16 and --bf16 are both on (from the flags or the --config file); choose one, "
+                         "turning the other off with --no-fp16 or --no-bf16")
     device = values.get("device", "auto")
     on_gpu = device == "cuda" or (device == "auto" and cuda_available)
     precision = "fp16" if values.get("fp16") else "bf16" if values.get("bf16") else "fp32"

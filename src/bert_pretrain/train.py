@@ -95,7 +95,7 @@ def _loop(run: Run) -> tuple[str, str]:
             status, reason = "interrupted", f"signal {signal.Signals(run.signals[0]).name}"
         if log_due:
             _log(run)
-        if eval_due and status != "interrupted":
+        if eval_due:  # also when interrupted: the checkpoint then carries this eval, as an uninterrupted run's
             while run.eval_at and run.eval_at[0] <= progress.step:
                 run.eval_at.pop(0)
             if _evaluate(run):
