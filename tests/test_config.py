@@ -3,7 +3,6 @@
 import dataclasses
 import shlex
 import tomllib
-from pathlib import Path
 
 import pytest
 

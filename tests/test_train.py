@@ -8,14 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pytest
 import torch
 
 from bert_pretrain.data.loader import epoch_files, shard_index
 from bert_pretrain.data.shards import list_shards
 from bert_pretrain.training_state import read_training_checkpoint
-from conftest import SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
+from conftest import REPO, SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +181,6 @@ def test_resume_without_a_checkpoint_starts_a_new_run_and_bf16_trains_on_cpu(dat
 
 
 def test_the_shipped_tiny_config_runs(data, tmp_path):
-    from conftest import REPO
-
     flags = train_flags(data, tmp_path / "out")
     flags = flags[:10] + ["--config", str(REPO / "configs" / "tiny.toml"), "--max_seq_length", "32",
                           "--max_predictions_per_seq", "5", "--num_eval_examples", "64", "--max_steps", "4",
