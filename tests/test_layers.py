@@ -21,9 +21,9 @@ LAYERS = [
     {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
      "data.packing", "checkpoint", "evaluate", "inspect", "step", "training_state", "data.synthetic"},
     # 3: composition
-    {"config"},
+    {"config", "reference_flags"},
     # 4: wiring
-    {"train", "bench", "bench_hf", "demo"},
+    {"train", "train_setup", "train_observers", "bench", "bench_hf", "demo"},
     # 5: entry
     {"cli", "__main__", ""},
 ]
