@@ -51,7 +51,7 @@ def test_bench_reads_rows_from_a_shard(tmp_path, layout):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     cycled = arrays["input_mask"].sum(axis=1)[np.arange(64) % 12]  # 16 batches of 4 from 12 rows
     assert report["mean_length"] == pytest.approx(cycled.mean())
-    assert report["shard_read_seq_per_s"] > 0 and "hf_seq_per_s" not in report
+    assert report["input_seq_per_s"] > 0 and "hf_seq_per_s" not in report
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

@@ -4,18 +4,21 @@ Both run the same sequences (MLPerf length distribution: a shard's rows, or synt
 the real length histogram, data/synthetic.py), in alternating timed blocks after a warm-up. This
 project's step is `step.train_step` (packed batches, compiled model on CUDA, multi-tensor LAMB); the
 peer is bench_hf.py. Reported: sequences/s, real tokens/s, TFLOP/s and MFU on real tokens only
-(flops.py), peak memory, GPU energy per sequence (NVML), and the input pipeline's rate (packing
-rows into batches, plus reading the shard when one is given) against what the step consumes.
+(flops.py), peak memory, GPU energy per sequence (NVML), and the rate of the training loader
+(data/loader.py reading a shard and packing its rows) against what the step consumes.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import platform
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +26,8 @@ import torch
 from bert_pretrain import bench_hf
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.data import shards
-from bert_pretrain.data.packing import pack_padded_rows, pack_rows, row_lengths
+from bert_pretrain.data.loader import ShardStream
+from bert_pretrain.data.packing import pack_padded_rows, row_lengths
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError
@@ -107,31 +111,36 @@ def load_rows(options: BenchOptions, config: BertConfig, count: int) -> dict[str
     return {key: value[index] for key, value in arrays.items()}
 
 
-def measure_input_pipeline(options: BenchOptions, rows: dict, device: torch.device) -> dict:
-    """Sequences/s the input side delivers: packing (and pinning) batches, plus reading the shard."""
-    result = {}
-    read_s_per_row = 0.0
-    source = rows
-    if options.shard is not None:
-        start = time.perf_counter()
-        if shards.shard_format(options.shard) == "varlength":
-            source = shards.read_varlength(options.shard)
+def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict, device: torch.device,
+                           max_seqlen: int | None, batches: int = 64) -> float:
+    """Sequences/s the training loader (data/loader.py: shard reads, row order, packing, pinning) delivers.
+
+    It reads the --shard (through a link in a temporary folder), else the benchmark's rows written
+    to a temporary shard, with the same packing as the timed steps, on this process alone.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        shard = Path(folder) / "part_bench.hdf5"
+        if options.shard is not None:
+            shard.symlink_to(Path(options.shard).resolve())
         else:
-            source = shards.read_padded(options.shard)
-        read_s_per_row = (time.perf_counter() - start) / len(source["next_sentence_labels"])
-        result["shard_read_seq_per_s"] = 1.0 / read_s_per_row
-    total = len(source["next_sentence_labels"])
-    starts = [(i * options.batch) % max(total - options.batch + 1, 1) for i in range(64)]
-    begin = time.perf_counter()
-    for start in starts:
-        chunk = {k: v[start:start + options.batch] for k, v in source.items()}
-        batch = pack_rows(chunk, options.predictions(), options.pad_to_multiple)
-        if device.type == "cuda":
-            batch.pin_memory()
-    pack_s_per_row = (time.perf_counter() - begin) / (len(starts) * options.batch)
-    result["pack_seq_per_s"] = 1.0 / pack_s_per_row
-    result["input_seq_per_s"] = 1.0 / (pack_s_per_row + read_s_per_row)
-    return result
+            shards.write_padded(shard, rows)
+        start = time.perf_counter()
+        stream = ShardStream(folder, rank=0, world_size=1, seed=options.seed, micro_batch_size=options.batch,
+                             max_seq_length=options.seq, max_predictions_per_seq=options.predictions(),
+                             vocab_size=config.vocab_size, pin_memory=device.type == "cuda",
+                             make_batch=functools.partial(pack_padded_rows, max_predictions_per_seq=options.predictions(),
+                                                          pad_to_multiple=options.pad_to_multiple, max_seqlen=max_seqlen))
+        try:
+            for _ in range(batches):
+                next(stream)
+        finally:
+            stream.close()
+        return batches * options.batch / (time.perf_counter() - start)
+
+
+def _fixed_max_seqlen(options: BenchOptions, backend: str) -> int | None:
+    """Variable-length kernels only size their grid with max_seqlen: fix it so compiled code sees one value."""
+    return options.seq if backend in PACKED_ONLY else None
 
 
 def compile_enabled(options: BenchOptions, device: torch.device) -> bool:
@@ -203,8 +212,7 @@ def _contestants(options, config, rows, device, backend: str):
         compile_model(model)
     optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4)
     scaler = make_grad_scaler(options.precision, device)
-    # Variable-length kernels only size their grid with max_seqlen: fix it so compiled code sees one value.
-    max_seqlen = options.seq if backend in PACKED_ONLY else None
+    max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), options.pad_to_multiple, max_seqlen) for g in step]
              for step in groups]
     steps = [[b.pin_memory() if pin else b for b in step] for step in steps]
@@ -334,7 +342,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         # Per alternating pair of blocks (same step count each): shows how steady the ratio was.
         result["ratio_rounds"] = [hf_s / ours_s for ours_s, hf_s in zip(runners[0].block_seconds,
                                                                           runners[1].block_seconds)]
-    result.update(measure_input_pipeline(options, rows, device))
+    result["input_seq_per_s"] = measure_input_pipeline(options, config, rows, device, _fixed_max_seqlen(options, backend))
     result["input_ratio"] = result["input_seq_per_s"] / result["seq_per_s"]
     return result
 
