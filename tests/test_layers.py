@@ -23,7 +23,7 @@ LAYERS = [
     # 3: composition
     {"config", "reference_flags"},
     # 4: wiring
-    {"train", "train_setup", "train_observers", "bench", "bench_hf", "demo"},
+    {"train", "train_setup", "train_observers", "bench", "bench_hf", "bench_timing", "demo"},
     # 5: entry
     {"cli", "__main__", ""},
 ]

@@ -10,8 +10,8 @@ peer is bench_hf.py. Reported: sequences/s, real tokens/s, TFLOP/s and MFU on re
 
 from __future__ import annotations
 
+import ctypes
 import functools
-import gc
 import math
 import platform
 import resource
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bert_pretrain import bench_hf
+from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
@@ -148,58 +149,6 @@ def compile_enabled(options: BenchOptions, device: torch.device) -> bool:
     return options.compile if options.compile is not None else device.type == "cuda"
 
 
-def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of parameters and optimizer state (what stays resident between steps)."""
-    tensors = list(model.parameters()) + [
-        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
-    ]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Runner:
-    """One contestant: a step function over a pool of prepared inputs, and its timing totals."""
-
-    def __init__(self, name, step_fn, inputs, model, optimizer):
-        self.name, self.step_fn, self.inputs = name, step_fn, inputs
-        self.model, self.optimizer = model, optimizer
-        self.calls = 0
-        self.seconds = 0.0
-        self.joules = 0.0
-        self.timed_indices: list[int] = []
-        self.block_seconds: list[float] = []
-        self.peak_bytes = 0
-        self.last = None
-
-    def run(self, steps: int, device, meter: EnergyMeter | None, other: _Runner | None, timed: bool) -> None:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _synchronize(device)
-        if meter:
-            meter.start()
-        start = time.perf_counter()
-        for _ in range(steps):
-            index = self.calls % len(self.inputs)
-            self.last = self.step_fn(self.inputs[index])
-            self.calls += 1
-            if timed:
-                self.timed_indices.append(index)
-        _synchronize(device)
-        if not timed:
-            return
-        self.block_seconds.append(time.perf_counter() - start)
-        self.seconds += self.block_seconds[-1]
-        joules = meter.stop() if meter else None
-        self.joules = None if joules is None or self.joules is None else self.joules + joules
-        if device.type == "cuda":
-            resident_other = _static_bytes(other.model, other.optimizer) if other else 0
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device) - resident_other)
-
-
 def _contestants(options, config, rows, device, backend: str):
     """This project's runner and, with --compare hf, HF's, over the same POOL_STEPS steps of micro-batches."""
     size, per_step = options.batch, options.accumulation
@@ -220,7 +169,7 @@ def _contestants(options, config, rows, device, backend: str):
     def ours(micro_batches):
         return train_step(model, optimizer, scaler, micro_batches, options.precision, device).sums[0]
 
-    runners = [_Runner("bert_pretrain", ours, steps, model, optimizer)]
+    runners = [Runner("bert_pretrain", ours, steps, model, optimizer)]
     if options.compare == "hf":
         hf = bench_hf.hf_model(config, device, options.hf_compile)
         hf_opt = bench_hf.hf_optimizer(hf, device)
@@ -231,37 +180,24 @@ def _contestants(options, config, rows, device, backend: str):
         def peer(x):
             return bench_hf.hf_train_step(hf, hf_opt, hf_scaler, x, options.precision, device)
 
-        runners.append(_Runner("hf_transformers", peer, inputs, hf, hf_opt))
+        runners.append(Runner("hf_transformers", peer, inputs, hf, hf_opt))
     return runners, groups
 
 
-def _time_contestants(runners, options, device, meter, progress):
-    """Warm-up, then `rounds` alternating timed blocks. Returns the runners that finished and HF's error."""
-    per_round = options.steps // options.rounds
-    active_meter = meter if meter.available else None
+def _keep_freed_memory() -> str:
+    """Ask glibc to keep freed memory in the process instead of returning it to the OS (no mmap, no trim).
+
+    For CPU runs: on some virtual machines faulting memory back in dominates small steps, for both
+    contestants alike (docs/performance.md). Returns what the allocator does now, for the report.
+    """
+    m_trim_threshold, m_mmap_max = -1, -4
     try:
-        for runner in runners:
-            progress(f"bench: warm-up {runner.name} ({options.warmup} steps)")
-            runner.run(options.warmup, device, None, None, timed=False)
-        for round_index in range(options.rounds):
-            for runner in runners if round_index % 2 == 0 else runners[::-1]:
-                other = next((r for r in runners if r is not runner), None)
-                runner.run(per_round, device, active_meter, other, timed=True)
-            progress(f"bench: round {round_index + 1}/{options.rounds} done")
-        return runners, None
-    except torch.cuda.OutOfMemoryError as err:
-        if len(runners) == 1:
-            raise
-        # The peer (logits for every position) ran out of memory: time this project alone.
-        hf_error = f"out of memory: {str(err).splitlines()[0]}"
-    progress(f"bench: hf_transformers failed ({hf_error}); timing bert_pretrain alone")
-    ours = _Runner(runners[0].name, runners[0].step_fn, runners[0].inputs, runners[0].model, runners[0].optimizer)
-    runners.clear()  # drop the peer's model, optimizer and gradients
-    gc.collect()
-    torch.cuda.empty_cache()
-    for _ in range(options.rounds):
-        ours.run(per_round, device, active_meter, None, timed=True)
-    return [ours], hf_error
+        libc = ctypes.CDLL("libc.so.6")
+        if libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1):
+            return "glibc, freed memory kept"
+    except (OSError, AttributeError):
+        pass
+    return "default"
 
 
 def _device_name(device: torch.device) -> str:
@@ -275,7 +211,7 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
-def _summary(runner: _Runner, groups, config, options, device, peak) -> dict:
+def _summary(runner: Runner, groups, config, options, device, peak) -> dict:
     """Rates of one runner over its timed steps (FLOPs of real tokens only)."""
     timed = [group for i in runner.timed_indices for group in groups[i]]  # the micro-batches run
     lengths = [row_lengths(group) for group in timed]
@@ -304,6 +240,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     config = bench_config(options)
     _validate(options, config)
     device = resolve_device(options.device)
+    allocator = _keep_freed_memory() if device.type == "cpu" else "torch CUDA caching allocator"
     rows = load_rows(options, config, options.batch * options.accumulation * POOL_STEPS)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[options.precision]
     try:
@@ -317,7 +254,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
              f"attention {backend}; building")
     runners, groups = _contestants(options, config, rows, device, backend)
     meter = EnergyMeter(device)
-    runners, hf_error = _time_contestants(runners, options, device, meter, progress)
+    runners, hf_error = time_contestants(runners, options, device, meter, progress)
     peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
     result = {
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
@@ -327,7 +264,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cpu_allocator": allocator,
     }
     result.update(_summary(runners[0], groups, config, options, device, peak))
     if hf_error:

@@ -1,0 +1,95 @@
+"""Timing for `bench`: contestants run in alternating blocks, each bracketed by a device synchronisation.
+
+A `Runner` is one contestant: a step function over a pool of prepared inputs. Inside a block nothing
+waits for the device, so a contestant that never synchronises inside its step keeps the GPU fed.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from bert_pretrain.power import EnergyMeter
+
+
+def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of parameters and optimizer state (what stays resident between steps)."""
+    tensors = list(model.parameters()) + [
+        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One contestant: a step function over a pool of prepared inputs, and its timing totals."""
+
+    def __init__(self, name, step_fn, inputs, model, optimizer):
+        self.name, self.step_fn, self.inputs = name, step_fn, inputs
+        self.model, self.optimizer = model, optimizer
+        self.calls = 0
+        self.seconds = 0.0
+        self.joules = 0.0
+        self.timed_indices: list[int] = []
+        self.block_seconds: list[float] = []
+        self.peak_bytes = 0
+        self.last = None
+
+    def run(self, steps: int, device, meter: EnergyMeter | None, other: Runner | None, timed: bool) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _synchronize(device)
+        if meter:
+            meter.start()
+        start = time.perf_counter()
+        for _ in range(steps):
+            index = self.calls % len(self.inputs)
+            self.last = self.step_fn(self.inputs[index])
+            self.calls += 1
+            if timed:
+                self.timed_indices.append(index)
+        _synchronize(device)
+        if not timed:
+            return
+        self.block_seconds.append(time.perf_counter() - start)
+        self.seconds += self.block_seconds[-1]
+        joules = meter.stop() if meter else None
+        self.joules = None if joules is None or self.joules is None else self.joules + joules
+        if device.type == "cuda":
+            resident_other = _static_bytes(other.model, other.optimizer) if other else 0
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device) - resident_other)
+
+
+def time_contestants(runners, options, device, meter, progress):
+    """Warm-up, then `rounds` alternating timed blocks. Returns the runners that finished and HF's error."""
+    per_round = options.steps // options.rounds
+    active_meter = meter if meter.available else None
+    try:
+        for runner in runners:
+            progress(f"bench: warm-up {runner.name} ({options.warmup} steps)")
+            runner.run(options.warmup, device, None, None, timed=False)
+        for round_index in range(options.rounds):
+            for runner in runners if round_index % 2 == 0 else runners[::-1]:
+                other = next((r for r in runners if r is not runner), None)
+                runner.run(per_round, device, active_meter, other, timed=True)
+            progress(f"bench: round {round_index + 1}/{options.rounds} done")
+        return runners, None
+    except torch.cuda.OutOfMemoryError as err:
+        if len(runners) == 1:
+            raise
+        # The peer (logits for every position) ran out of memory: time this project alone.
+        hf_error = f"out of memory: {str(err).splitlines()[0]}"
+    progress(f"bench: hf_transformers failed ({hf_error}); timing bert_pretrain alone")
+    ours = Runner(runners[0].name, runners[0].step_fn, runners[0].inputs, runners[0].model, runners[0].optimizer)
+    runners.clear()  # drop the peer's model, optimizer and gradients
+    gc.collect()
+    torch.cuda.empty_cache()
+    for _ in range(options.rounds):
+        ours.run(per_round, device, active_meter, None, timed=True)
+    return [ours], hf_error
