@@ -138,30 +138,31 @@ def padded_attention(q, k, v, key_mask, backend: str = "sdpa", dropout_p: float 
 
 
 def _padded_indices(cu_seqlens, max_seqlen: int, num_tokens: int):
-    """Index maps between the packed stream (N,) and a padded grid (B, S=max_seqlen).
+    """Where the packed stream (N,) goes in a padded grid (B, S=max_seqlen).
 
-    Returns `gather` (B, S): the token each grid cell copies (clamped for cells past a sequence's
-    end), `valid` (B, S) bool: cells holding a real token, and `scatter` (N,): each token's cell
-    in the flattened grid. Tensor arithmetic only, so no host synchronisation.
+    Returns `valid` (B, S) bool: cells holding a real token, and `cell` (N,): each token's index in
+    the flattened grid. Tensor arithmetic only, so no host synchronisation.
     """
     cu = cu_seqlens.long()
     starts, lengths = cu[:-1], cu[1:] - cu[:-1]  # (B,)
-    offsets = torch.arange(max_seqlen, device=cu.device)  # (S,)
-    valid = offsets[None, :] < lengths[:, None]  # (B, S)
-    gather = (starts[:, None] + offsets[None, :]).clamp(max=num_tokens - 1)  # (B, S)
+    valid = torch.arange(max_seqlen, device=cu.device)[None, :] < lengths[:, None]  # (B, S)
     token = torch.arange(num_tokens, device=cu.device)  # (N,)
     sequence = torch.searchsorted(cu[1:], token, right=True)  # (N,)
-    scatter = sequence * max_seqlen + token - starts[sequence]  # (N,)
-    return gather, valid, scatter
+    return valid, sequence * max_seqlen + token - starts[sequence]
 
 
 def _gathered_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str, dropout_p: float):
-    """Packed attention through a padded view: for "sdpa" and "math"."""
+    """Packed attention through a padded view: for "sdpa" and "math".
+
+    Tokens are copied into a zero grid with `index_copy` (its backward is a plain gather) and read
+    back with `index_select` (one cell per token), avoiding accumulating scatters in the backward.
+    """
     num_tokens, heads, head_dim = q.shape
-    gather, valid, scatter = _padded_indices(cu_seqlens, max_seqlen, num_tokens)
-    padded = [x[gather] for x in (q, k, v)]  # each (B, S, heads, d)
+    valid, cell = _padded_indices(cu_seqlens, max_seqlen, num_tokens)
+    grid = (valid.shape[0] * max_seqlen, heads, head_dim)
+    padded = [x.new_zeros(grid).index_copy(0, cell, x).view(*valid.shape, heads, head_dim) for x in (q, k, v)]
     out = padded_attention(*padded, valid, backend=backend, dropout_p=dropout_p)  # (B, S, heads, d)
-    return out.reshape(-1, heads, head_dim).index_select(0, scatter)  # (N, heads, d)
+    return out.reshape(grid).index_select(0, cell)  # (N, heads, d)
 
 
 def _flex_attention(q, k, v, cu_seqlens):

@@ -279,6 +279,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         # Per alternating pair of blocks (same step count each): shows how steady the ratio was.
         result["ratio_rounds"] = [hf_s / ours_s for ours_s, hf_s in zip(runners[0].block_seconds,
                                                                           runners[1].block_seconds)]
+        result["ratio_median"] = float(np.median(result["ratio_rounds"]))  # robust on a shared, noisy host
     result["input_seq_per_s"] = measure_input_pipeline(options, config, rows, device, _fixed_max_seqlen(options, backend))
     result["input_ratio"] = result["input_seq_per_s"] / result["seq_per_s"]
     return result
