@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from bert_pretrain.batch import IGNORE_LABEL, pack_padded, padded_batch
-from bert_pretrain.data.packing import (PackedCollate, balanced_split, pack_padded_rows, pack_varlength_rows,
-                                        packed_micro_batches, split_by_token_budget)
+from bert_pretrain.data.packing import (PackedCollate, PackingOptions, balanced_split, pack_padded_rows,
+                                        pack_varlength_rows, packed_micro_batches, split_by_token_budget)
 from bert_pretrain.data.shards import padded_to_varlength
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
@@ -14,6 +14,7 @@ from conftest import mlperf_arrays, tiny_config
 
 KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+STATIC = PackingOptions(compact_masked=False)  # B * P masked slots, as batch.pack_padded makes them
 
 
 def rows(n=6, seq_len=24, max_pred=4, seed=0):
@@ -24,11 +25,11 @@ def unpack(batch, num_sequences):
     """Per-sequence (tokens, segments, {position: label}) read back out of a packed batch."""
     cu = batch.cu_seqlens.tolist()
     out = []
-    slots = batch.masked_positions.view(num_sequences, -1)
-    labels = batch.masked_labels.view(num_sequences, -1)
+    owner = torch.searchsorted(batch.cu_seqlens[1:].long(), batch.masked_positions, right=True).tolist()
     for i in range(num_sequences):
         start, end = cu[i], cu[i + 1]
-        masked = {int(p) - start: int(l) for p, l in zip(slots[i], labels[i]) if l != IGNORE_LABEL}
+        masked = {int(p) - start: int(l) for p, l, o in zip(batch.masked_positions, batch.masked_labels, owner)
+                  if l != IGNORE_LABEL and o == i}
         assert all(0 < p < end - start for p in masked)
         assert batch.position_ids[start:end].tolist() == list(range(end - start))
         out.append((batch.input_ids[start:end].tolist(), batch.segment_ids[start:end].tolist(), masked))
@@ -46,25 +47,30 @@ def expected_rows(arrays):
 
 
 @pytest.mark.parametrize("layout", ["padded", "varlength"])
-def test_packed_batch_holds_exactly_the_rows(layout):
+@pytest.mark.parametrize("compact", [True, False])
+def test_packed_batch_holds_exactly_the_rows(layout, compact):
     arrays = rows()
+    options = PackingOptions(compact_masked=compact)
     if layout == "padded":
-        batch = pack_padded_rows(arrays)
+        batch = pack_padded_rows(arrays, options=options)
     else:
-        batch = pack_varlength_rows(padded_to_varlength(arrays), max_predictions_per_seq=4)
+        batch = pack_varlength_rows(padded_to_varlength(arrays), max_predictions_per_seq=4, options=options)
     assert unpack(batch, 6) == expected_rows(arrays)
     assert batch.input_ids.shape[0] == arrays["input_mask"].sum()
     assert batch.max_seqlen == arrays["input_mask"].sum(axis=1).max()
     assert batch.next_sentence_labels.tolist() == arrays["next_sentence_labels"].tolist()
-    assert batch.masked_positions.shape == (6 * 4,)
+    real_masked = np.count_nonzero(arrays["masked_lm_positions"])
+    assert batch.masked_positions.shape == ((real_masked,) if compact else (6 * 4,))
+    assert (batch.masked_labels != IGNORE_LABEL).sum() == real_masked
 
 
 def test_both_layouts_and_the_reference_packer_agree():
     arrays = rows()
     reference = pack_padded(*(arrays[k] for k in KEYS))
-    for batch in (pack_padded_rows(arrays), pack_varlength_rows(padded_to_varlength(arrays), 4),
-                  PackedCollate(4)([{k: v[i] for k, v in arrays.items()} for i in range(6)]),
-                  PackedCollate(4)([{k: v[i] for k, v in padded_to_varlength(arrays).items()} for i in range(6)])):
+    for batch in (pack_padded_rows(arrays, options=STATIC), pack_varlength_rows(padded_to_varlength(arrays), 4, STATIC),
+                  PackedCollate(4, STATIC)([{k: v[i] for k, v in arrays.items()} for i in range(6)]),
+                  PackedCollate(4, STATIC)([{k: v[i] for k, v in padded_to_varlength(arrays).items()}
+                                            for i in range(6)])):
         for name in ("input_ids", "segment_ids", "position_ids", "cu_seqlens", "masked_positions", "masked_labels",
                      "next_sentence_labels"):
             assert torch.equal(getattr(batch, name), getattr(reference, name)), name
@@ -73,7 +79,7 @@ def test_both_layouts_and_the_reference_packer_agree():
 def test_padding_segment_rounds_the_token_count_and_keeps_the_rows():
     arrays = rows()
     real = int(arrays["input_mask"].sum())
-    batch = pack_padded_rows(arrays, pad_to_multiple=32)
+    batch = pack_padded_rows(arrays, options=PackingOptions(pad_to_multiple=32))
     assert batch.input_ids.shape[0] % 32 == 0 and batch.input_ids.shape[0] > real
     assert batch.cu_seqlens.shape == (8,) and batch.cu_seqlens[6] == real
     assert unpack(batch, 6) == expected_rows(arrays)
@@ -92,7 +98,8 @@ def model_outputs(batch, backend="sdpa", seed=0):
 def test_packed_equals_padded_losses_and_gradients(backend):
     arrays = rows(n=5, seq_len=32)
     expected, expected_grads = model_outputs(padded_batch(*(arrays[k] for k in KEYS)), backend)
-    for batch in (pack_padded_rows(arrays), pack_padded_rows(arrays, pad_to_multiple=16, max_seqlen=32),
+    for batch in (pack_padded_rows(arrays), pack_padded_rows(arrays, options=STATIC),
+                  pack_padded_rows(arrays, options=PackingOptions(pad_to_multiple=16, max_seqlen=32)),
                   pack_varlength_rows(padded_to_varlength(arrays), 4)):
         out, grads = model_outputs(batch, backend)
         torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-6)
@@ -140,7 +147,7 @@ def test_bad_rows_are_refused_with_the_reason():
     with pytest.raises(InputError, match="max_predictions_per_seq"):
         pack_padded_rows(arrays, max_predictions_per_seq=1)
     with pytest.raises(InputError, match="max_seqlen"):
-        pack_padded_rows(arrays, max_seqlen=3)
+        pack_padded_rows(arrays, options=PackingOptions(max_seqlen=3))
 
 
 @pytest.mark.gpu

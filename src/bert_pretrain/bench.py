@@ -28,7 +28,7 @@ from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
-from bert_pretrain.data.packing import pack_padded_rows, row_lengths
+from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError
@@ -130,13 +130,17 @@ def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict
                              max_seq_length=options.seq, max_predictions_per_seq=options.predictions(),
                              vocab_size=config.vocab_size, pin_memory=device.type == "cuda",
                              make_batch=functools.partial(pack_padded_rows, max_predictions_per_seq=options.predictions(),
-                                                          pad_to_multiple=options.pad_to_multiple, max_seqlen=max_seqlen))
+                                                          options=_packing(options, max_seqlen)))
         try:
             for _ in range(batches):
                 next(stream)
         finally:
             stream.close()
         return batches * options.batch / (time.perf_counter() - start)
+
+
+def _packing(options: BenchOptions, max_seqlen: int | None) -> PackingOptions:
+    return PackingOptions(pad_to_multiple=options.pad_to_multiple, max_seqlen=max_seqlen)
 
 
 def _fixed_max_seqlen(options: BenchOptions, backend: str) -> int | None:
@@ -162,7 +166,7 @@ def _contestants(options, config, rows, device, backend: str):
     optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4)
     scaler = make_grad_scaler(options.precision, device)
     max_seqlen = _fixed_max_seqlen(options, backend)
-    steps = [[pack_padded_rows(g, options.predictions(), options.pad_to_multiple, max_seqlen) for g in step]
+    steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
              for step in groups]
     steps = [[b.pin_memory() if pin else b for b in step] for step in steps]
 

@@ -12,11 +12,15 @@ Choices, and why:
   counts (sorted by length, dealt in snake order): for gradient-accumulation micro-batches and,
   given the global batch, for ranks, as the reference's exchange padding does (it sorts and
   deals round-robin). `split_by_token_budget` groups rows under a token budget (evaluation).
+- Masked-LM slots (`compact_masked`, default on): only the real masked tokens are listed (M = their
+  count, known on the host when packing), so the 30528-wide head does no work for unused slots and
+  nothing needs a host-device sync to find them. Off, M = B * max_predictions_per_seq with
+  IGNORE_LABEL slots, as `batch.padded_batch` (a static M, for code that needs static shapes).
 - Static-ish shapes: `pad_to_multiple` rounds the flat token count N up by appending one padding
   segment (token 0, segment 0, position 0) to `cu_seqlens`, so the stream takes few distinct
   lengths (CUDA graphs, allocator reuse) and `cu_seqlens` always has B+2 entries. It costs at most
-  `pad_to_multiple` tokens per batch. The default (1) adds nothing: torch.compile marks the token
-  dimension dynamic after its first change, so it needs no bucketing. `max_seqlen` may be fixed
+  `pad_to_multiple` tokens per batch. The default (1) adds nothing: `step.compile_model` marks the
+  token dimension dynamic, so compiled code needs no bucketing. `max_seqlen` may be fixed
   (e.g. at max_seq_length) so that kernels and compiled code see one value; the flash kernels
   only size their grid with it.
 """
@@ -24,6 +28,7 @@ Choices, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +37,15 @@ from bert_pretrain.batch import IGNORE_LABEL, Batch
 from bert_pretrain.errors import InputError
 
 ROW_KEYS = ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
+
+
+@dataclass(frozen=True)
+class PackingOptions:
+    """How rows become a packed Batch (see the module docstring)."""
+
+    compact_masked: bool = True  # list only the real masked tokens (M varies) instead of B * P slots
+    pad_to_multiple: int = 1  # round the token count up with one padding segment (1: no padding)
+    max_seqlen: int | None = None  # report this Batch.max_seqlen instead of the longest segment
 
 
 def _masked_slots(positions: np.ndarray, ids: np.ndarray, width: int):
@@ -52,24 +66,27 @@ def _masked_slots(positions: np.ndarray, ids: np.ndarray, width: int):
     return out_positions, out_labels
 
 
-def _packed(input_ids, segment_ids, position_ids, lengths, positions, labels, nsp,
-            pad_to_multiple: int, max_seqlen: int | None) -> Batch:
+def _packed(input_ids, segment_ids, position_ids, lengths, positions, labels, nsp, options: PackingOptions) -> Batch:
     """Assemble a packed Batch from the flat stream (N,), lengths (B,) and (B, P) masked slots."""
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     longest = int(lengths.max()) if len(lengths) else 0
-    if pad_to_multiple > 1:
-        pad = pad_to_multiple - offsets[-1] % pad_to_multiple  # 1..multiple: B+2 offsets, always
+    if options.pad_to_multiple > 1:
+        pad = options.pad_to_multiple - offsets[-1] % options.pad_to_multiple  # 1..multiple: B+2 offsets, always
         offsets = np.append(offsets, offsets[-1] + pad)
         input_ids = np.concatenate([input_ids, np.zeros(pad, input_ids.dtype)])
         segment_ids = np.concatenate([segment_ids, np.zeros(pad, segment_ids.dtype)])
         position_ids = np.concatenate([position_ids, np.zeros(pad, position_ids.dtype)])
         longest = max(longest, int(pad))
-    if max_seqlen is not None:
-        if max_seqlen < longest:
-            raise InputError(f"max_seqlen={max_seqlen} is shorter than a segment of this batch ({longest} tokens)")
-        longest = max_seqlen
+    if options.max_seqlen is not None:
+        if options.max_seqlen < longest:
+            raise InputError(f"max_seqlen={options.max_seqlen} is shorter than a segment of this batch "
+                             f"({longest} tokens)")
+        longest = options.max_seqlen
     flat_positions = positions + offsets[: len(lengths), None]  # (B, P)
+    if options.compact_masked:
+        used = labels != IGNORE_LABEL
+        flat_positions, labels = flat_positions[used], labels[used]  # (M,), sequence by sequence
     return Batch(
         input_ids=torch.from_numpy(np.ascontiguousarray(input_ids, np.int64)),
         segment_ids=torch.from_numpy(np.ascontiguousarray(segment_ids, np.int64)),
@@ -82,8 +99,8 @@ def _packed(input_ids, segment_ids, position_ids, lengths, positions, labels, ns
     )
 
 
-def pack_padded_rows(arrays: dict, max_predictions_per_seq: int | None = None, pad_to_multiple: int = 1,
-                     max_seqlen: int | None = None) -> Batch:
+def pack_padded_rows(arrays: dict, max_predictions_per_seq: int | None = None,
+                     options: PackingOptions = PackingOptions()) -> Batch:
     """A packed Batch from padded MLPerf rows (dict of (B, T) / (B, P) / (B,) arrays), vectorised.
 
     `max_predictions_per_seq` sets the masked slots per row (default: the arrays' P).
@@ -97,7 +114,7 @@ def pack_padded_rows(arrays: dict, max_predictions_per_seq: int | None = None, p
     slots, labels = _masked_slots(positions, np.asarray(arrays["masked_lm_ids"]), width)
     return _packed(
         np.asarray(arrays["input_ids"])[mask], np.asarray(arrays["segment_ids"])[mask],
-        np.nonzero(mask)[1], lengths, slots, labels, arrays["next_sentence_labels"], pad_to_multiple, max_seqlen,
+        np.nonzero(mask)[1], lengths, slots, labels, arrays["next_sentence_labels"], options,
     )
 
 
@@ -112,8 +129,8 @@ def _ragged_to_padded(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def pack_varlength_rows(rows: dict, max_predictions_per_seq: int, pad_to_multiple: int = 1,
-                        max_seqlen: int | None = None) -> Batch:
+def pack_varlength_rows(rows: dict, max_predictions_per_seq: int,
+                        options: PackingOptions = PackingOptions()) -> Batch:
     """A packed Batch from variable-length rows (`shards.read_varlength` layout, any subset of rows)."""
     lengths = np.array([len(r) for r in rows["input_ids"]], np.int64)
     if (lengths == 0).any():
@@ -128,7 +145,7 @@ def pack_varlength_rows(rows: dict, max_predictions_per_seq: int, pad_to_multipl
     position_ids = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return _packed(
         np.concatenate(rows["input_ids"]), np.concatenate(rows["segment_ids"]), position_ids, lengths,
-        slots, labels, rows["next_sentence_labels"], pad_to_multiple, max_seqlen,
+        slots, labels, rows["next_sentence_labels"], options,
     )
 
 
@@ -146,12 +163,11 @@ def row_lengths(rows: dict) -> np.ndarray:
     return np.array([len(r) for r in rows["input_ids"]], np.int64)
 
 
-def pack_rows(rows: dict, max_predictions_per_seq: int, pad_to_multiple: int = 1,
-              max_seqlen: int | None = None) -> Batch:
+def pack_rows(rows: dict, max_predictions_per_seq: int, options: PackingOptions = PackingOptions()) -> Batch:
     """A packed Batch from rows of either layout."""
     if "input_mask" in rows:
-        return pack_padded_rows(rows, max_predictions_per_seq, pad_to_multiple, max_seqlen)
-    return pack_varlength_rows(rows, max_predictions_per_seq, pad_to_multiple, max_seqlen)
+        return pack_padded_rows(rows, max_predictions_per_seq, options)
+    return pack_varlength_rows(rows, max_predictions_per_seq, options)
 
 
 def balanced_split(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
@@ -183,7 +199,7 @@ def split_by_token_budget(lengths: np.ndarray, max_tokens: int) -> list[np.ndarr
 
 
 def packed_micro_batches(rows: dict, accumulation: int, max_predictions_per_seq: int, balance: bool = True,
-                         pad_to_multiple: int = 1, max_seqlen: int | None = None) -> list[Batch]:
+                         options: PackingOptions = PackingOptions()) -> list[Batch]:
     """One optimizer step's rows -> `accumulation` packed micro-batches of equal row counts.
 
     With `balance`, rows are dealt so the micro-batches hold near-equal token counts; otherwise
@@ -196,16 +212,15 @@ def packed_micro_batches(rows: dict, accumulation: int, max_predictions_per_seq:
         groups = balanced_split(row_lengths(rows), accumulation)
     else:
         groups = np.array_split(np.arange(count), accumulation)
-    return [pack_rows(select_rows(rows, g), max_predictions_per_seq, pad_to_multiple, max_seqlen) for g in groups]
+    return [pack_rows(select_rows(rows, g), max_predictions_per_seq, options) for g in groups]
 
 
 class PackedCollate:
     """`DataLoader(collate_fn=PackedCollate(76))`: a list of one-row dicts (either layout) -> packed Batch."""
 
-    def __init__(self, max_predictions_per_seq: int, pad_to_multiple: int = 1, max_seqlen: int | None = None):
+    def __init__(self, max_predictions_per_seq: int, options: PackingOptions = PackingOptions()):
         self.max_predictions_per_seq = max_predictions_per_seq
-        self.pad_to_multiple = pad_to_multiple
-        self.max_seqlen = max_seqlen
+        self.options = options
 
     def __call__(self, samples: Sequence[dict]) -> Batch:
         if "input_mask" in samples[0]:
@@ -213,4 +228,4 @@ class PackedCollate:
         else:
             rows = {key: [np.asarray(s[key]) for s in samples] for key in ROW_KEYS}
             rows["next_sentence_labels"] = np.asarray(rows["next_sentence_labels"])
-        return pack_rows(rows, self.max_predictions_per_seq, self.pad_to_multiple, self.max_seqlen)
+        return pack_rows(rows, self.max_predictions_per_seq, self.options)
