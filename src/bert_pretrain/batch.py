@@ -17,7 +17,9 @@ Both layouts:
     next_sentence_labels     (B,)      1 = random next segment, 0 = is next
 
 M is fixed at B * max_predictions_per_seq (unused slots point at token 0 with IGNORE_LABEL), so
-shapes depend only on B and T and the masked-LM head never needs a host-side count.
+shapes depend only on B and T and the masked-LM head never needs a host-side count. The packers of
+data/packing.py list only the real masked tokens by default (M = their count, known on the host when
+packing), so the head does no work for unused slots.
 """
 
 from __future__ import annotations

@@ -340,4 +340,3 @@ def pretraining_loss(mlm_logits, mlm_labels, nsp_logits, nsp_labels) -> Pretrain
         nsp_correct=(nsp_logits.argmax(-1) == nsp_labels).sum(),
         nsp_count=nsp_count,
     )
-
