@@ -23,7 +23,7 @@ import mwparserfromhell
 from defusedxml import DefusedXmlException
 from mwparserfromhell.nodes import Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
 
-from bert_pretrain.data.text import Tally, open_binary, read_error
+from bert_pretrain.data.text import Tally, clean_wiki_leftovers, open_binary, read_error
 from bert_pretrain.errors import InputError
 
 ARTICLE_NAMESPACE = "0"
@@ -35,6 +35,9 @@ _DROPPED_LINK_PREFIX = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,
 # Cut refs and comments before parsing: they are a large share of a page and parsing is the cost.
 _PRE_CUT = re.compile(r"<!--.*?-->|<ref\b[^>/]*>.*?</ref\s*>|<ref\b[^>]*/>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"[ \t]+")
+# What the parser leaves when markup is malformed (a table with a stray quote, a link across lines).
+_TABLE_LINE = re.compile(r"^\s*(\{\||\|\}|\||!)")
+_OPEN_FILE_LINK = re.compile(r"\[\[\s*:?\s*(file|image|media|category)\s*:.*$", re.IGNORECASE)
 
 
 def _local(tag: str) -> str:
@@ -93,7 +96,8 @@ def _article_text(page, path: Path, tally: Tally) -> str | None:
 def wikitext_to_paragraphs(wikitext: str) -> str:
     """Plain text of an article, one paragraph per line."""
     code = mwparserfromhell.parse(_PRE_CUT.sub("", wikitext))
-    lines = (_SPACES.sub(" ", line).strip() for line in _render(code.nodes).split("\n"))
+    lines = (line for line in _render(code.nodes).split("\n") if not _TABLE_LINE.match(line))
+    lines = (_SPACES.sub(" ", clean_wiki_leftovers(_OPEN_FILE_LINK.sub("", line))).strip() for line in lines)
     return "\n".join(line for line in lines if line)
 
 
