@@ -32,8 +32,12 @@ _DROPPED_TAGS = {"ref", "references", "table", "math", "chem", "ce", "score", "t
                  "imagemap", "syntaxhighlight", "source", "pre", "mapframe", "templatedata", "categorytree",
                  "inputbox", "section", "hiero"}
 _DROPPED_LINK_PREFIX = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?)\s*:", re.IGNORECASE)
-# Cut refs and comments before parsing: they are a large share of a page and parsing is the cost.
+# Cut comments, refs, templates and tables before parsing: they are most of a page's markup, and
+# building mwparserfromhell's tree is the cost (this halves it). Innermost first, so nesting works.
 _PRE_CUT = re.compile(r"<!--.*?-->|<ref\b[^>/]*>.*?</ref\s*>|<ref\b[^>]*/>", re.IGNORECASE | re.DOTALL)
+_INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_INNER_TABLE = re.compile(r"^\{\|(?:(?!^\{\|)[\s\S])*?^\|\}", re.MULTILINE)
+_QUOTE_MARKUP = re.compile(r"'{2,}")  # bold/italic markers left unpaired
 _SPACES = re.compile(r"[ \t]+")
 # What the parser leaves when markup is malformed (a table with a stray quote, a link across lines).
 _TABLE_LINE = re.compile(r"^\s*(\{\||\|\}|\||!)")
@@ -95,10 +99,19 @@ def _article_text(page, path: Path, tally: Tally) -> str | None:
 
 def wikitext_to_paragraphs(wikitext: str) -> str:
     """Plain text of an article, one paragraph per line."""
-    code = mwparserfromhell.parse(_PRE_CUT.sub("", wikitext))
+    code = mwparserfromhell.parse(_cut_nested(_PRE_CUT.sub("", wikitext)))
     lines = (line for line in _render(code.nodes).split("\n") if not _TABLE_LINE.match(line))
-    lines = (_SPACES.sub(" ", clean_wiki_leftovers(_OPEN_FILE_LINK.sub("", line))).strip() for line in lines)
+    lines = (_OPEN_FILE_LINK.sub("", _QUOTE_MARKUP.sub("", line)) for line in lines)
+    lines = (_SPACES.sub(" ", clean_wiki_leftovers(line)).strip() for line in lines)
     return "\n".join(line for line in lines if line)
+
+
+def _cut_nested(text: str) -> str:
+    for pattern in (_INNER_TEMPLATE, _INNER_TABLE):
+        count = 1
+        while count:
+            text, count = pattern.subn("", text)
+    return text
 
 
 def _render(nodes) -> str:
