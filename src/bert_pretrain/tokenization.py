@@ -34,9 +34,10 @@ MAX_INPUT_CHARS_PER_WORD = 200  # the reference's WordpieceTokenizer default
 # ASCII rules of the reference BasicTokenizer: control characters are dropped, \t \n \r are spaces,
 # and every printable non-alphanumeric character is punctuation (a word of its own).
 _ASCII_CLEAN = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127)} | {9: 32, 10: 32, 13: 32}
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ASCII_WORD = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z ]")
-_CACHE_LIMIT = 1_000_000  # memoized pieces before the cache starts over (bounds memory)
-_LONG_PIECE = 100  # pieces longer than this are not kept in the cache
+_CACHE_LIMIT = 1_000_000  # memoized words before the memo starts over (bounds memory)
+_LONG_PIECE = 100  # words longer than this are not kept in the memo
 
 
 def read_vocab(path: str | Path) -> list[str]:
@@ -100,8 +101,7 @@ class WordPieceTokenizer:
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         model = models.WordPiece(self.ids, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
         self._hf = _hf_pipeline(model, lower_case)
-        self._pieces: dict[str, tuple[int, ...]] = {}
-        self._words: dict[str, tuple[int, ...]] = {}
+        self._memo: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True):
@@ -132,38 +132,49 @@ class WordPieceTokenizer:
 
     def encode_sentences(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of many sentences at once: (ids (sum of lengths,) int32, lengths (S,) int64)."""
-        pieces_per_sentence = [s.split(" ") for s in sentences]
-        counts = np.fromiter(map(len, pieces_per_sentence), np.int64, len(sentences))
-        pieces = list(chain.from_iterable(pieces_per_sentence))
-        if len(self._pieces) > _CACHE_LIMIT:
-            self._pieces.clear()
-            self._words.clear()
-        new = set(pieces).difference(self._pieces)
-        for piece in new:
-            self._pieces[piece] = self._encode_piece(piece)
-        piece_ids = list(map(self._pieces.__getitem__, pieces))
-        for piece in new:
-            if len(piece) > _LONG_PIECE:
-                del self._pieces[piece]
-        piece_lengths = np.fromiter(map(len, piece_ids), np.int64, len(pieces))
-        ids = np.fromiter(chain.from_iterable(piece_ids), np.int32, int(piece_lengths.sum()))
-        cumulative = np.concatenate([[0], np.cumsum(piece_lengths)])
+        keys_per_sentence = [self._keys(s) for s in sentences]
+        counts = np.fromiter(map(len, keys_per_sentence), np.int64, len(sentences))
+        keys = list(chain.from_iterable(keys_per_sentence))
+        if len(self._memo) > _CACHE_LIMIT:
+            self._memo.clear()
+        new = set(keys).difference(self._memo)
+        for key in new:
+            self._memo[key] = self._encode_key(key)
+        key_ids = list(map(self._memo.__getitem__, keys))
+        for key in new:
+            if len(key) > _LONG_PIECE:
+                del self._memo[key]
+        key_lengths = np.fromiter(map(len, key_ids), np.int64, len(keys))
+        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, int(key_lengths.sum()))
+        cumulative = np.concatenate([[0], np.cumsum(key_lengths)])
         ends = np.cumsum(counts)
         return ids, cumulative[ends] - cumulative[ends - counts]
 
-    def _encode_piece(self, piece: str) -> tuple[int, ...]:
-        if not piece.isascii():
-            return tuple(self._hf.encode(piece, add_special_tokens=False).ids)
-        text = piece.translate(_ASCII_CLEAN)
-        if self.lower_case:
-            text = text.lower()
-        out: list[int] = []
-        for word in _ASCII_WORD.findall(text):
-            ids = self._words.get(word)
-            if ids is None:
-                ids = self._words[word] = tuple(t.id for t in self._hf.model.tokenize(word))
-            out.extend(ids)
-        return tuple(out)
+    def _keys(self, sentence: str) -> list[str]:
+        """The sentence as memo keys: BERT words for ASCII text (split here, exactly), raw
+        space-separated pieces for other text (split by HF)."""
+        if sentence.isascii():
+            return _ASCII_WORD.findall(self._ascii_normal(sentence))
+        keys: list[str] = []
+        for piece in sentence.split(" "):
+            if piece.isascii():
+                keys.extend(_ASCII_WORD.findall(self._ascii_normal(piece)))
+            elif piece:
+                keys.append(piece)
+        return keys
+
+    def _ascii_normal(self, text: str) -> str:
+        """What the normalizer makes of ASCII text: control characters dropped, \\t \\n \\r as spaces,
+        lower-cased when uncased."""
+        if _ASCII_CONTROL.search(text):  # rare: translate() with a dict is slow
+            text = text.translate(_ASCII_CLEAN)
+        return text.lower() if self.lower_case else text
+
+    def _encode_key(self, key: str) -> tuple[int, ...]:
+        if key.isascii():  # a normalized BERT word: only WordPiece is left to do
+            return tuple(t.id for t in self._hf.model.tokenize(key))
+        # HF's lower-casing is per character (no final sigma), so non-ASCII text is left to its pipeline.
+        return tuple(self._hf.encode(key, add_special_tokens=False).ids)
 
 
 def train_vocab(texts: Iterable[str], vocab_size: int, lower_case: bool = True) -> list[str]:
