@@ -44,7 +44,7 @@ __all__ = ["PrepareOptions", "PrepareSummary", "run"]
 _BATCH_DOCUMENTS = 64  # documents per worker task
 _BATCH_CHARS = 256 << 10  # or this many characters of raw text
 _BATCH_DECISIONS = 1 << 16  # documents looked at per task, tokenized or not (bounds memory)
-_MAX_SHARD_TOKEN_SLOTS = 1 << 27  # tokens x dupe_factor in one shard: bounds a worker's arrays (~1.3 GB at 512)
+_MAX_SHARD_TOKEN_SLOTS = 1 << 26  # tokens x dupe_factor in one shard: bounds a worker's arrays (~1 GB at 512/76)
 _TRAIN_STREAM, _EVAL_STREAM = 2, 3  # rng keys (seed, stream, shard); ShardAssigner uses stream 1
 
 
