@@ -17,8 +17,8 @@ LAYERS = [
     # attention leaves that exist to keep it architecture-only.
     {"batch", "attention", "model", "tokenization", "data.shards", "optim", "distributed", "mlperf", "metrics"},
     # 2: data and state built from the leaves
-    {"data", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader", "data.packing",
-     "data.partition", "data.tasks", "data.prepare_options",
+    {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
+     "data.packing", "data.partition", "data.tasks", "data.prepare_options",
      "checkpoint", "evaluate", "inspect", "step", "training_state"},
     # 3: composition
     {"config"},

@@ -1,0 +1,223 @@
+"""LAMB as MLPerf BERT trains with it: parameter groups, the optimizer, the learning-rate schedule.
+
+The semantics are those of the MLPerf v1.0 reference (TF `lamb_optimizer_v1` + `tf.clip_by_global_norm`)
+and of NVIDIA's PyTorch submission (apex `FusedLAMB` / `DistributedFusedLAMB` with `use_nvlamb=False`,
+`LinearWarmupPolyDecayScheduler`):
+
+- gradients are clipped to a global L2 norm of `max_grad_norm`, over all parameters of all groups;
+- Adam moments with bias correction; update = m_hat / (sqrt(v_hat) + eps) + weight_decay * w;
+- the layer-wise trust ratio ||w|| / ||update|| (1 when either norm is 0) only where the group's
+  weight decay is non-zero (LayerNorm and bias parameters are excluded from both);
+- w -= lr * ratio * update.
+
+The update runs as multi-tensor `torch._foreach_*` ops over each group's lists and never reads a
+tensor back to the host, so a step launches a fixed number of kernels and does not synchronise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+# A parameter whose name contains any of these gets no weight decay (and no trust ratio).
+NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The reference's two LAMB groups for `model`: [decayed, not decayed].
+
+    Every parameter appears once (a tied weight, such as the decoder/word-embedding matrix, is
+    listed by `named_parameters()` under its first name only). Each group carries the names of its
+    parameters under "param_names" (PyTorch's own key for them) for logs and tests.
+    """
+    decay, no_decay = {"params": [], "param_names": []}, {"params": [], "param_names": []}
+    for name, param in model.named_parameters():
+        group = no_decay if any(part in name for part in NO_DECAY_NAME_PARTS) else decay
+        group["params"].append(param)
+        group["param_names"].append(name)
+    decay["weight_decay"] = weight_decay
+    no_decay["weight_decay"] = 0.0
+    return [decay, no_decay]
+
+
+def _check_hyperparameters(lr, betas, eps, weight_decay, max_grad_norm) -> None:
+    if not (isinstance(lr, torch.Tensor) or lr >= 0.0):
+        raise ValueError(f"LAMB learning rate must be >= 0, got {lr}")
+    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+        raise ValueError(f"LAMB betas must be two values in [0, 1), got {betas}")
+    if eps < 0.0:
+        raise ValueError(f"LAMB epsilon must be >= 0, got {eps}")
+    if weight_decay < 0.0:
+        raise ValueError(f"LAMB weight decay must be >= 0, got {weight_decay}")
+    if max_grad_norm is not None and max_grad_norm <= 0.0:
+        raise ValueError(f"max_grad_norm must be > 0 (or None to switch clipping off), got {max_grad_norm}")
+
+
+class Lamb(torch.optim.Optimizer):
+    """Multi-tensor LAMB with MLPerf BERT semantics (see the module docstring).
+
+    Args:
+        params: parameters or parameter groups (see `parameter_groups`); fp32 only (keep fp32 master
+            weights and run the model under autocast for reduced precision).
+        lr: learning rate; the training loop may overwrite `param_groups[i]["lr"]` with a Python
+            float (or a 0-d tensor on the parameters' device) before every step.
+        betas: (beta1, beta2) of the Adam moments.
+        eps: added to sqrt(v_hat) (the reference uses 1e-6).
+        weight_decay: decoupled weight decay; also switches the trust ratio on for its group.
+        max_grad_norm: global gradient-norm clip over all groups; None switches clipping off.
+
+    `step()` clips `p.grad` in place (as `torch.nn.utils.clip_grad_norm_` does). Parameters
+    without a gradient are skipped. The bias-correction step count lives in each group as
+    `group["step"]` (the number of updates applied; a step skipped by a GradScaler does not
+    count), so `state_dict()` / `load_state_dict()` restore everything. `last_grad_norm` holds the
+    global gradient norm of the last step (before clipping) as a device tensor, for logging.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 4e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = 1.0,
+    ):
+        _check_hyperparameters(lr, betas, eps, weight_decay, max_grad_norm)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, step=0)
+        super().__init__(params, defaults)
+        self.max_grad_norm = max_grad_norm
+        # A dict, not an attribute: torch.compile can trace a dict update inside step(), not a setattr.
+        self._stats: dict[str, torch.Tensor] = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.dtype != torch.float32:
+                    raise ValueError(
+                        f"Lamb keeps fp32 weights and moments but got a {param.dtype} parameter; "
+                        "keep the model in fp32 and use autocast for fp16/bf16"
+                    )
+
+    @property
+    def last_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient L2 norm of the last step, before clipping (a 0-d device tensor)."""
+        return self._stats.get("grad_norm")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Clip all gradients to the global norm, then apply one LAMB update to every group."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(group, *self._with_grads(group)) for group in self.param_groups]
+        all_grads = [grad for _, _, grads in work for grad in grads]
+        if not all_grads:
+            return loss
+        self._clip_(all_grads)
+        for group, params, grads in work:
+            if params:
+                self._update_group(group, params, grads)
+        return loss
+
+    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params = [param for param in group["params"] if param.grad is not None]
+        if any(param.grad.is_sparse for param in params):
+            raise ValueError("Lamb does not support sparse gradients")
+        return params, [param.grad for param in params]
+
+    def _clip_(self, grads: list[torch.Tensor]) -> None:
+        """Scale `grads` by max_grad_norm / max(global_norm, max_grad_norm) (tf.clip_by_global_norm)."""
+        global_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self._stats["grad_norm"] = global_norm
+        if self.max_grad_norm is not None:
+            # 1 exactly when the norm is within bounds; no host-side test of the tensor.
+            torch._foreach_mul_(grads, self.max_grad_norm / global_norm.clamp(min=self.max_grad_norm))
+
+    def _moments(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        for param in params:
+            state = self.state[param]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+
+    def _update_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        group["step"] += 1
+        exp_avgs, exp_avg_sqs = self._moments(params)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        # m_hat / (sqrt(v_hat) + eps) == factor * m / (sqrt(v) + eps * sqrt(bc2)), factor = sqrt(bc2) / bc1:
+        # the bias corrections become scalars folded into other ops, saving passes over the weights.
+        root_bc2 = math.sqrt(1.0 - beta2 ** group["step"])
+        factor = root_bc2 / (1.0 - beta1 ** group["step"])
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"] * root_bc2)
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        if weight_decay != 0.0:
+            updates = torch._foreach_mul(params, weight_decay)
+            torch._foreach_addcdiv_(updates, exp_avgs, denominators, value=factor)
+            del denominators
+            scales = (_trust_ratios(params, updates) * -lr).unbind()  # (len(params),) -> 0-d tensors
+            torch._foreach_addcmul_(params, updates, list(scales))
+        else:
+            updates = torch._foreach_div(exp_avgs, denominators)
+            torch._foreach_mul_(updates, -lr * factor)
+            torch._foreach_add_(params, updates)
+
+
+def _trust_ratios(params, updates) -> torch.Tensor:
+    """(len(params),) ||w|| / ||update|| per tensor, 1 where either norm is 0."""
+    weight_norms = torch.stack(torch._foreach_norm(params))
+    update_norms = torch.stack(torch._foreach_norm(updates))
+    usable = (weight_norms > 0) & (update_norms > 0)
+    return torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+
+
+def warmup_steps_for(max_steps: float, warmup_proportion: float, warmup_steps: int) -> int:
+    """The warmup length in optimizer steps: `warmup_steps`, or int(max_steps * warmup_proportion)
+    when `warmup_steps` is 0 (the reference's `--warmup_steps` / `--warmup_proportion`)."""
+    if warmup_steps < 0 or warmup_proportion < 0:
+        raise ValueError(f"warmup_steps ({warmup_steps}) and warmup_proportion ({warmup_proportion}) must be >= 0")
+    return int(warmup_steps) if warmup_steps != 0 else int(max_steps * warmup_proportion)
+
+
+def warmup_start_for(warmup_steps: int, start_warmup_step: int) -> int:
+    """The step the warmup starts at: the reference ignores `--start_warmup_step` (uses 0) when
+    `--warmup_steps` is 0 and the warmup length comes from `--warmup_proportion`."""
+    return int(start_warmup_step) if warmup_steps != 0 else 0
+
+
+def lr_at(
+    step: int,
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: float,
+    start_warmup_step: int = 0,
+    degree: float = 1.0,
+) -> float:
+    """The learning rate of the next update, as NVIDIA's `LinearWarmupPolyDecayScheduler`.
+
+    `step` is the number of optimizer updates already applied (0 for the first update; updates
+    skipped for fp16 overflow do not count). NVIDIA sets the rate right before each update from
+    last = step + 1, offset = 1 if start_warmup_step == 0 else 0, and position = last - offset -
+    start_warmup_step:
+
+    - position < warmup_steps: lr = base_lr * position / (warmup_steps + 1e-6)  (linear warmup);
+    - otherwise: lr = base_lr * (1 - min((last - offset) / total_steps, 1)) ** degree  (decay to 0).
+
+    With start_warmup_step == 0 this equals the TF reference at global_step = step (up to the
+    1e-6); with a negative start (the RCP table's -76, -700) NVIDIA's warmup runs one step ahead
+    of TF's. A positive start would make the reference's rate negative before the warmup starts;
+    here it is 0 there.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    last = step + 1 - (1 if start_warmup_step == 0 else 0)
+    position = last - start_warmup_step
+    if position < warmup_steps:
+        return base_lr * max(position, 0) / (warmup_steps + 1e-6)
+    return base_lr * (1.0 - min(last / total_steps, 1.0)) ** degree

@@ -1,0 +1,86 @@
+"""One optimizer step: forward/backward over the micro-batches, mixed precision, optimizer update.
+
+Shared by `train` and `bench`, so the benchmark times exactly what training runs. Nothing here reads
+a tensor back to the host: the returned sums and the overflow flag stay on the device until the
+caller reads them at log time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bert_pretrain.batch import Batch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Order of the entries of StepResult.sums.
+SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
+
+
+@dataclass
+class StepResult:
+    sums: torch.Tensor  # (len(SUM_NAMES),) float64 on the device; "loss" is the mean over micro-batches
+    skipped: torch.Tensor  # bool scalar: the update was skipped for an fp16 overflow
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for `precision` ('fp32' runs without one)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2.0**20) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 (growth every 2000 clean steps, as the reference); a no-op otherwise."""
+    return torch.amp.GradScaler(
+        device.type, init_scale=init_scale, growth_interval=2000, enabled=precision == "fp16"
+    )
+
+
+def _sums(out) -> torch.Tensor:
+    return torch.stack([
+        out.loss.detach().double(), out.mlm_loss_sum.double(), out.mlm_correct.double(),
+        out.mlm_count.double(), out.nsp_correct.double(), out.nsp_count.double(),
+    ])
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    micro_batches: Sequence[Batch],
+    precision: str,
+    device: torch.device,
+) -> StepResult:
+    """Accumulate gradients over `micro_batches` and take one optimizer step.
+
+    Each micro-batch's loss is divided by the number of micro-batches (the reference's
+    accumulation). Under DDP, gradients are all-reduced only on the last micro-batch. Gradients
+    are unscaled before the optimizer so its global-norm clip sees the true values, and set to
+    None afterwards.
+    """
+    accumulation = len(micro_batches)
+    sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64, device=device)
+    for index, batch in enumerate(micro_batches):
+        last = index == accumulation - 1
+        no_sync = getattr(model, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with autocast(device, precision):
+                out = model(batch.to(device, non_blocking=True))
+            scaler.scale(out.loss / accumulation).backward()
+        sums += _sums(out)
+    sums[0] /= accumulation
+    scale_before = scaler._scale.clone() if scaler.is_enabled() else None
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    # GradScaler lowers the scale exactly when it skipped the step for inf/NaN gradients.
+    skipped = scaler._scale < scale_before if scale_before is not None else torch.zeros((), dtype=torch.bool)
+    return StepResult(sums=sums, skipped=skipped)
