@@ -56,6 +56,23 @@ def measured(command: list[str]) -> tuple[float, float, float]:
     return tuple(json.loads(out.stdout))
 
 
+def cpu_split(corpus: str, vocab: str, workers: int, output: Path) -> tuple[float, float, float]:
+    """(wall s, CPU s of the parent process, CPU s of its worker processes) of `prepare` through the
+    Python API in a fresh process: the parent's share is the part that does not run in parallel."""
+    probe = ("import json, resource, sys, time\n"
+             "from bert_pretrain.data.prepare import PrepareOptions, run\n"
+             "cpu = lambda who: (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(who))\n"
+             "t, before = time.perf_counter(), cpu(resource.RUSAGE_SELF)\n"
+             "run(PrepareOptions(input_files=sys.argv[1], vocab_file=sys.argv[2], output_dir=sys.argv[4], num_shards=4,"
+             " dupe_factor=2, workers=int(sys.argv[3]), progress=False))\n"
+             "s = time.perf_counter() - t\n"
+             "print(json.dumps([s, cpu(resource.RUSAGE_SELF) - before, cpu(resource.RUSAGE_CHILDREN)]))")
+    shutil.rmtree(output, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", probe, corpus, vocab, str(workers), str(output)], capture_output=True,
+                         text=True, check=True)
+    return tuple(json.loads(out.stdout))
+
+
 def instances_in(folder: Path) -> int:
     import h5py
 
@@ -205,11 +222,12 @@ def main() -> None:
             results.setdefault(name, []).append((seconds, cpu, peak, instances_in(out)))
             print(f"{name}: {seconds:.2f} s, CPU {cpu:.2f} s, {results[name][-1][3]} instances, peak {peak:.0f} MiB",
                   flush=True)
+    splits = {w: [cpu_split(args.corpus, args.vocab, w, work / "split") for _ in range(args.repeats)] for w in (1, 2, 4)}
     shutil.rmtree(work, ignore_errors=True)
-    report(args, runs, results)
+    report(args, runs, results, splits)
 
 
-def report(args, runs: dict, results: dict) -> None:
+def report(args, runs: dict, results: dict, splits: dict) -> None:
     date = datetime.date.today().isoformat()
     path = Path(args.report or REPO / "benchmarks" / "results" / f"prepare_{platform.node()}_{date}.md")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -233,6 +251,15 @@ def report(args, runs: dict, results: dict) -> None:
         lines.append(f"| {name} | {results[name][0][3]:,} | {seconds:.2f} | {rate:,.0f} | {rate / peer_rate:.1f}x | "
                      f"{rate / reference_rate:.1f}x | {cpu_s:.2f} | {per_cpu:,.0f} | "
                      f"{max(p for _, _, p, _ in results[name]):.0f} |")
+    lines += ["", "Where the CPU goes (WikiExtractor input, 4 shards; `run()` in a fresh process, imports not counted). "
+              "The parent reads the input and spools tokens, the workers do the rest; with W idle cores the wall time "
+              "would be about parent + workers / W (Amdahl), the last column:", "",
+              "| workers | wall s | parent CPU s | workers CPU s | total CPU s | parent + workers / W |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for w, runs_w in splits.items():
+        wall, parent, kids = (statistics.median(r[k] for r in runs_w) for k in range(3))
+        lines.append(f"| {w} | {wall:.2f} | {parent:.2f} | {kids:.2f} | {parent + kids:.2f} | "
+                     f"{parent + kids / w if w > 1 else parent:.2f} |")
     lines += ["", f"NVIDIA's create_pretraining_data.py, from the issue (not re-run here: it needs TensorFlow): "
               f"{NVIDIA_REFERENCE['instances']:,} instances in a median {NVIDIA_REFERENCE['seconds']} s = "
               f"{reference_rate:,.0f} instances/s on one core, peak {NVIDIA_REFERENCE['peak_mib']} MiB.", "",

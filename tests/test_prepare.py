@@ -251,3 +251,15 @@ def test_cli_help_lists_the_prepare_and_inspect_flags():
                  "--short_seq_prob", "--dupe_factor", "--random_seed", "--whole_word_mask", "--num_eval_examples",
                  "--num_eval_documents", "--format", "--workers", "--shard_range"):
         assert flag in prepare_help, flag
+
+
+def test_a_vocab_rewritten_at_the_same_path_is_read_again(shared_data, vocab, tmp_path):
+    sample = str(shared_data / "google_bert" / "sample_text.txt")
+    path = tmp_path / "vocab.txt"
+    shutil.copy(vocab, path)
+    run(PrepareOptions(input_files=sample, vocab_file=str(path), output_dir=str(tmp_path / "big"), workers=1, **SMALL))
+    small = read_vocab(vocab)[:1000]  # [PAD], [unused*], [UNK] [CLS] [SEP] [MASK], ...: most words are [UNK] now
+    path.write_text("".join(t + "\n" for t in small))
+    run(PrepareOptions(input_files=sample, vocab_file=str(path), output_dir=str(tmp_path / "small"), workers=1, **SMALL))
+    ids = shards.read_padded(tmp_path / "small" / "1_shards_uncompressed" / "part_00000_of_00001.hdf5")["input_ids"]
+    assert ids.max() < 1000 and (ids == small.index("[UNK]")).mean() > 0.1

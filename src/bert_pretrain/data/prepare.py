@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -60,17 +61,21 @@ def run(options: PrepareOptions) -> PrepareSummary:
         vocab_file, notes = _vocab_file(options, files, layout, workers, first)
         vocab_tokens = read_vocab(vocab_file)
         check_pretraining_vocab(vocab_tokens, vocab_file)
-        layout.check_manifest(options.manifest([path for path, _ in files], _sha256(vocab_file)))
+        vocab_sha256 = _sha256(vocab_file)
+        layout.check_manifest(options.manifest([path for path, _ in files], vocab_sha256))
         wants_eval = options.num_eval_examples > 0 and first == 0
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
                                  vocab_file, notes=notes)
+        for path in [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else []):
+            layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
         todo = [i for i in range(first, end) if not layout.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
         eval_todo = wants_eval and not layout.is_complete(layout.eval_path)
         if todo or eval_todo:
             spool = SpoolWriter(Path(tempfile.mkdtemp(prefix=".spool-", dir=layout.output_dir)))
             try:
-                _read_corpus(options, files, vocab_file, set(todo), eval_todo, spool, workers, summary)
+                _read_corpus(options, files, (str(vocab_file), vocab_sha256), set(todo), eval_todo, spool, workers,
+                             summary)
                 _build(options, layout, todo, eval_todo, spool, _vocab_ids(vocab_tokens), workers, summary)
             finally:
                 shutil.rmtree(spool.directory, ignore_errors=True)
@@ -158,7 +163,7 @@ def _vocab_file(options, files, layout: OutputLayout, workers: _Workers, first: 
         raise InputError(f"--vocab_size with --shard_range {first}:...: the vocab is trained once, by the run whose "
                          f"range starts at 0 (e.g. --shard_range 0:0 trains it alone); then pass "
                          f"--vocab_file {layout.vocab_path}")
-    corpus = layout.output_dir / f".vocab-corpus-{id(options)}.txt"
+    corpus = layout.output_dir / f".vocab-corpus-{os.getpid()}.txt"
     try:
         with open(corpus, "w", encoding="utf-8") as out:
             batches = _plain_batches(_raw_documents(files, Tally()))
@@ -228,7 +233,7 @@ class _Batches:
         self.eval_members = selector.members()
 
 
-def _read_corpus(options, files, vocab_file: Path, todo: set[int], eval_todo: bool, spool: SpoolWriter,
+def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_todo: bool, spool: SpoolWriter,
                  workers: _Workers, summary: PrepareSummary) -> None:
     """Stage 1: tokenize the documents this run needs and spool them by shard (and 'eval')."""
     tally = Tally()
@@ -242,7 +247,7 @@ def _read_corpus(options, files, vocab_file: Path, todo: set[int], eval_todo: bo
             raise InputError(f"shard {name} passed {slots_limit:,} tokens, more than one worker should hold at "
                              f"--dupe_factor {options.dupe_factor}; raise --num_shards")
 
-    arguments = ((batch, str(vocab_file), options.lower_case) for batch in batches.tasks(_raw_documents(files, tally)))
+    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, tally)))
     bar = tqdm(unit="doc", desc="read", disable=not options.progress)
     for results in workers.ordered(tasks.tokenize_documents, arguments):
         placed, results = batches.placements.popleft(), iter(results)

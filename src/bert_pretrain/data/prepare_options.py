@@ -48,7 +48,8 @@ class PrepareOptions:
     progress: bool = True
 
     def input_list(self) -> list[str]:
-        return [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else list(self.input_files)
+        files = [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else self.input_files
+        return [str(f) for f in files]
 
     def instance_options(self) -> InstanceOptions:
         return InstanceOptions(self.max_seq_length, self.max_predictions_per_seq, self.masked_lm_prob,
@@ -162,16 +163,19 @@ class OutputLayout:
             tmp.write_text(json.dumps(manifest, indent=1) + "\n")
 
     def is_complete(self, path: Path) -> bool:
-        """A file with the final name is whole (atomic rename); check it opens and has rows, and drop
-        any temporary a killed run left beside it."""
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
+        """A file with the final name is whole (atomic rename); check that it opens and has rows."""
         if not path.exists():
             return False
         try:
             return shards.num_samples(path) > 0
         except InputError:
             return False
+
+    @staticmethod
+    def remove_temporaries(path: Path) -> None:
+        """Delete what a killed run left while writing `path` (atomic_path's temporary names)."""
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
 
 
 @dataclass

@@ -26,9 +26,10 @@ from bert_pretrain.tokenization import WordPieceTokenizer, train_vocab
 WIKITEXT, WIKIEXTRACTOR, TEXT = "wikitext", "wikiextractor", "text"
 
 
-@functools.cache
-def _tokenizer(vocab_file: str, lower_case: bool) -> WordPieceTokenizer:
-    """One tokenizer per process (its piece memo then serves every batch the process gets)."""
+@functools.lru_cache(maxsize=2)
+def _tokenizer(vocab_file: str, vocab_sha256: str, lower_case: bool) -> WordPieceTokenizer:
+    """One tokenizer per process and vocab (its memo then serves every batch the process gets); the
+    vocab's hash is in the key so a vocab rewritten at the same path is read again."""
     return WordPieceTokenizer.from_vocab_file(vocab_file, lower_case)
 
 
@@ -43,11 +44,11 @@ def clean_documents(batch: list[tuple[str, str]]) -> list[str]:
     return [wikitext_to_paragraphs(p) if k == WIKITEXT else p for k, p in batch]
 
 
-def tokenize_documents(batch: list[tuple[str, str]], vocab_file: str, lower_case: bool
+def tokenize_documents(batch: list[tuple[str, str]], vocab_file: str, vocab_sha256: str, lower_case: bool
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(token ids (n,) int32, sentence lengths (s,) int64) of each raw document; a document with no
     text left gives empty arrays."""
-    tokenizer = _tokenizer(vocab_file, lower_case)
+    tokenizer = _tokenizer(vocab_file, vocab_sha256, lower_case)
     per_document = [_sentences(kind, payload) for kind, payload in batch]
     ids, lengths = tokenizer.encode_sentences([s for sentences in per_document for s in sentences])
     out, sentence_at, token_at = [], 0, 0

@@ -233,7 +233,9 @@ def split_sentences(paragraphs: str) -> list[str]:
     sentences = []
     for paragraph in paragraphs.split("\n"):
         if paragraph.strip():
-            sentences.extend(s.strip() for s in blingfire.text_to_sentences(paragraph).split("\n"))
+            # blingfire answers '' when it fails; keep the paragraph whole rather than lose it
+            split = blingfire.text_to_sentences(paragraph) or paragraph
+            sentences.extend(s.strip() for s in split.split("\n"))
     return [s for s in sentences if s]
 
 
