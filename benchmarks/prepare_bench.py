@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from reference_peer import reference_instances
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SHAPES = ["--max_seq_length", "512", "--max_predictions_per_seq", "76", "--masked_lm_prob", "0.15",
@@ -113,13 +115,7 @@ def peer(text_file: str, vocab_file: str, output: str) -> None:
             documents.append([])
         elif tokens := tokenizer.encode(line, add_special_tokens=False).tokens:
             documents[-1].append(tokens)
-    documents = [d for d in documents if d]
-    rng.shuffle(documents)
-    instances = []
-    for _ in range(dupe):
-        for d in range(len(documents)):
-            instances.extend(_peer_document(documents, d, seq, pred, prob, short, vocab, rng))
-    rng.shuffle(instances)
+    instances = reference_instances([d for d in documents if d], seq, pred, prob, short, dupe, vocab, rng)
     arrays = {"input_ids": np.zeros((len(instances), seq), "i4"), "input_mask": np.zeros((len(instances), seq), "i1"),
               "segment_ids": np.zeros((len(instances), seq), "i1"),
               "masked_lm_positions": np.zeros((len(instances), pred), "i4"),
@@ -136,48 +132,6 @@ def peer(text_file: str, vocab_file: str, output: str) -> None:
     with h5py.File(Path(output) / "part_peer.hdf5", "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value)
-
-
-def _peer_document(documents, d, seq, pred, prob, short, vocab, rng):
-    document, max_tokens, out = documents[d], seq - 3, []
-    target = rng.randint(2, max_tokens) if rng.random() < short else max_tokens
-    chunk, length, i = [], 0, 0
-    while i < len(document):
-        chunk.append(document[i])
-        length += len(document[i])
-        if i == len(document) - 1 or length >= target:
-            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            a = [t for s in chunk[:a_end] for t in s]
-            b, is_random = [], len(chunk) == 1 or rng.random() < 0.5
-            if is_random:
-                for _ in range(10):
-                    other = rng.randint(0, len(documents) - 1)
-                    if other != d:
-                        break
-                for sentence in documents[other][rng.randint(0, len(documents[other]) - 1):]:
-                    b.extend(sentence)
-                    if len(b) >= target - len(a):
-                        break
-                i -= len(chunk) - a_end
-            else:
-                b = [t for s in chunk[a_end:] for t in s]
-            while len(a) + len(b) > max_tokens:
-                longer = a if len(a) > len(b) else b
-                longer.pop(0 if rng.random() < 0.5 else -1)
-            tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
-            segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-            candidates = [j for j, t in enumerate(tokens) if t not in ("[CLS]", "[SEP]")]
-            rng.shuffle(candidates)
-            count = min(pred, max(1, int(round(len(tokens) * prob))))
-            masked = sorted(candidates[:count])
-            labels = [tokens[j] for j in masked]
-            for j in masked:
-                tokens[j] = ("[MASK]" if rng.random() < 0.8 else
-                             tokens[j] if rng.random() < 0.5 else vocab[rng.randint(0, len(vocab) - 1)])
-            out.append((tokens, segments, masked, labels, int(is_random)))
-            chunk, length = [], 0
-        i += 1
-    return out
 
 
 def versions() -> str:

@@ -1,8 +1,10 @@
 """Instances: the reference invariants on every row, provenance of every segment, masking rates, the
 closed-form truncation against the reference's loop, and statistics against a literal transcription
-of the reference algorithm's semantics."""
+of the reference algorithm (benchmarks/reference_peer.py)."""
 
+import importlib.util
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,51 +83,28 @@ def test_closed_form_truncation_matches_the_reference_loop(a_length, b_length):
         assert abs(front.mean() - cut / 2) < 0.1 + 0.1 * cut and front.max() <= cut
 
 
-def reference_instance_shapes(documents: list[list[list[int]]], options: InstanceOptions, rng: random.Random):
-    """(length, is_random_next) of each instance, by the reference create_instances_from_document's
-    semantics on lists of token lists; masking omitted (it does not change shapes)."""
-    shapes = []
-    order = list(range(len(documents)))
-    rng.shuffle(order)
-    for _ in range(options.dupe_factor):
-        for index in order:
-            document, max_tokens = documents[index], options.max_seq_length - 3
-            target = rng.randint(2, max_tokens) if rng.random() < options.short_seq_prob else max_tokens
-            chunk, length, i = [], 0, 0
-            while i < len(document):
-                chunk.append(document[i])
-                length += len(document[i])
-                if i == len(document) - 1 or length >= target:
-                    a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-                    a = [t for s in chunk[:a_end] for t in s]
-                    b, is_random = [], len(chunk) == 1 or rng.random() < 0.5
-                    if is_random:
-                        for _ in range(10):
-                            other = rng.randint(0, len(documents) - 1)
-                            if other != index:
-                                break
-                        for sentence in documents[other][rng.randint(0, len(documents[other]) - 1):]:
-                            b.extend(sentence)
-                            if len(b) >= target - len(a):
-                                break
-                        i -= len(chunk) - a_end
-                    else:
-                        b = [t for s in chunk[a_end:] for t in s]
-                    shapes.append((min(len(a) + len(b), max_tokens) + 3, int(is_random)))
-                    chunk, length = [], 0
-                i += 1
-    return np.array(shapes)
+def reference_peer():
+    """benchmarks/reference_peer.py: the reference algorithm transcribed in plain Python (also the
+    benchmark's peer), loaded by path since benchmarks/ is not a package."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_peer.py"
+    spec = importlib.util.spec_from_file_location("reference_peer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_statistics_match_the_reference_algorithm():
     docs = corpus(np.random.default_rng(4), 150, max_sentences=25)
     as_lists = [[docs.tokens[docs.sentence_starts[s]:docs.sentence_starts[s + 1]].tolist()
                  for s in range(docs.doc_starts[d], docs.doc_starts[d + 1])] for d in range(docs.num_documents)]
-    ours, theirs = [], []
+    ours, theirs, peer = [], [], reference_peer()
     for seed in range(6):
         pairs = create_pairs(docs, OPTIONS, random.Random(seed))
         ours.append(np.stack([pairs[:, 1] + pairs[:, 3] + 3, pairs[:, 4]], 1))
-        theirs.append(reference_instance_shapes(as_lists, OPTIONS, random.Random(seed)))
+        instances = peer.reference_instances(as_lists, OPTIONS.max_seq_length, OPTIONS.max_predictions_per_seq,
+                                             OPTIONS.masked_lm_prob, OPTIONS.short_seq_prob, OPTIONS.dupe_factor,
+                                             list(range(100)), random.Random(seed))
+        theirs.append(np.array([(len(tokens), is_random) for tokens, _, _, _, is_random in instances]))
     ours, theirs = np.concatenate(ours), np.concatenate(theirs)
     assert abs(len(ours) / len(theirs) - 1) < 0.02
     assert abs(ours[:, 0].mean() - theirs[:, 0].mean()) < 0.5
