@@ -263,3 +263,13 @@ def test_a_vocab_rewritten_at_the_same_path_is_read_again(shared_data, vocab, tm
     run(PrepareOptions(input_files=sample, vocab_file=str(path), output_dir=str(tmp_path / "small"), workers=1, **SMALL))
     ids = shards.read_padded(tmp_path / "small" / "1_shards_uncompressed" / "part_00000_of_00001.hdf5")["input_ids"]
     assert ids.max() < 1000 and (ids == small.index("[UNK]")).mean() > 0.1
+
+
+def test_a_shard_too_large_for_one_worker_is_refused_early(shared_data, vocab, tmp_path, monkeypatch):
+    from bert_pretrain.data import prepare
+
+    monkeypatch.setattr(prepare, "_MAX_SHARD_TOKEN_SLOTS", 20_000)
+    with pytest.raises(InputError, match="a shard passed 20,000 tokens.*raise --num_shards"):
+        run(PrepareOptions(input_files=str(shared_data / "corpus" / "mlperf_wiki_sample" / "wiki_00"),
+                           vocab_file=vocab, output_dir=str(tmp_path), workers=1, **SMALL))
+    assert not list(tmp_path.rglob("*.hdf5")) and not list(tmp_path.glob(".spool-*"))

@@ -142,15 +142,15 @@ class _Workers:
         return function(*args) if self.pool is None else self.pool.apply(function, args)
 
 
-def _raw_documents(files: list[tuple[Path, str]], tally: Tally) -> Iterator[tuple[str, str]]:
-    """(kind, payload) of every document of every input file, in order."""
+def _raw_documents(files: list[tuple[Path, str]], tally: Tally) -> Iterator[tuple[str, str, Path]]:
+    """(kind, payload, file) of every document of every input file, in order."""
     for path, fmt in files:
         if fmt == "wikidump":
-            yield from ((tasks.WIKITEXT, text) for text in iter_articles(path, tally))
+            yield from ((tasks.WIKITEXT, text, path) for text in iter_articles(path, tally))
         elif fmt == "wikiextractor":
-            yield from ((tasks.WIKIEXTRACTOR, body) for body in wikiextractor_documents(path, tally))
+            yield from ((tasks.WIKIEXTRACTOR, body, path) for body in wikiextractor_documents(path, tally))
         else:
-            yield from ((tasks.TEXT, doc) for doc in text_documents(path, tally))
+            yield from ((tasks.TEXT, doc, path) for doc in text_documents(path, tally))
 
 
 def _vocab_file(options, files, layout: OutputLayout, workers: _Workers, first: int) -> tuple[Path, list[str]]:
@@ -177,9 +177,9 @@ def _vocab_file(options, files, layout: OutputLayout, workers: _Workers, first: 
     return layout.vocab_path, [f"trained a {len(vocab):,}-token WordPiece vocab on the input: {layout.vocab_path}"]
 
 
-def _plain_batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+def _plain_batches(documents: Iterable[tuple[str, str, Path]]) -> Iterator[list[tuple[str, str]]]:
     batch, chars = [], 0
-    for kind, payload in documents:
+    for kind, payload, _ in documents:
         batch.append((kind, payload))
         chars += len(payload)
         if len(batch) >= _BATCH_DOCUMENTS or chars >= _BATCH_CHARS:
@@ -194,6 +194,7 @@ class _Placement:
     """Where one document goes, decided from its index before it is tokenized."""
 
     index: int
+    source: Path
     shard: int
     held_out: bool  # in the eval selection for now
     evicted: int | None  # the document it pushed out of the eval selection
@@ -210,16 +211,16 @@ class _Batches:
     placements: deque = field(default_factory=deque)
     eval_members: list[int] = field(default_factory=list)  # known once `tasks` has run to the end
 
-    def tasks(self, documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    def tasks(self, documents: Iterable[tuple[str, str, Path]]) -> Iterator[list[tuple[str, str]]]:
         assign = ShardAssigner(self.options.num_shards, self.options.random_seed)
         eval_documents = self.options.num_eval_documents if self.options.num_eval_examples else 0
         selector = EvalSelector(eval_documents, self.options.random_seed)
         batch, placed, chars = [], [], 0
-        for index, (kind, payload) in enumerate(documents):
+        for index, (kind, payload, source) in enumerate(documents):
             shard = assign(index)
             held_out, evicted = selector.offer(index)
             tokenize = shard in self.todo or (held_out and self.eval_todo)
-            placed.append(_Placement(index, shard, held_out, evicted, tokenize))
+            placed.append(_Placement(index, source, shard, held_out, evicted, tokenize))
             if tokenize:
                 batch.append((kind, payload))
                 chars += len(payload)
@@ -244,8 +245,8 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
     def to_spool(name: str, index: int, content) -> None:
         spool.add(name, index, *content)
         if name != "eval" and spool.tokens[name] > slots_limit:
-            raise InputError(f"shard {name} passed {slots_limit:,} tokens, more than one worker should hold at "
-                             f"--dupe_factor {options.dupe_factor}; raise --num_shards")
+            raise InputError(f"a shard passed {slots_limit:,} tokens: more than one worker should hold at "
+                             f"--dupe_factor {options.dupe_factor} (see docs/data.md); raise --num_shards")
 
     arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, tally)))
     bar = tqdm(unit="doc", desc="read", disable=not options.progress)
@@ -255,11 +256,12 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
             content = next(results) if place.tokenize else None
             if content is not None:
                 summary.tokens += len(content[0])
+                where = f"{place.source}, document {place.index}"
                 if len(content[1]) == 0:
-                    tally.add("documents with no text left after cleanup", f"document {place.index}")
+                    tally.add("documents with no text left after cleanup", where)
                     content = None
                 elif len(content[1]) == 1:
-                    tally.add("one-sentence documents (kept: random-next pairs only)", f"document {place.index}")
+                    tally.add("one-sentence documents (kept: random-next pairs only)", where)
             if place.evicted is not None:
                 shard, evicted_content = held.pop(place.evicted)
                 if shard in todo and evicted_content is not None:
