@@ -21,9 +21,9 @@ LAYERS = [
      "data.packing", "data.partition", "data.tasks", "data.prepare_options",
      "checkpoint", "evaluate", "inspect", "step", "training_state"},
     # 3: composition
-    {"config"},
+    {"config", "reference_flags"},
     # 4: wiring
-    {"train", "bench", "demo"},
+    {"train", "train_setup", "train_observers", "bench", "demo"},
     # 5: entry
     {"cli", "__main__", ""},
 ]

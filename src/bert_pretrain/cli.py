@@ -178,9 +178,49 @@ def _inspect(args) -> int:
     return 0
 
 
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from bert_pretrain.config import add_arguments
+
+    p.description = TRAIN_DESCRIPTION
+    p.usage = "%(prog)s [--config RUN.toml] [options]   (every option below; reference names and meanings)"
+    add_arguments(p)
+
+
+def _train(args) -> int:
+    from bert_pretrain.config import is_main_process, load_config
+
+    config = load_config(args)
+    if is_main_process():
+        for note in config.notes:
+            print(note, file=sys.stderr)
+    from bert_pretrain.train import train
+
+    return train(config)
+
+
+TRAIN_DESCRIPTION = """\
+Pretrain BERT (masked-LM + NSP) as MLPerf Training v1.0 does: LAMB, the poly-decay schedule, eval on
+the MLPerf cadence, stop at --target_mlm_accuracy; one process per GPU under torchrun (DDP).
+
+  bert-pretrain train --input_dir $DATA/2048_shards_uncompressed --eval_dir $DATA/eval_set_uncompressed \\
+      --bert_config_path $DATA/bert_config.json --init_checkpoint $DATA/model.ckpt-28252.apex.pt \\
+      --output_dir results --config configs/bert_large_mlperf.toml --fp16
+  torchrun --nproc_per_node 8 -m bert_pretrain train ...     (8 GPUs; train_bert_pretraining_amp_dist.sh does this)
+
+Options come from the defaults below, then a --config TOML file (keys = flag names), then the flags
+given here (the last word wins). --train_batch_size is per process per optimizer step, split into
+--gradient_accumulation_steps micro-batches; the global batch is train_batch_size x processes.
+Writes to --output_dir: checkpoints (<phase>_ckpt_<step>.pt, loadable by `evaluate` and `convert`),
+mlperf.log, metrics.jsonl, metrics.png, summary.json. Ctrl-C / SIGTERM writes a checkpoint and
+stops cleanly; --resume_from_checkpoint continues exactly. See docs/training.md.
+"""
+
+
 # name -> (one-line help, add-arguments function, handler)
 COMMANDS = {
     "prepare": ("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare_arguments, _prepare),
+    "train": ("pretrain BERT on MLPerf shards (LAMB, mixed precision, DDP, eval to a target, MLPerf log)",
+              _train_arguments, _train),
     "evaluate": ("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
                  _evaluate_arguments, _evaluate),
     "convert": ("convert weights between NVIDIA .pt, this project's checkpoints and HF transformers",

@@ -1,0 +1,358 @@
+"""The typed run configuration of `bert-pretrain train`: defaults < `--config run.toml` < flags.
+
+Every option is a field of one of the small frozen dataclasses below; its name is the reference's
+flag name (NVIDIA MLPerf v1.0 `run_pretraining.py`, DeepSparkHub), with the same meaning. The
+argparse flags and the TOML keys are generated from the fields, so the three sources cannot drift.
+`load_config` merges the sources, validates once (errors name the option and the fix) and returns
+a `RunConfig` that nothing changes afterwards. The reference's apex/NGC switches, which mean
+nothing on stock PyTorch, are accepted with a one-line note (`bert_pretrain.reference_flags`) so
+the reference launch scripts run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bert_pretrain.errors import InputError
+from bert_pretrain.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+def option(default, help: str, **argparse_kwargs):
+    """A config field: its default, its `--help` line, and any extra argparse settings."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Training shards and the eval set."""
+
+    input_dir: str | None = option(None, "folder of training shards: every file named *part*.hdf5 "
+                                         "(e.g. $DATA/2048_shards_uncompressed)")
+    eval_dir: str | None = option(None, "folder of eval shards (e.g. $DATA/eval_set_uncompressed); without it "
+                                        "there is no eval and no stop on accuracy")
+    max_seq_length: int = option(512, "tokens per sequence in the shards")
+    max_predictions_per_seq: int = option(76, "masked-LM slots per sequence in the shards")
+    num_eval_examples: int = option(10000, "evaluate on the first N eval samples (MLPerf: 10000)")
+    cache_eval_data: bool = option(False, "keep the eval batches on the device between evals (else in host memory)")
+    skip_bad_shards: bool = option(False, "skip (and count) a training shard that cannot be read instead of "
+                                          "stopping with an error naming it")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Batch sizes. The global batch is train_batch_size x number of processes."""
+
+    train_batch_size: int = option(18, "sequences per process per optimizer step; split into "
+                                       "--gradient_accumulation_steps micro-batches, so it must divide by it")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step (gradients are "
+                                                 "all-reduced once, after the last)")
+    eval_batch_size: int = option(128, "eval sequences per batch, per process")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.train_batch_size // self.gradient_accumulation_steps
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """LAMB and its learning-rate schedule (linear warmup, then polynomial decay (power 1) to 0)."""
+
+    learning_rate: float = option(4e-5, "peak learning rate")
+    opt_lamb_beta_1: float = option(0.9, "LAMB beta1")
+    opt_lamb_beta_2: float = option(0.999, "LAMB beta2")
+    weight_decay_rate: float = option(0.01, "LAMB weight decay, applied to every weight except biases and "
+                                            "LayerNorm")
+    warmup_proportion: float = option(0.01, "warmup length as a fraction of --max_steps; used when "
+                                            "--warmup_steps is 0")
+    warmup_steps: int = option(0, "warmup length in steps (0: use --warmup_proportion)")
+    start_warmup_step: int = option(0, "the step where warmup starts; may be negative (the MLPerf "
+                                       "large-batch recipes)")
+    max_steps: int = option(1536, "optimizer steps of the schedule; the run stops there at the latest")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """When to evaluate and when to stop."""
+
+    max_samples_termination: int = option(14_000_000, "stop after this many training samples (status aborted)")
+    target_mlm_accuracy: float = option(0.0, "stop with status success once eval masked-LM accuracy reaches "
+                                             "this (MLPerf: 0.720); 0 never stops on accuracy")
+    eval_iter_start_samples: int | None = option(None, "samples before the first eval (default: the MLPerf "
+                                                       "interval for this global batch)")
+    eval_iter_samples: int | None = option(None, "samples between evals (default: the MLPerf rule "
+                                                 "floor(0.05*(230.23*GBS+3e6)/25000)*25000); 0 or less: no eval")
+    seed: int = option(42, "master seed; per-process and per-epoch seeds derive from it as in the reference")
+    log_freq: int = option(1, "read and log the training loss every N steps (0: no training log)")
+    verify_checkpoint: bool = option(False, "evaluate the initial weights before training (printed, not MLPerf-logged)")
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """Model config, initial weights and training checkpoints."""
+
+    bert_config_path: str | None = option(None, "the model's bert_config.json (e.g. $DATA/bert_config.json)")
+    init_checkpoint: str | None = option(None, "initial weights: an NVIDIA {'model': state_dict} .pt "
+                                               "(e.g. $DATA/model.ckpt-28252.apex.pt), a checkpoint of this "
+                                               "project, .safetensors or an HF folder; without it the model "
+                                               "starts from the reference initialisation")
+    output_dir: str | None = option(None, "where checkpoints, mlperf.log, metrics and summary.json go")
+    resume_from_checkpoint: str | None = option(None, "continue a run exactly: alone, from the newest checkpoint in "
+                                                      "--output_dir; or from the given checkpoint file",
+                                                nargs="?", const="latest")
+    phase2: bool = option(False, "name checkpoints phase2_ckpt_<step>.pt (else phase1_ckpt_<step>.pt)")
+    skip_checkpoint: bool = option(False, "write no periodic or final checkpoint (an interrupted run still "
+                                          "writes one, so it can be resumed)")
+    num_samples_per_checkpoint: int = option(500_000, "samples between checkpoints")
+    min_samples_to_start_checkpoints: int = option(3_000_000, "no periodic checkpoint before this many samples")
+    keep_n_most_recent_checkpoints: int = option(20, "older checkpoints in --output_dir are deleted")
+
+
+@dataclass(frozen=True)
+class SystemOptions:
+    """Device, precision and process group."""
+
+    device: str = option("auto", "'auto' takes this process's GPU when there is one, else the CPU",
+                         choices=("auto", "cpu", "cuda"))
+    fp16: bool = option(False, "float16 autocast with dynamic loss scaling (initial scale: env INIT_LOSS_SCALE, "
+                               "default 2**20); falls back to fp32 without a GPU")
+    bf16: bool = option(False, "bfloat16 autocast (no loss scaling)")
+    dist_backend: str | None = option(None, "collective backend (default: nccl on GPUs, gloo on CPUs)",
+                                      choices=("nccl", "gloo"))
+    dist_timeout: int = option(600, "seconds a collective waits for a lost process before every process "
+                                    "stops with an error")
+    progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal; else a log "
+                                         "line every --log_freq steps)")
+    precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16 and the device
+
+
+@dataclass(frozen=True)
+class MLPerfOptions:
+    """What `mlperf.log` says about the submission."""
+
+    submission_org: str = option("bert-pretrain", "submission_org in mlperf.log")
+    submission_platform: str | None = option(None, "submission_platform (default: <processes>x<device name>)")
+    submission_division: str = option("closed", "submission_division", choices=("closed", "open"))
+    submission_status: str = option("onprem", "submission_status",
+                                    choices=("onprem", "cloud", "preview", "research"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataOptions = field(default_factory=DataOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    system: SystemOptions = field(default_factory=SystemOptions)
+    mlperf: MLPerfOptions = field(default_factory=MLPerfOptions)
+    notes: tuple[str, ...] = ()  # one line each, for the user (fallbacks, ignored reference flags)
+
+    def flat(self) -> dict:
+        """Every option by its flag name (for logs and checkpoints)."""
+        return {f.name: getattr(getattr(self, g), f.name) for g, _ in GROUPS for f in dataclasses.fields(_CLASSES[g])}
+
+
+GROUPS = [(f.name, f.default_factory) for f in dataclasses.fields(RunConfig) if f.name != "notes"]
+_CLASSES = dict(GROUPS)
+_FIELDS = {f.name: (group, f) for group, cls in GROUPS for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
+
+
+def _base_type(group_cls, name: str):
+    """int / float / str / bool of a field (the non-None member of `X | None`)."""
+    hint = typing.get_type_hints(group_cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _integer(text: str) -> int:
+    """An int; integral floats such as the reference scripts' `--max_steps=7100.0` are accepted."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `bert-pretrain train`, grouped as the dataclasses are. Defaults are SUPPRESSed so the
+    parsed namespace holds only the flags actually given (they override the TOML file)."""
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="RUN.toml",
+                        help="a TOML file of option = value lines (keys are the flag names, e.g. "
+                             "train_batch_size = 56); flags given on the command line override it. "
+                             "Shipped recipes: configs/*.toml")
+    for group, cls in GROUPS:
+        arguments = parser.add_argument_group(group, cls.__doc__)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("derived"):
+                continue
+            kind = _base_type(cls, f.name)
+            extra = dict(f.metadata["argparse"])
+            help_text = f"{f.metadata['help']} (default: {f.default})"
+            if kind is bool:
+                arguments.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
+                                       default=argparse.SUPPRESS, help=help_text)
+            else:
+                arguments.add_argument(f"--{f.name}", type=_integer if kind is int else kind,
+                                       default=argparse.SUPPRESS, help=help_text, **extra)
+    add_reference_flags(parser.add_argument_group(
+        "reference-only flags", "accepted so the NVIDIA / DeepSparkHub scripts run unchanged; each prints a "
+                                "one-line note saying why it changes nothing here"))
+
+
+def _read_toml(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such config file; pass --config with a TOML file (see configs/*.toml)")
+    try:
+        values = tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{file}: not valid TOML ({err})") from None
+    known = set(_FIELDS) | set(REFERENCE_ONLY)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; keys are the flag names of `train --help`"
+            raise InputError(f"{file}: unknown option '{key}'{hint}")
+    return values
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _coerce(name: str, value, source: str):
+    """A TOML value checked against the field's type (flags are already typed by argparse)."""
+    group, f = _FIELDS[name]
+    kind = _base_type(_CLASSES[group], name)
+    if name == "resume_from_checkpoint" and value is True:
+        return "latest"
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is int and isinstance(value, float) and value.is_integer())
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+    )
+    if not ok:
+        raise InputError(f"{source}: option '{name}' must be {_TYPE_WORDS[kind]}, got {value!r}")
+    choices = f.metadata["argparse"].get("choices")
+    if choices and value not in choices:
+        raise InputError(f"{source}: option '{name}' must be one of {list(choices)}, got {value!r}")
+    return kind(value)
+
+
+def load_config(args: argparse.Namespace, cuda_available: bool | None = None) -> RunConfig:
+    """Merge defaults < the --config TOML < flags, validate, and return the frozen run config."""
+    given = vars(args)
+    values, reference_given = {}, {}
+    if "config" in given:
+        for key, value in _read_toml(given["config"]).items():
+            if key in REFERENCE_ONLY:
+                reference_given[key] = value
+            else:
+                values[key] = _coerce(key, value, given["config"])
+    for key, value in given.items():
+        if key in _FIELDS:
+            values[key] = value
+        elif key in REFERENCE_ONLY:
+            reference_given[key] = value
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    notes = reference_notes(reference_given)
+    values, more_notes = _resolve_system(values, cuda_available)
+    groups = {g: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+              for g, cls in GROUPS}
+    config = RunConfig(**groups, notes=tuple(notes + more_notes))
+    validate(config)
+    return config
+
+
+def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]]:
+    """The precision and backend that will actually run, with a note for each fallback."""
+    values, notes = dict(values), []
+    if values.get("fp16") and values.get("bf16"):
+        raise InputError("--fp16 and --bf16 are both on (from the flags or the --config file); choose one, "
+                         "turning the other off with --no-fp16 or --no-bf16")
+    device = values.get("device", "auto")
+    on_gpu = device == "cuda" or (device == "auto" and cuda_available)
+    precision = "fp16" if values.get("fp16") else "bf16" if values.get("bf16") else "fp32"
+    if precision == "fp16" and not on_gpu:
+        notes.append("note: --fp16 needs a GPU and none is in use; training in fp32 "
+                     "(--bf16 runs on CPUs)")
+        precision = "fp32"
+    if values.get("dist_backend") == "nccl" and not on_gpu:
+        notes.append("note: --dist_backend nccl needs GPUs; using gloo on the CPU")
+        values["dist_backend"] = "gloo"
+    values["precision"] = precision
+    return values, notes
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+def validate(config: RunConfig) -> None:
+    """Every check that needs no file to be opened beyond existence; messages name the option and the fix."""
+    data, batch, opt, run, ckpt = config.data, config.batch, config.optimizer, config.run, config.checkpoint
+    for name, value in (("input_dir", data.input_dir), ("output_dir", ckpt.output_dir),
+                        ("bert_config_path", ckpt.bert_config_path)):
+        _require(value is not None, f"--{name} is required (see `bert-pretrain train --help`)")
+    _require(Path(data.input_dir).is_dir(), f"--input_dir {data.input_dir}: no such folder of training shards")
+    _require(Path(ckpt.bert_config_path).is_file(),
+             f"--bert_config_path {ckpt.bert_config_path}: no such file; pass the model's bert_config.json")
+    if ckpt.init_checkpoint is not None:
+        _require(Path(ckpt.init_checkpoint).exists(),
+                 f"--init_checkpoint {ckpt.init_checkpoint}: no such file or folder")
+    if data.eval_dir is not None:
+        _require(Path(data.eval_dir).is_dir(), f"--eval_dir {data.eval_dir}: no such folder of eval shards")
+    _require(run.target_mlm_accuracy == 0 or data.eval_dir is not None,
+             "--target_mlm_accuracy needs --eval_dir (the accuracy is measured on the eval set)")
+    positive = {
+        "train_batch_size": batch.train_batch_size, "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+        "eval_batch_size": batch.eval_batch_size, "max_seq_length": data.max_seq_length,
+        "max_predictions_per_seq": data.max_predictions_per_seq, "num_eval_examples": data.num_eval_examples,
+        "max_steps": opt.max_steps, "max_samples_termination": run.max_samples_termination,
+        "num_samples_per_checkpoint": ckpt.num_samples_per_checkpoint,
+        "keep_n_most_recent_checkpoints": ckpt.keep_n_most_recent_checkpoints, "dist_timeout": config.system.dist_timeout,
+    }
+    for name, value in positive.items():
+        _require(value >= 1, f"--{name} must be at least 1, got {value}")
+    _require(batch.train_batch_size % batch.gradient_accumulation_steps == 0,
+             f"--train_batch_size {batch.train_batch_size} is not divisible by --gradient_accumulation_steps "
+             f"{batch.gradient_accumulation_steps} (the micro-batch is their quotient); pass a multiple, e.g. "
+             f"--train_batch_size {batch.train_batch_size // batch.gradient_accumulation_steps * batch.gradient_accumulation_steps or batch.gradient_accumulation_steps}")
+    _require(opt.learning_rate > 0, f"--learning_rate must be positive, got {opt.learning_rate}")
+    for name in ("opt_lamb_beta_1", "opt_lamb_beta_2"):
+        value = getattr(opt, name)
+        _require(0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
+    _require(opt.weight_decay_rate >= 0, f"--weight_decay_rate must be >= 0, got {opt.weight_decay_rate}")
+    _require(0 <= opt.warmup_proportion <= 1, f"--warmup_proportion must be in [0, 1], got {opt.warmup_proportion}")
+    _require(opt.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {opt.warmup_steps}")
+    _require(0 <= run.target_mlm_accuracy <= 1,
+             f"--target_mlm_accuracy is a fraction in [0, 1] (MLPerf: 0.720), got {run.target_mlm_accuracy}")
+    _require(run.log_freq >= 0, f"--log_freq must be >= 0 (0 turns the training log off), got {run.log_freq}")
+    _require(ckpt.min_samples_to_start_checkpoints >= 0,
+             f"--min_samples_to_start_checkpoints must be >= 0, got {ckpt.min_samples_to_start_checkpoints}")
+    if run.eval_iter_start_samples is not None:
+        _require(run.eval_iter_start_samples >= 0,
+                 f"--eval_iter_start_samples must be >= 0, got {run.eval_iter_start_samples}")
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or a single process): the one that prints notes."""
+    return os.environ.get("RANK", "0") == "0"

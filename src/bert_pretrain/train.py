@@ -1,0 +1,285 @@
+"""`bert-pretrain train`: the MLPerf BERT run, one process per device (torchrun), DDP across them.
+
+The loop (`_loop`) reads as its steps: next micro-batches, learning rate, `train_step`, counters;
+then, when due, log, eval, checkpoint; stop on the target (status success), --max_steps or
+--max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a non-finite
+loss (an error naming the step; no checkpoint is written over the last good one). Losses stay on
+the device and are read only at sync points (log, eval, checkpoint, every SYNC_EVERY steps), where
+the processes also agree on whether to stop. Counting follows the reference: `step` is updates
+applied (an fp16 step skipped for overflow is not one), `samples` is sequences consumed by all
+processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from bert_pretrain.config import RunConfig
+from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
+from bert_pretrain.errors import InputError
+from bert_pretrain.evaluate import evaluate
+from bert_pretrain.metrics import peak_memory_gb
+from bert_pretrain.optim import lr_at
+from bert_pretrain.step import train_step
+from bert_pretrain.train_setup import PeerLost, Run, guard, setup
+from bert_pretrain.training_state import Progress, gather_rank_states, save_training_checkpoint
+
+# Several processes agree on stopping (signals, non-finite loss) at least this often, in steps.
+SYNC_EVERY = 50
+
+
+def train(config: RunConfig, stream_factory=None) -> int:
+    """Run training; returns the exit code (0 when done, 128 + signal number when interrupted).
+    `stream_factory` replaces the shard stream (see `train_setup.setup`)."""
+    started = time.time()
+    info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
+    signals: list[int] = []
+    previous_handlers = _catch_signals(signals)
+    run, peer_lost = None, False
+    try:
+        run = setup(config, info, signals, stream_factory)
+        _verify_checkpoint(run)
+        loop_started = time.time()
+        status, reason = _loop(run)
+        _finish(run, status, reason, started, loop_started)
+        return 128 + signals[0] if status == "interrupted" else 0
+    except PeerLost as err:
+        peer_lost = True
+        print(f"bert-pretrain train (rank {info.rank}): {err}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        _restore_signals(previous_handlers)
+        if run is not None:
+            run.observers.close()
+            run.stream.close()
+        if not peer_lost:  # a group with a dead member cannot be torn down collectively
+            shutdown()
+
+
+def _loop(run: Run) -> tuple[str, str]:
+    config, state, progress = run.config, run.state, run.state.progress
+    accumulation, precision = config.batch.gradient_accumulation_steps, config.system.precision
+    done = _already_done(run)
+    if done:
+        return done
+    run.observers.run_start(progress.step)
+    run.last_log = (time.time(), progress.samples)
+    while True:
+        _open_block(run)
+        micro_batches = [next(run.stream) for _ in range(accumulation)]
+        applied_before = _updates_applied(run)
+        _set_learning_rate(run, applied_before)
+        result = _collective(run, lambda: train_step(run.model, state.optimizer, state.scaler, micro_batches,
+                                                     precision, run.info.device))
+        progress.step = _updates_applied(run)
+        progress.skipped_steps += progress.step == applied_before
+        progress.samples += run.global_batch_size
+        state.data_position = run.stream.position
+        attempt = progress.step + progress.skipped_steps  # steps taken, skipped ones included
+        run.tracker.add(result, attempt, state.scaler)
+        run.observers.step_done()
+
+        log_due = config.run.log_freq > 0 and attempt % config.run.log_freq == 0
+        eval_due = bool(run.eval_at) and progress.step >= run.eval_at[0]
+        checkpoint_due = not config.checkpoint.skip_checkpoint and run.schedule.due(progress)
+        status, reason = _limit_reached(config, progress)
+        if not (log_due or eval_due or checkpoint_due or status or attempt % SYNC_EVERY == 0
+                or (run.signals and run.info.world_size == 1)):
+            continue
+        if _agree_to_stop(run):
+            status, reason = "interrupted", f"signal {signal.Signals(run.signals[0]).name}"
+        if log_due:
+            _log(run)
+        if eval_due:  # also when interrupted: the checkpoint then carries this eval, as an uninterrupted run's
+            while run.eval_at and run.eval_at[0] <= progress.step:
+                run.eval_at.pop(0)
+            if _evaluate(run):
+                status, reason = "success", f"masked-LM accuracy {config.run.target_mlm_accuracy} reached"
+        if status or checkpoint_due:
+            _checkpoint(run, forced=status == "interrupted", final=bool(status))
+        if status:
+            return status, reason
+
+
+def _already_done(run: Run) -> tuple[str, str] | None:
+    """A resumed run whose checkpoint already ended it."""
+    progress = run.state.progress
+    if progress.converged:
+        return "success", "the resumed checkpoint had reached the target"
+    status, reason = _limit_reached(run.config, progress)
+    return (status, f"the resumed checkpoint had reached {reason}") if status else None
+
+
+def _limit_reached(config: RunConfig, progress: Progress) -> tuple[str, str]:
+    if progress.step >= config.optimizer.max_steps:
+        return "aborted", f"--max_steps {config.optimizer.max_steps}"
+    if progress.samples >= config.run.max_samples_termination:
+        return "aborted", f"--max_samples_termination {config.run.max_samples_termination}"
+    return "", ""
+
+
+def _updates_applied(run: Run) -> int:
+    """LAMB's own count of applied updates (a host integer; an fp16-skipped step does not add one)."""
+    return int(run.state.optimizer.param_groups[0]["step"])
+
+
+def _set_learning_rate(run: Run, updates_applied: int) -> None:
+    opt = run.config.optimizer
+    warmup, start = run.warmup
+    lr = lr_at(updates_applied, opt.learning_rate, warmup, opt.max_steps, start)
+    for group in run.state.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _open_block(run: Run) -> None:
+    """An MLPerf block runs from one eval to the next (or to the end when there is no eval)."""
+    if run.observers.block_open:
+        return
+    progress = run.state.progress
+    until = run.eval_at[0] if run.eval_at else run.config.optimizer.max_steps
+    run.observers.block_start(progress.samples, max(until - progress.step, 1) * run.global_batch_size)
+
+
+def _log(run: Run) -> None:
+    values = _collective(run, run.tracker.read)
+    progress, scaler = run.state.progress, run.state.scaler
+    now = time.time()
+    then, samples_then = run.last_log
+    run.last_log = (now, progress.samples)
+    values.update(
+        lr=run.state.optimizer.param_groups[0]["lr"],
+        loss_scale=scaler.get_scale() if scaler.is_enabled() else 1.0,
+        samples_per_s=(progress.samples - samples_then) / max(now - then, 1e-9),
+        skipped_steps=progress.skipped_steps,
+    )
+    run.observers.train_log(progress.step, progress.samples, values)
+
+
+def _evaluate(run: Run) -> bool:
+    """Evaluate, record, report; True when the target accuracy is reached."""
+    progress, target = run.state.progress, run.config.run.target_mlm_accuracy
+    began = time.time()
+    run.observers.eval_start(progress.samples)
+    result = _collective(run, lambda: evaluate(run.state.model, run.eval_batches, run.info.device)).to_dict()
+    progress.eval_history.append({"step": progress.step, "samples": progress.samples, **result})
+    progress.best_mlm_accuracy = max(progress.best_mlm_accuracy, result["mlm_accuracy"])
+    run.observers.eval_done(progress.step, progress.samples, result)
+    _pause(run, began)
+    progress.converged = target > 0 and result["mlm_accuracy"] >= target
+    return progress.converged
+
+
+def _checkpoint(run: Run, forced: bool, final: bool) -> None:
+    """Save on rank 0 (every process contributes its data position and RNG states)."""
+    config, state, progress = run.config, run.state, run.state.progress
+    if (config.checkpoint.skip_checkpoint and not forced) or run.saved_step == progress.step:
+        return
+    began = time.time()
+    progress.samples_at_last_checkpoint = progress.samples
+    rank_states = _collective(run, lambda: gather_rank_states(state, run.info.device))
+    if run.info.is_main:
+        path = run.schedule.path_for(progress.step)
+        save_training_checkpoint(path, state, rank_states, config.flat())
+        run.schedule.remove_old()
+        run.observers.say(f"{'final ' if final else ''}checkpoint {path}")
+    run.saved_step = progress.step
+    _pause(run, began)
+
+
+def _pause(run: Run, began: float) -> None:
+    """Time spent on evals and checkpoints since `began` is not training time."""
+    now = time.time()
+    run.paused_seconds += now - began
+    run.last_log = (run.last_log[0] + now - began, run.last_log[1])
+
+
+def _agree_to_stop(run: Run) -> bool:
+    """The sync point: every process learns whether any received a signal, and a non-finite loss
+    stops the run here, before a checkpoint could save the damaged weights."""
+    device = run.info.device
+    flags = torch.stack([torch.tensor(float(bool(run.signals)), dtype=torch.float64, device=device),
+                         -run.tracker.first_bad_step])
+    if dist.is_available() and dist.is_initialized():
+        _collective(run, lambda: dist.all_reduce(flags, op=dist.ReduceOp.MAX))
+    signalled, negative_bad_step = flags.tolist()
+    if negative_bad_step != float("-inf"):
+        latest = run.schedule.latest()
+        kept = f"the last checkpoint, {latest}, is intact" if latest else "no checkpoint had been written"
+        raise InputError(f"training diverged: the loss of step {int(-negative_bad_step)} is not finite and fp16 "
+                         f"loss scaling does not explain it; stopped without saving ({kept}); try a lower "
+                         "--learning_rate")
+    return signalled > 0
+
+
+def _collective(run: Run, work):
+    return guard(run.info.world_size, work, run.schedule.latest)
+
+
+def _verify_checkpoint(run: Run) -> None:
+    """--verify_checkpoint: the initial weights' accuracy, printed (the run's clock has not started)."""
+    if run.config.run.verify_checkpoint and run.eval_batches:
+        result = _collective(run, lambda: evaluate(run.state.model, run.eval_batches, run.info.device))
+        run.observers.say(f"initial weights: masked-LM accuracy {result.mlm_accuracy:.4f}, loss {result.mlm_loss:.4f}")
+
+
+def _finish(run: Run, status: str, reason: str, started: float, loop_started: float) -> None:
+    """Close the MLPerf log; print and write the end-of-run summary (rank 0)."""
+    progress, info = run.state.progress, run.info
+    run.observers.run_stop("success" if status == "success" else "aborted", progress.samples,
+                           run.config.data.num_eval_examples)
+    memory = _collective(run, lambda: _gather(peak_memory_gb(info.device)))
+    skipped_shards = int(_collective(run, lambda: all_reduce_sum(
+        torch.tensor(float(len(run.stream.skipped_shards)), device=info.device))).item())
+    loop_seconds = time.time() - loop_started
+    trained = progress.samples - run.samples_at_start
+    summary = {
+        "status": status, "stopped_by": reason, "end_to_end_seconds": round(time.time() - started, 3),
+        "training_seconds": round(loop_seconds - run.paused_seconds, 3),
+        "eval_and_checkpoint_seconds": round(run.paused_seconds, 3), "samples_trained": trained,
+        "train_samples_per_second": trained / max(loop_seconds - run.paused_seconds, 1e-9),
+        "samples_per_second_with_evals": trained / max(loop_seconds, 1e-9),
+        "total_samples": progress.samples, "steps": progress.step, "skipped_steps": progress.skipped_steps,
+        "evals": len(progress.eval_history), "best_mlm_accuracy": progress.best_mlm_accuracy,
+        "skipped_shards": skipped_shards, "processes": info.world_size, "global_batch_size": run.global_batch_size,
+        "precision": run.config.system.precision, "device": str(info.device.type),
+        "peak_memory_gb_max": max(memory),
+        **{f"peak_memory_gb_rank{rank}": round(gb, 3) for rank, gb in enumerate(memory)},
+    }
+    if progress.eval_history:
+        summary["final_mlm_accuracy"] = progress.eval_history[-1]["mlm_accuracy"]
+    if run.resumed_from is not None:
+        summary["resumed_from"] = str(run.resumed_from)
+    run.observers.metrics.write_summary(summary)
+    shown = ["status", "stopped_by", "end_to_end_seconds", "train_samples_per_second", "final_mlm_accuracy",
+             "steps", "samples_trained", "peak_memory_gb_max"]
+    run.observers.say("summary: " + ", ".join(f"{k} {summary[k]:.4g}" if isinstance(summary[k], float)
+                                              else f"{k} {summary[k]}" for k in shown if k in summary)
+                      + f"  ({run.schedule.output_dir}/summary.json)")
+
+
+def _gather(value: float) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def _catch_signals(signals: list[int]) -> dict:
+    """SIGTERM / SIGINT ask the loop to stop at its next sync point; a second one acts at once."""
+
+    def handler(signum, frame):
+        signals.append(signum)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

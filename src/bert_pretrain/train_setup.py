@@ -1,0 +1,247 @@
+"""Everything `train` builds before its loop: model, LAMB, loss scaler, data stream, eval batches,
+observers, and the state restored from a checkpoint when resuming. Kept apart from the loop so
+`train.py` reads as the loop.
+
+Order matters for exactness: the model is initialised from `--seed` (the same weights on every
+process), then each process seeds python / numpy / torch with its reference worker seed (dropout
+differs per process, as in the reference), then a resumed run overwrites all of it from the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from bert_pretrain.batch import Batch
+from bert_pretrain.checkpoint import load_weights, read_bert_config
+from bert_pretrain.config import RunConfig
+from bert_pretrain.data.loader import DataPosition, ShardStream, worker_seed
+from bert_pretrain.distributed import DistInfo, broadcast_object
+from bert_pretrain.errors import InputError
+from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
+from bert_pretrain.mlperf import eval_interval_samples, eval_steps
+from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
+from bert_pretrain.step import make_grad_scaler
+from bert_pretrain.train_observers import RunObservers, StepTracker
+from bert_pretrain.training_state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
+                                          restore_training_state)
+
+LAMB_EPSILON = 1e-6
+MAX_GRAD_NORM = 1.0
+POLY_POWER = 1.0
+# Options that must match between a checkpoint and the run resuming it for the continuation to be exact.
+EXACT_RESUME_OPTIONS = ("train_batch_size", "gradient_accumulation_steps", "seed", "precision", "max_steps",
+                        "learning_rate", "warmup_steps", "warmup_proportion", "start_warmup_step", "input_dir")
+
+
+class PeerLost(RuntimeError):
+    """Another process of the run died or stopped answering."""
+
+
+@dataclass
+class Run:
+    """Everything the loop touches; built once by `setup`."""
+
+    config: RunConfig
+    info: DistInfo
+    state: TrainingState
+    model: torch.nn.Module  # the DDP wrapper when there are several processes, else state.model
+    stream: ShardStream
+    eval_batches: list[Batch]
+    eval_at: list[int]  # optimizer steps after which to evaluate, ascending
+    schedule: CheckpointSchedule
+    observers: RunObservers
+    tracker: StepTracker
+    global_batch_size: int
+    warmup: tuple[int, int]  # (warmup steps, step the warmup starts at)
+    signals: list[int]  # signals received, appended by the handler
+    resumed_from: Path | None = None
+    saved_step: int = -1
+    paused_seconds: float = 0.0  # evals and checkpoints
+    samples_at_start: int = 0
+    last_log: tuple[float, int] = (0.0, 0)  # (time, samples) at the last log
+
+
+def guard(world_size: int, collective, last_checkpoint=lambda: None):
+    """Run something that talks to the other processes; a dead peer becomes a clear PeerLost
+    (naming `last_checkpoint()`, looked up only then)."""
+    try:
+        return collective()
+    except (dist.DistError, RuntimeError) as err:
+        text = str(err)
+        lost = isinstance(err, dist.DistError) or any(
+            word in text for word in ("onnection", "gloo", "NCCL", "Timeout", "timed out", "peer"))
+        if world_size > 1 and lost:
+            latest = last_checkpoint()
+            kept = f" The last checkpoint, {latest}, is intact." if latest else ""
+            raise PeerLost(f"lost contact with another process of the run ({text.splitlines()[0][:160]}); "
+                           f"stopping.{kept}") from None
+        raise
+
+
+def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
+    """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
+    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
+    ckpt = config.checkpoint
+    schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
+                                  ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
+    resume_path, resume_note = _resume_path(config, info, schedule)
+    log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
+    observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
+                             resumed=resume_path is not None, progress_bar=config.system.progress,
+                             total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
+    observers.mlperf.init_start()
+    if resume_note:
+        observers.say(resume_note)
+    if info.is_main:
+        schedule.remove_partial_writes()
+    bert_config = read_bert_config(ckpt.bert_config_path)
+    state = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    if resume_path is not None:
+        checkpoint = read_training_checkpoint(resume_path)
+        for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
+                                           info.device) + _changed_options(checkpoint.get("run", {}), config):
+            observers.say(note)
+        observers.say(f"resuming from {resume_path} at step {state.progress.step} "
+                      f"({state.progress.samples} samples)")
+    model = state.model
+    if info.world_size > 1:
+        model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                        else None, bucket_cap_mb=100)
+    global_batch_size = config.batch.train_batch_size * info.world_size
+    warmup = warmup_steps_for(config.optimizer.max_steps, config.optimizer.warmup_proportion,
+                              config.optimizer.warmup_steps)
+    warmup_start = warmup_start_for(config.optimizer.warmup_steps, config.optimizer.start_warmup_step)
+    stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
+    run = Run(config=config, info=info, state=state, model=model, stream=stream,
+              eval_batches=_eval_batches(config, info, bert_config.vocab_size),
+              eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
+              observers=observers, tracker=StepTracker(info.device), global_batch_size=global_batch_size,
+              warmup=(warmup, warmup_start), signals=signals, resumed_from=resume_path,
+              samples_at_start=state.progress.samples)
+    _log_submission(run)
+    return run
+
+
+def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule) -> tuple[Path | None, str]:
+    """The checkpoint to resume from (the same on every process) and a note for the user."""
+    wanted = config.checkpoint.resume_from_checkpoint
+    if wanted is None:
+        return None, ""
+    if wanted != "latest":
+        return Path(wanted), ""
+    found = schedule.latest() if info.is_main else None
+    latest = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process agrees
+    if latest is None:
+        return None, (f"note: --resume_from_checkpoint found no {schedule.prefix}*.pt in {schedule.output_dir}; "
+                      "starting a new run")
+    return Path(latest), ""
+
+
+def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
+    torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
+    model = BertForPreTraining(bert_config)
+    if load_init and config.checkpoint.init_checkpoint:
+        load_weights(model, config.checkpoint.init_checkpoint)
+    model.to(info.device)
+    opt = config.optimizer
+    optimizer = Lamb(parameter_groups(model, opt.weight_decay_rate), lr=opt.learning_rate,
+                     betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2), eps=LAMB_EPSILON,
+                     weight_decay=opt.weight_decay_rate, max_grad_norm=MAX_GRAD_NORM)
+    scaler = make_grad_scaler(config.system.precision, info.device, init_scale=_init_loss_scale())
+    seed = worker_seed(config.run.seed, info.rank, info.world_size)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return TrainingState(model, optimizer, scaler, Progress(), DataPosition())
+
+
+def _init_loss_scale() -> float:
+    text = os.environ.get("INIT_LOSS_SCALE", str(2.0**20))
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise InputError(f"INIT_LOSS_SCALE={text!r} is not a positive number; unset it for the default 2**20")
+    return value
+
+
+def _changed_options(saved: dict, config: RunConfig) -> list[str]:
+    now = config.flat()
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in EXACT_RESUME_OPTIONS if k in saved and saved[k] != now[k]]
+    if not changed:
+        return []
+    return [f"note: resuming with changed options ({', '.join(changed)}); the continuation is not the exact one"]
+
+
+def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: DataPosition) -> ShardStream:
+    """The default stream: this process's share of --input_dir, from `start`."""
+    def report(message: str) -> None:
+        print(f"bert-pretrain train (rank {info.rank}): {message}", file=sys.stderr, flush=True)
+
+    return ShardStream(
+        config.data.input_dir, rank=info.rank, world_size=info.world_size, seed=config.run.seed,
+        micro_batch_size=config.batch.micro_batch_size, max_seq_length=config.data.max_seq_length,
+        max_predictions_per_seq=config.data.max_predictions_per_seq, vocab_size=vocab_size, start=start,
+        pin_memory=info.device.type == "cuda", skip_bad_shards=config.data.skip_bad_shards, on_skip=report,
+    )
+
+
+def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Batch]:
+    """This process's share of the eval set, batched once (on the device with --cache_eval_data)."""
+    data = config.data
+    if data.eval_dir is None:
+        return []
+    arrays = load_eval_set(data.eval_dir, data.num_eval_examples, data.max_seq_length,
+                           data.max_predictions_per_seq, vocab_size)
+    mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
+    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, config.batch.eval_batch_size)
+    if config.data.cache_eval_data:
+        return [b.to(info.device) for b in batches]
+    return [b.pin_memory() for b in batches] if info.device.type == "cuda" else batches
+
+
+def _eval_steps(config: RunConfig, global_batch_size: int, current_step: int) -> list[int]:
+    """The MLPerf cadence in optimizer steps, from the start of the run (a resumed run keeps it)."""
+    if config.data.eval_dir is None:
+        return []
+    run = config.run
+    interval = run.eval_iter_samples if run.eval_iter_samples is not None else eval_interval_samples(global_batch_size)
+    start = run.eval_iter_start_samples if run.eval_iter_start_samples is not None else interval
+    steps = eval_steps(start, interval, run.max_samples_termination, global_batch_size)
+    return sorted({s for s in steps if s > current_step})
+
+
+def _platform(info: DistInfo) -> str:
+    name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
+    return f"{info.world_size}x{name}"
+
+
+def _log_submission(run: Run) -> None:
+    config, opt = run.config, run.config.optimizer
+    mlperf = run.config.mlperf
+    run.observers.mlperf.submission(mlperf.submission_org, mlperf.submission_platform or _platform(run.info),
+                                    mlperf.submission_division, mlperf.submission_status)
+    warmup, start = run.warmup
+    run.observers.mlperf.hyperparameters({
+        "seed": config.run.seed, "global_batch_size": run.global_batch_size,
+        "d_batch_size": config.batch.micro_batch_size,
+        "gradient_accumulation_steps": config.batch.gradient_accumulation_steps,
+        "max_predictions_per_seq": config.data.max_predictions_per_seq,
+        "opt_learning_rate_training_steps": opt.max_steps, "num_warmup_steps": warmup,
+        "opt_base_learning_rate": opt.learning_rate, "opt_epsilon": LAMB_EPSILON,
+        "opt_lamb_beta_1": opt.opt_lamb_beta_1, "opt_lamb_beta_2": opt.opt_lamb_beta_2,
+        "opt_lamb_weight_decay_rate": opt.weight_decay_rate, "opt_learning_rate_warmup_steps": warmup,
+        "opt_lamb_learning_rate_decay_poly_power": POLY_POWER, "start_warmup_step": start,
+    })

@@ -1,0 +1,142 @@
+"""train_bert_pretraining_amp_dist.sh: the MLPerf DATA layout in, a compliant log out; routing; two nodes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SUBPROCESS_ENV, train_flags, write_data_folder
+
+LAUNCHER = REPO / "train_bert_pretraining_amp_dist.sh"
+
+
+def launch(data: Path | None, *flags, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, **(extra_env or {})}
+    env.pop("DATA", None)
+    if data is not None:
+        env["DATA"] = str(data)
+    return subprocess.run(["bash", str(LAUNCHER), *flags], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def tiny_overrides(data: Path, output_dir: Path, **overrides) -> list[str]:
+    """The TINY_RUN values as flags after the launcher's defaults (the data paths come from DATA)."""
+    flags = train_flags(data, output_dir, **overrides)
+    return flags[flags.index("--output_dir"):]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data_folder(tmp_path_factory.mktemp("DATA"), num_shards=4)
+
+
+def compliance(log: Path, ruleset: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                           "--ruleset", ruleset, "--werror", "--log_output", str(log.with_suffix(f".{ruleset}.txt")),
+                           str(log)], capture_output=True, text=True, timeout=120)
+
+
+def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_compliant_log(data, tmp_path):
+    out = tmp_path / "results"
+    # 700 samples between evals is not a multiple of the global batch (16): evals round up to whole steps
+    result = launch(data, *tiny_overrides(data, out, eval_iter_start_samples=700, eval_iter_samples=700,
+                                          gradient_accumulation_steps=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 node(s) x 1 process(es)" in result.stderr
+    assert "--fp16 needs a GPU" in result.stderr and "--distributed_lamb" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "success" and summary["precision"] == "fp32"
+    log = out / "mlperf.log"
+    records = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines()]
+    evals = [r for r in records if r["key"] == "eval_accuracy"]
+    assert [r["metadata"]["epoch_num"] for r in evals] == [16 * s for s in (44, 88, 132, 175, 219)][:len(evals)]
+    assert evals[-1]["value"] >= 0.72 > evals[0]["value"]
+    value = {r["key"]: r["value"] for r in records}
+    assert value["global_batch_size"] == 16 and value["gradient_accumulation_steps"] == 2
+    assert value["opt_lamb_weight_decay_rate"] == 0.01 and value["seed"] == 42  # ours won over the recipe's 17103
+    assert records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "success"
+    for ruleset in ("1.0.0", "5.0.0"):
+        check = compliance(log, ruleset)
+        assert check.returncode == 0 and "SUCCESS" in check.stdout + check.stderr, check.stdout + check.stderr
+
+
+def test_missing_data_pieces_are_all_named(tmp_path):
+    (tmp_path / "eval_set_uncompressed").mkdir()
+    result = launch(tmp_path)
+    assert result.returncode == 2
+    for piece in ("2048_shards_uncompressed/", "bert_config.json", "model.ckpt-28252.apex.pt"):
+        assert piece in result.stderr
+    assert "lacks" in result.stderr and "eval_set_uncompressed/ (" not in result.stderr
+    not_a_folder = launch(tmp_path / "nowhere")
+    assert not_a_folder.returncode == 2 and "is not a folder" in not_a_folder.stderr
+
+
+@pytest.fixture
+def recording_python(tmp_path) -> tuple[Path, Path]:
+    """A stand-in for python that reports 8 GPUs and records how it was called."""
+    record = tmp_path / "argv.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then echo 8; exit 0; fi
+echo "INIT_LOSS_SCALE=$INIT_LOSS_SCALE" > {record}
+printf '%s\\n' "$@" >> {record}
+""")
+    stub.chmod(0o755)
+    return stub, record
+
+
+def test_one_process_per_gpu_reference_defaults_then_user_flags(data, recording_python):
+    stub, record = recording_python
+    result = launch(data, "--max_steps", "100", "--train_batch_size", "56", extra_env={"PYTHON": str(stub)})
+    assert result.returncode == 0, result.stderr
+    argv = record.read_text().splitlines()
+    assert argv[0] == "INIT_LOSS_SCALE=1024"
+    assert argv[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in argv
+    assert argv[argv.index("--nproc_per_node") + 1] == "8"
+    assert argv[argv.index("-m", 3):][:3] == ["-m", "bert_pretrain", "train"]
+    assert argv[-4:] == ["--max_steps", "100", "--train_batch_size", "56"]  # after the defaults: they win
+    assert argv.index("--max_steps") < len(argv) - 4 and "--fp16" in argv and "--distributed_lamb" in argv
+    assert argv[argv.index("--input_dir") + 1] == str(data / "4_shards_uncompressed")
+
+
+def test_several_nodes_use_the_c10d_rendezvous(data, recording_python):
+    stub, record = recording_python
+    nodes = {"PYTHON": str(stub), "NNODES": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29555"}
+    assert launch(data, extra_env=nodes).returncode == 0
+    argv = record.read_text().splitlines()
+    assert argv[argv.index("--nnodes") + 1] == "2" and argv[argv.index("--rdzv_backend") + 1] == "c10d"
+    assert argv[argv.index("--rdzv_endpoint") + 1] == "10.0.0.1:29555" and "--standalone" not in argv
+    no_master = launch(data, extra_env={**nodes, "MASTER_ADDR": ""})
+    assert no_master.returncode == 2 and "MASTER_ADDR" in no_master.stderr
+
+
+def test_without_data_it_runs_the_demo(recording_python):
+    stub, record = recording_python
+    result = launch(None, "--quick", extra_env={"PYTHON": str(stub)})
+    assert result.returncode == 0 and "running the built-in demo" in result.stderr
+    assert record.read_text().splitlines()[1:] == ["-m", "bert_pretrain", "demo", "--quick"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_together(data, tmp_path):
+    out = tmp_path / "results"
+    nodes = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+             "RDZV_ID": f"test-{os.getpid()}"}
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, "DATA": str(data), **nodes}
+    flags = tiny_overrides(data, out, max_steps=30, train_batch_size=8, gradient_accumulation_steps=1,
+                           target_mlm_accuracy=0.999, log_freq=5)
+    launched = [subprocess.Popen(["bash", str(LAUNCHER), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in launched]
+    assert [p.returncode for p in launched] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch_size"] == 16 and summary["steps"] == 30
+    assert "2 node(s) x 1 process(es)" in outputs[0]

@@ -1,0 +1,190 @@
+"""`bert-pretrain train` in one process: the target, exact resume after SIGKILL, signals, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_pretrain.data.loader import epoch_files, shard_index
+from bert_pretrain.data.shards import list_shards
+from bert_pretrain.training_state import read_training_checkpoint
+from conftest import REPO, SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data_folder(tmp_path_factory.mktemp("data"))
+
+
+def start_train(*flags) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bert_pretrain", "train", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **SUBPROCESS_ENV})
+
+
+def train(*flags, timeout=240) -> subprocess.CompletedProcess:
+    return run_cli("train", *flags, env=SUBPROCESS_ENV, timeout=timeout)
+
+
+def metrics(output_dir: Path, kind: str) -> list[dict]:
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout=120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.002)
+
+
+def assert_same_training_state(a: Path, b: Path) -> None:
+    first, second = read_training_checkpoint(a), read_training_checkpoint(b)
+    assert first["model"].keys() == second["model"].keys()
+    for name, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][name]), name
+    for key, slots in first["optimizer"]["state"].items():
+        for slot, value in slots.items():
+            assert torch.equal(value, second["optimizer"]["state"][key][slot]), (key, slot)
+    assert first["optimizer"]["param_groups"] == second["optimizer"]["param_groups"]
+    assert first["progress"] == second["progress"]
+    assert first["global_step"] == second["global_step"]
+
+
+def test_a_run_stops_at_the_target_and_its_checkpoint_evaluates_the_same(data, tmp_path):
+    out = tmp_path / "out"
+    result = train(*train_flags(data, out, phase2=True))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "success" and summary["final_mlm_accuracy"] >= 0.72
+    evals = metrics(out, "eval")
+    assert [r["step"] for r in evals] == [50 * (i + 1) for i in range(len(evals))]  # 800 samples / 16
+    assert summary["steps"] == evals[-1]["step"] and (out / f"phase2_ckpt_{summary['steps']}.pt").exists()
+    evaluated = run_cli("evaluate", "--init_checkpoint", str(out / f"phase2_ckpt_{summary['steps']}.pt"),
+                        "--bert_config_path", str(data / "bert_config.json"), "--eval_dir",
+                        str(data / "eval_set_uncompressed"), "--max_seq_length", "32", "--max_predictions_per_seq",
+                        "5", "--num_eval_examples", "64", "--device", "cpu", env=SUBPROCESS_ENV)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["mlm_accuracy"] == pytest.approx(summary["final_mlm_accuracy"], abs=1e-9)
+    assert (out / "metrics.png").stat().st_size > 0 and metrics(out, "train")[0]["loss"] > 0
+    assert "summary: status success" in result.stderr
+
+
+def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path):
+    flags = dict(max_steps=160, num_samples_per_checkpoint=16 * 10, min_samples_to_start_checkpoints=0,
+                 keep_n_most_recent_checkpoints=3, target_mlm_accuracy=0.999, log_freq=7)
+    whole = tmp_path / "whole"
+    assert train(*train_flags(data, whole, **flags)).returncode == 0
+
+    cut = tmp_path / "cut"
+    process = start_train(*train_flags(data, cut, **flags))
+    wait_for(cut / "phase1_ckpt_40.pt", process)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (cut / "phase1_ckpt_160.pt").exists()  # it really was cut short
+    resumed = train(*train_flags(data, cut, **flags), "--resume_from_checkpoint")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert_same_training_state(whole / "phase1_ckpt_160.pt", cut / "phase1_ckpt_160.pt")
+    # the killed segment's MLPerf log stays unfinished; the resumed segment writes its own
+    assert (cut / "mlperf.log.partial").exists() and (cut / "mlperf_resumed_phase1_ckpt_40.log").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_writes_a_final_checkpoint_and_exits_cleanly(data, tmp_path, signum):
+    out = tmp_path / "out"
+    process = start_train(*train_flags(data, out, max_steps=100_000, target_mlm_accuracy=0.999,
+                                       log_freq=1, skip_checkpoint=True))
+    wait_for(out / "metrics.jsonl", process)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + signum, output
+    checkpoints = list(out.glob("phase1_ckpt_*.pt"))
+    assert len(checkpoints) == 1 and "Traceback" not in output
+    state = read_training_checkpoint(checkpoints[0])
+    assert state["global_step"] > 0 and str(checkpoints[0]) in output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == state["global_step"]
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(data, tmp_path):
+    out = tmp_path / "out"
+    # A learning rate of 1e30 makes the first update blow the weights up; the second loss is not finite.
+    result = train(*train_flags(data, out, learning_rate=1e30, warmup_proportion=0, log_freq=1,
+                                num_samples_per_checkpoint=16, min_samples_to_start_checkpoints=0))
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "loss of step 2 is not finite" in message and "phase1_ckpt_1.pt" in message
+    assert [p.name for p in out.glob("phase1_ckpt_*.pt")] == ["phase1_ckpt_1.pt"]
+    assert read_training_checkpoint(out / "phase1_ckpt_1.pt")["global_step"] == 1
+
+
+def _corrupt_the_second_shard_of_rank0(data: Path, copy: Path) -> Path:
+    shards = copy / "4_shards_uncompressed"
+    shards.mkdir(parents=True)
+    for f in list_shards(next(data.glob("*_shards_uncompressed"))):
+        (shards / f.name).write_bytes(f.read_bytes())
+    second = epoch_files(list_shards(shards), 42, 1, 1)[shard_index(1, 0, 1, 4)]
+    second.write_bytes(second.read_bytes()[:300])
+    return second
+
+
+def test_a_corrupt_shard_met_mid_run_stops_naming_it_with_checkpoints_intact(data, tmp_path):
+    bad = _corrupt_the_second_shard_of_rank0(data, tmp_path / "copy")
+    out = tmp_path / "out"
+    flags = train_flags(data, out, num_samples_per_checkpoint=32, min_samples_to_start_checkpoints=0)
+    flags[1] = str(bad.parent)
+    result = train(*flags)
+    assert result.returncode == 2 and str(bad) in result.stderr and "--skip_bad_shards" in result.stderr
+    assert read_training_checkpoint(out / "phase1_ckpt_4.pt")["global_step"] == 4  # 64 rows = 4 steps
+    assert not list(out.glob(".*tmp*"))
+
+    skipped = train(*flags, "--skip_bad_shards", "--max_steps", "12", "--output_dir", str(tmp_path / "skip"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipped unreadable training shard {bad}" in skipped.stderr
+    assert json.loads((tmp_path / "skip" / "summary.json").read_text())["skipped_shards"] == 1
+
+
+def test_a_bert_config_that_does_not_match_the_checkpoint_is_named(data, tmp_path):
+    other = tmp_path / "bert_config.json"
+    other.write_text(json.dumps(tiny_config(64, hidden_size=48, max_position_embeddings=32).to_dict()))
+    flags = train_flags(data, tmp_path / "out")
+    flags[flags.index("--bert_config_path") + 1] = str(other)
+    result = train(*flags)
+    assert result.returncode == 2
+    assert "model.ckpt-28252.apex.pt" in result.stderr and "--bert_config_path" in result.stderr
+    assert "mis-shaped" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_eval_set_smaller_than_num_eval_examples_is_named(data, tmp_path):
+    result = train(*train_flags(data, tmp_path / "out", num_eval_examples=10000))
+    assert result.returncode == 2
+    assert "eval_set_uncompressed" in result.stderr and "--num_eval_examples 64" in result.stderr
+
+
+def test_resume_without_a_checkpoint_starts_a_new_run_and_bf16_trains_on_cpu(data, tmp_path):
+    out = tmp_path / "out"
+    result = train(*train_flags(data, out, max_steps=6, bf16=True, log_freq=2), "--resume_from_checkpoint")
+    assert result.returncode == 0, result.stderr
+    assert "found no phase1_ckpt_*.pt" in result.stderr
+    losses = [r["loss"] for r in metrics(out, "train")]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+    assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_the_shipped_tiny_config_runs(data, tmp_path):
+    flags = train_flags(data, tmp_path / "out")
+    flags = flags[:10] + ["--config", str(REPO / "configs" / "tiny.toml"), "--max_seq_length", "32",
+                          "--max_predictions_per_seq", "5", "--num_eval_examples", "64", "--max_steps", "4",
+                          "--log_freq", "2"]
+    result = train(*flags)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 4

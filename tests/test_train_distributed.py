@@ -1,0 +1,96 @@
+"""Several processes (gloo on CPU): DDP equals accumulation exactly; a killed rank never hangs the rest."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_pretrain.training_state import read_training_checkpoint
+from conftest import REPO, SUBPROCESS_ENV, tiny_config, train_flags, write_data_folder
+
+DRIVER = REPO / "tests" / "fixed_batches_train.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def env() -> dict:
+    return {**os.environ, **SUBPROCESS_ENV}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """No dropout, so one process and two see the same numbers (dropout masks differ per process)."""
+    config = tiny_config(64, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return write_data_folder(tmp_path_factory.mktemp("data"), config=config)
+
+
+def read_metrics(output_dir: Path, kind: str) -> list[dict]:
+    records = map(json.loads, (output_dir / "metrics.jsonl").read_text().splitlines())
+    return [r for r in records if r["kind"] == kind]
+
+
+def test_two_processes_equal_one_process_accumulating_two_micro_batches(data, tmp_path):
+    common = dict(max_steps=12, log_freq=1, eval_iter_start_samples=96, eval_iter_samples=96,
+                  target_mlm_accuracy=0.999)
+    two, one = tmp_path / "two", tmp_path / "one"
+    ddp = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(DRIVER),
+                          *train_flags(data, two, train_batch_size=8, gradient_accumulation_steps=1, **common)],
+                         capture_output=True, text=True, env=env(), timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(DRIVER),
+                             *train_flags(data, one, train_batch_size=16, gradient_accumulation_steps=2, **common)],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    for summary in (json.loads((d / "summary.json").read_text()) for d in (two, one)):
+        assert summary["global_batch_size"] == 16 and summary["steps"] == 12
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    losses_two = [r["loss"] for r in read_metrics(two, "train")]
+    losses_one = [r["loss"] for r in read_metrics(one, "train")]
+    assert len(losses_two) == 12 and losses_two[-1] < losses_two[0]
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    evals = [[r["mlm_accuracy"] for r in read_metrics(d, "eval")] for d in (two, one)]
+    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], abs=1e-6)
+    weights_two = read_training_checkpoint(two / "phase1_ckpt_12.pt")["model"]
+    weights_one = read_training_checkpoint(one / "phase1_ckpt_12.pt")["model"]
+    for name, tensor in weights_two.items():
+        torch.testing.assert_close(tensor, weights_one[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _worker_pids(parent: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (Linux /proc)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"RANK="):
+                ranks[int(item[5:])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through Linux /proc")
+def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(data, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([*TORCHRUN, "--nproc_per_node", "2", "-m", "bert_pretrain", "train",
+                                *train_flags(data, out, max_steps=1_000_000, target_mlm_accuracy=0.999, log_freq=1,
+                                             num_samples_per_checkpoint=320, min_samples_to_start_checkpoints=0)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    deadline = time.time() + 120
+    while not list(out.glob("phase1_ckpt_*.pt")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.kill(_worker_pids(process.pid)[1], signal.SIGKILL)
+    killed_at = time.time()
+    output = process.communicate(timeout=120)[0]
+    assert time.time() - killed_at < 60
+    assert process.returncode != 0
+    assert "lost contact with another process of the run" in output, output[-3000:]
+    assert "is intact" in output
+    for checkpoint in out.glob("phase1_ckpt_*.pt"):
+        assert read_training_checkpoint(checkpoint)["global_step"] > 0

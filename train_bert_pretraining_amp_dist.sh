@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# BERT-large MLPerf pretraining on every visible GPU, as the DeepSparkHub / NVIDIA recipe runs it:
+#
+#   DATA=/path/to/data bash train_bert_pretraining_amp_dist.sh [bert-pretrain train flags]
+#
+# DATA holds what the recipe expects:
+#   2048_shards_uncompressed/   training shards part_*_of_2048.hdf5 (another <N>_shards_uncompressed/ works too)
+#   eval_set_uncompressed/      the eval shard (part_eval_10k.hdf5)
+#   bert_config.json            the BERT-large config
+#   model.ckpt-28252.apex.pt    the MLPerf initial checkpoint ({'model': state_dict})
+# The recipe's flags are passed first and yours after them, so yours win (e.g. --max_steps 100).
+# One process per GPU (torch.cuda.device_count(); set CUDA_VISIBLE_DEVICES to choose), or one CPU
+# process without GPUs. Several nodes: run this on each with NNODES, MASTER_ADDR and MASTER_PORT set
+# (torchrun's c10d rendezvous; node ranks are assigned when the nodes meet). With DATA unset it runs
+# the built-in demo, which needs no download.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NAME="train_bert_pretraining_amp_dist.sh"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$HERE/.venv/bin/python" ]; then PYTHON="$HERE/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+if [ -z "${DATA:-}" ]; then
+    echo "$NAME: DATA is not set; running the built-in demo (bert-pretrain demo)" >&2
+    exec "$PYTHON" -m bert_pretrain demo "$@"
+fi
+if [ ! -d "$DATA" ]; then
+    echo "$NAME: error: DATA=$DATA is not a folder" >&2
+    exit 2
+fi
+
+SHARDS="$DATA/2048_shards_uncompressed"
+if [ ! -d "$SHARDS" ]; then
+    SHARDS=""
+    for candidate in "$DATA"/*_shards_uncompressed; do
+        if [ -d "$candidate" ]; then SHARDS="$candidate"; break; fi
+    done
+fi
+missing=()
+[ -n "$SHARDS" ] || missing+=("2048_shards_uncompressed/ (or another <N>_shards_uncompressed/) of training shards part_*.hdf5")
+[ -d "$DATA/eval_set_uncompressed" ] || missing+=("eval_set_uncompressed/ (the eval shard part_eval_10k.hdf5)")
+[ -f "$DATA/bert_config.json" ] || missing+=("bert_config.json (the model config)")
+[ -f "$DATA/model.ckpt-28252.apex.pt" ] || missing+=("model.ckpt-28252.apex.pt (the MLPerf initial checkpoint)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "$NAME: error: DATA=$DATA lacks:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    echo "  (see docs/training.md for how to make them; bert-pretrain prepare writes shards and the eval set)" >&2
+    exit 2
+fi
+
+export INIT_LOSS_SCALE=${INIT_LOSS_SCALE:-1024}
+GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+NPROC=${NPROC_PER_NODE:-$GPUS}
+if [ "$NPROC" -lt 1 ]; then NPROC=1; fi
+NNODES=${NNODES:-1}
+if [ "$NNODES" -gt 1 ]; then
+    if [ -z "${MASTER_ADDR:-}" ]; then
+        echo "$NAME: error: NNODES=$NNODES needs MASTER_ADDR (a host every node can reach) and MASTER_PORT" >&2
+        exit 2
+    fi
+    RENDEZVOUS=(--nnodes "$NNODES" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:${MASTER_PORT:-29500}"
+                --rdzv_id "${RDZV_ID:-bert-pretrain}")
+else
+    RENDEZVOUS=(--standalone)
+fi
+echo "$NAME: $NNODES node(s) x $NPROC process(es); shards $SHARDS" >&2
+
+exec "$PYTHON" -m torch.distributed.run "${RENDEZVOUS[@]}" --nproc_per_node "$NPROC" -m bert_pretrain train \
+    --init_checkpoint "$DATA/model.ckpt-28252.apex.pt" --input_dir "$SHARDS" \
+    --bert_config_path "$DATA/bert_config.json" --eval_dir "$DATA/eval_set_uncompressed" \
+    --output_dir "./results/train_log_$(date +%m%d%H%M%S)" \
+    --do_train --eval_iter_start_samples 150000 --eval_iter_samples 150000 --num_eval_examples 10000 \
+    --warmup_proportion=0 --warmup_steps=0 --start_warmup_step=0 --phase2 --max_seq_length=512 \
+    --max_predictions_per_seq=76 --train_mlm_accuracy_window_size=0 --max_samples_termination=4500000 \
+    --log_freq=10 --cache_eval_data \
+    --min_samples_to_start_checkpoints 150000 --num_samples_per_checkpoint 150000 --keep_n_most_recent_checkpoints 3 \
+    --opt_lamb_beta_1=0.9 --opt_lamb_beta_2=0.999 --weight_decay_rate=0.01 \
+    --fused_gelu_bias --dense_seq_output --dwu-num-rs-pg=1 --dwu-num-ar-pg=1 --dwu-num-blocks=1 \
+    --fp16 --fused_mha --distributed_lamb --dist_backend nccl --exchange_padding \
+    --target_mlm_accuracy 0.720 --seed=17103 --skip_checkpoint \
+    --train_batch_size 81 --learning_rate=3.6e-4 --max_steps 7400 --eval_batch_size 52 \
+    --gradient_accumulation_steps=3 "$@"
