@@ -99,6 +99,13 @@ def _vocab_ids(tokens: list[str]) -> VocabIds:
                     np.array([t.startswith("##") for t in tokens], bool))
 
 
+def _start_method() -> str:
+    """fork on Linux: workers start at once and a caller's script needs no `if __name__ == "__main__"`
+    guard (forkserver and spawn import the caller's main module again). The workers use no thread
+    pool the parent may have (prepare never starts tokenizers' thread pool and does not use torch)."""
+    return "fork" if sys.platform == "linux" else "spawn"
+
+
 class _Workers:
     """Runs tasks in `count` processes (a pool), or in this process when count is 1."""
 
@@ -108,9 +115,7 @@ class _Workers:
 
     def __enter__(self) -> "_Workers":
         if self.count > 1:
-            # fork is fast and this process has not used the tokenizer's thread pool when it forks.
-            method = "fork" if sys.platform == "linux" else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(self.count)
+            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count)
         return self
 
     def __exit__(self, error_type, *_) -> None:
