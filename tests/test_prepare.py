@@ -273,3 +273,22 @@ def test_a_shard_too_large_for_one_worker_is_refused_early(shared_data, vocab, t
         run(PrepareOptions(input_files=str(shared_data / "corpus" / "mlperf_wiki_sample" / "wiki_00"),
                            vocab_file=vocab, output_dir=str(tmp_path), workers=1, **SMALL))
     assert not list(tmp_path.rglob("*.hdf5")) and not list(tmp_path.glob(".spool-*"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shard_range": "3:1"}, r"--shard_range 3:1: needs 0 <= FIRST <= END <= --num_shards \(4\)"),
+    ({"shard_range": "x"}, r"--shard_range x: expected FIRST:END"),
+    ({"vocab_file": None}, r"pass --vocab_file PATH or --vocab_size N"),
+    ({"vocab_size": 100}, r"not both"),
+    ({"max_seq_length": 4}, r"--max_seq_length must be at least 5"),
+    ({"masked_lm_prob": 1.5}, r"--masked_lm_prob must be in \(0, 1\)"),
+    ({"input_format": "pdf"}, r"--input_format must be one of auto, wikidump, wikiextractor, text"),
+    ({"format": "csv"}, r"--format must be one of padded, varlength"),
+    ({"workers": 0}, r"--workers must be at least 1"),
+])
+def test_options_are_checked_before_anything_is_read(tmp_path, change, message):
+    options = dict(input_files=str(tmp_path / "missing.txt"), vocab_file="vocab.txt", output_dir=str(tmp_path / "out"),
+                   num_shards=4, progress=False)
+    with pytest.raises(InputError, match=message):
+        run(PrepareOptions(**{**options, **change}))
+    assert not (tmp_path / "out").exists()
