@@ -53,7 +53,7 @@ def test_reference_demo_on_sample_text(shared_data, vocab, tmp_path):
                      "--random_seed", "12345", "--dupe_factor", "5", "--workers", "1", "--no_progress")
     assert result.returncode == 0, result.stderr
     assert "becomes a DATA folder" in result.stdout
-    arrays = shards.read_padded(tmp_path / "1_shards_uncompressed" / "part_00000_of_00001.hdf5", 128, 20, 30522)
+    arrays = shards.read_padded(tmp_path / "1_shards_uncompressed" / "part_0_of_1.hdf5", 128, 20, 30522)
     assert all(arrays[k].dtype == dtype for k, dtype in shards.PADDED_DTYPES.items())
     tokenizer = WordPieceTokenizer.from_vocab_file(vocab)
     segments = check_reference_invariants(arrays, tokenizer.ids["[CLS]"], tokenizer.ids["[SEP]"], 0.15, 20)
@@ -91,7 +91,7 @@ def test_data_folder_is_read_by_evaluate(shared_data, vocab, tmp_path, capsys, s
     assert len(summary.shards_written) == 3 and summary.instances > 1000 and summary.eval_instances == 50
     assert summary.eval_documents == 5 and summary.documents > 100
     names = sorted(p.name for p in (tmp_path / "3_shards_uncompressed").iterdir())
-    assert names == [f"part_0000{i}_of_00003.hdf5" for i in range(3)]
+    assert names == [f"part_{i}_of_3.hdf5" for i in range(3)]
     sizes = [shards.num_samples(tmp_path / "3_shards_uncompressed" / n) for n in names]
     assert max(sizes) < 1.5 * min(sizes)
     result = evaluate_json(tmp_path, capsys, 30522, 64, 10)
@@ -136,12 +136,12 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     run(options)
     before = all_arrays(tmp_path)
     folder = tmp_path / "3_shards_uncompressed"
-    (folder / "part_00001_of_00003.hdf5").unlink()
-    (folder / "part_00002_of_00003.hdf5").write_bytes(b"half a shard")  # not HDF5: redone
-    (folder / ".part_00000_of_00003.hdf5.tmp-999").write_bytes(b"left by a killed run")
+    (folder / "part_1_of_3.hdf5").unlink()
+    (folder / "part_2_of_3.hdf5").write_bytes(b"half a shard")  # not HDF5: redone
+    (folder / ".part_0_of_3.hdf5.tmp-999").write_bytes(b"left by a killed run")
     again = run(options)
-    assert [p.name for p in again.shards_skipped] == ["part_00000_of_00003.hdf5"]
-    assert [p.name for p in again.shards_written] == ["part_00001_of_00003.hdf5", "part_00002_of_00003.hdf5"]
+    assert [p.name for p in again.shards_skipped] == ["part_0_of_3.hdf5"]
+    assert [p.name for p in again.shards_written] == ["part_1_of_3.hdf5", "part_2_of_3.hdf5"]
     assert same_arrays(before, all_arrays(tmp_path)) and not list(folder.glob(".*"))
     assert not run(options).shards_written
     with pytest.raises(InputError, match="other settings.*max_seq_length: 64 then, 128 now"):
@@ -161,7 +161,7 @@ def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, t
         return real(self, name, *args, **kwargs)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fill_the_disk)
-    with pytest.raises(InputError, match=r"part_00000_of_00001\.hdf5: could not write the shard.*No space left"):
+    with pytest.raises(InputError, match=r"part_0_of_1\.hdf5: could not write the shard.*No space left"):
         run(options)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["prepare_manifest.json"]
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
@@ -239,8 +239,9 @@ def test_vocab_training_and_varlength_output(shared_data, tmp_path):
     assert varlength.shard_dir.name == "2_shards_varlength"
     padded = all_arrays(tmp_path / "padded")
     for name, rows in all_arrays(tmp_path / "var").items():
-        mirror = name.replace("2_shards_varlength", "2_shards_uncompressed").replace("eval_varlength",
-                                                                                    "eval_set_uncompressed")
+        mirror = (name.replace("2_shards_varlength", "2_shards_uncompressed")
+                  .replace("eval_varlength", "eval_set_uncompressed")
+                  .replace("part_00000_of_00002", "part_0_of_2").replace("part_00001_of_00002", "part_1_of_2"))
         assert same_arrays({0: shards.varlength_to_padded(rows, 64, 10)}, {0: padded[mirror]})
 
 
@@ -261,7 +262,7 @@ def test_a_vocab_rewritten_at_the_same_path_is_read_again(shared_data, vocab, tm
     small = read_vocab(vocab)[:1000]  # [PAD], [unused*], [UNK] [CLS] [SEP] [MASK], ...: most words are [UNK] now
     path.write_text("".join(t + "\n" for t in small))
     run(PrepareOptions(input_files=sample, vocab_file=str(path), output_dir=str(tmp_path / "small"), workers=1, **SMALL))
-    ids = shards.read_padded(tmp_path / "small" / "1_shards_uncompressed" / "part_00000_of_00001.hdf5")["input_ids"]
+    ids = shards.read_padded(tmp_path / "small" / "1_shards_uncompressed" / "part_0_of_1.hdf5")["input_ids"]
     assert ids.max() < 1000 and (ids == small.index("[UNK]")).mean() > 0.1
 
 

@@ -108,8 +108,10 @@ class PrepareOptions:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """<output_dir>/<N>_shards_uncompressed/part_00000_of_0000N.hdf5 and
-    <output_dir>/eval_set_uncompressed/part_eval_10k.hdf5 (DeepSparkHub's *_varlength names for varlength)."""
+    """<output_dir>/<N>_shards_uncompressed/part_<i>_of_<N>.hdf5 (MLPerf's names: i not zero-padded, so
+    the loader's sorted-then-shuffled file order is the reference's) and
+    <output_dir>/eval_set_uncompressed/part_eval_10k.hdf5; DeepSparkHub's names for varlength
+    (<N>_shards_varlength/part_00000_of_0000N.hdf5, eval_varlength/)."""
 
     output_dir: Path
     num_shards: int
@@ -133,6 +135,8 @@ class OutputLayout:
         return self.output_dir / "vocab.txt"
 
     def shard_path(self, index: int) -> Path:
+        if not self.varlength:
+            return self.shard_dir / f"part_{index}_of_{self.num_shards}.hdf5"
         width = max(5, len(str(self.num_shards)))
         return self.shard_dir / f"part_{index:0{width}d}_of_{self.num_shards:0{width}d}.hdf5"
 
