@@ -27,6 +27,11 @@ Run `bert-pretrain <command> --help` for each command's options.
 """
 
 
+# The demo's defaults (measured on 2 CPU cores: see README "The demo").
+DEMO_TARGET = 0.30
+DEMO_MAX_STEPS = 3000
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the descriptions' line breaks."""
 
@@ -216,6 +221,24 @@ stops cleanly; --resume_from_checkpoint continues exactly. See docs/training.md.
 """
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output_dir", default="demo_run",
+                   help="where the corpus, the DATA folder (shards, eval set, vocab, bert_config.json), the run's "
+                        "results (MLPerf log, metrics, plot, checkpoints) and the HF export go")
+    p.add_argument("--target_mlm_accuracy", type=float, default=DEMO_TARGET,
+                   help="stop when the held-out masked-LM accuracy reaches this (MLPerf's BERT-large target is 0.720; "
+                        "a small model on this small corpus reaches less)")
+    p.add_argument("--max_steps", type=int, default=DEMO_MAX_STEPS,
+                   help="stop here if the target is not reached (each step is 32 sequences of 128 tokens)")
+    p.add_argument("--workers", type=int, default=2, help="processes for data preparation")
+
+
+def _demo(args) -> int:
+    from bert_pretrain.demo import run_demo
+
+    return run_demo(args.output_dir, args.target_mlm_accuracy, args.max_steps, args.workers)
+
+
 # name -> (one-line help, add-arguments function, handler)
 COMMANDS = {
     "prepare": ("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare_arguments, _prepare),
@@ -227,6 +250,8 @@ COMMANDS = {
                 _convert_arguments, _convert),
     "inspect": ("what is in a shard: counts, lengths, masking and NSP statistics, instances decoded",
                 _inspect_arguments, _inspect),
+    "demo": ("the whole pipeline on a corpus built from this Python's documentation: prepare, train to a "
+             "target, export (about 10 minutes on 2 CPU cores)", _demo_arguments, _demo),
 }
 
 
