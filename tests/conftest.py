@@ -129,3 +129,41 @@ def train_flags(data: Path, output_dir: Path, **overrides) -> list[str]:
 # Subprocess runs use one thread per process: two cores shared with other processes otherwise slow
 # every step down by orders of magnitude (OpenMP threads waiting on each other).
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def restored_rows(arrays: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per row of padded MLPerf arrays: (tokens with the masked labels put back, masked positions, the
+    tokens shown at them), real tokens only."""
+    rows = []
+    for i in range(len(arrays["next_sentence_labels"])):
+        length = int(arrays["input_mask"][i].sum())
+        tokens = arrays["input_ids"][i, :length].copy()
+        count = int(np.count_nonzero(arrays["masked_lm_positions"][i]))
+        positions = arrays["masked_lm_positions"][i, :count]
+        shown = tokens[positions].copy()
+        tokens[positions] = arrays["masked_lm_ids"][i, :count]
+        rows.append((tokens, positions, shown))
+    return rows
+
+
+def check_reference_invariants(arrays: dict, cls_id: int, sep_id: int, masked_lm_prob: float,
+                               max_predictions: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Assert what every row of create_pretraining_data.py output holds; return the (A, B) segments
+    of each row with the masked tokens restored."""
+    segments = []
+    for i, (tokens, positions, _) in enumerate(restored_rows(arrays)):
+        length = len(tokens)
+        seps = np.flatnonzero(tokens == sep_id)
+        assert tokens[0] == cls_id and len(seps) == 2 and seps[1] == length - 1 and cls_id not in tokens[1:], i
+        assert arrays["input_mask"][i, :length].all() and not arrays["input_mask"][i, length:].any(), i
+        assert not arrays["input_ids"][i, length:].any(), i
+        padding = len(arrays["input_ids"][i]) - length
+        expected_segments = np.r_[np.zeros(seps[0] + 1), np.ones(length - seps[0] - 1), np.zeros(padding)]
+        assert (arrays["segment_ids"][i] == expected_segments).all(), i
+        count = len(positions)
+        assert count == min(max_predictions, max(1, round(length * masked_lm_prob)), length - 3), i
+        assert (np.diff(positions) > 0).all() and positions.min() > 0 and not np.isin(positions, seps).any(), i
+        assert not arrays["masked_lm_positions"][i, count:].any() and not arrays["masked_lm_ids"][i, count:].any(), i
+        segments.append((tokens[1:seps[0]], tokens[seps[0] + 1:length - 1]))
+        assert len(segments[-1][0]) >= 1 and len(segments[-1][1]) >= 1, i
+    return segments

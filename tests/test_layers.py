@@ -19,7 +19,8 @@ LAYERS = [
      "flops", "power"},
     # 2: data and state built from the leaves
     {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
-     "data.packing", "checkpoint", "evaluate", "inspect", "step", "training_state", "data.synthetic"},
+     "data.packing", "data.partition", "data.tasks", "data.prepare_options", "data.synthetic",
+     "checkpoint", "evaluate", "inspect", "step", "training_state"},
     # 3: composition
     {"config", "reference_flags"},
     # 4: wiring

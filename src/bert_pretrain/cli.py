@@ -27,6 +27,11 @@ Run `bert-pretrain <command> --help` for each command's options.
 """
 
 
+# The demo's defaults (measured on 2 CPU cores: see README "The demo").
+DEMO_TARGET = 0.30
+DEMO_MAX_STEPS = 3000
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the descriptions' line breaks."""
 
@@ -150,6 +155,79 @@ def _bench(args) -> int:
     return 0
 
 
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    from bert_pretrain.data.prepare_options import default_workers
+
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input_file", nargs="+", required=True, metavar="PATH",
+                    help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read "
+                         "compressed")
+    io.add_argument("--input_format", default="auto", choices=("auto", "wikidump", "wikiextractor", "text"),
+                    help="wikidump: pages-articles .xml(.bz2); wikiextractor: <doc> blocks; text: one sentence per "
+                         "line, blank line between documents; auto: decided per file from its first bytes")
+    io.add_argument("--output_dir", required=True,
+                    help="writes <N>_shards_uncompressed/ and eval_set_uncompressed/ here (a DATA folder)")
+    io.add_argument("--format", default="padded", choices=("padded", "varlength"),
+                    help="padded: the MLPerf v1.0 schema; varlength: only real tokens, for the packed path")
+    vocab = p.add_argument_group("vocab").add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab_file", help="a BERT WordPiece vocab.txt ([PAD] first; [UNK] [CLS] [SEP] [MASK])")
+    vocab.add_argument("--vocab_size", type=int,
+                       help="train a WordPiece vocab of this size on the input, written to OUTPUT_DIR/vocab.txt")
+    p.add_argument("--no_lower_case", dest="lower_case", action="store_false",
+                   help="keep case and accents (for cased vocabs); the default lower-cases as uncased BERT does")
+    inst = p.add_argument_group("instances (create_pretraining_data.py flags, MLPerf values)")
+    inst.add_argument("--max_seq_length", type=int, default=512)
+    inst.add_argument("--max_predictions_per_seq", type=int, default=76)
+    inst.add_argument("--masked_lm_prob", type=float, default=0.15)
+    inst.add_argument("--short_seq_prob", type=float, default=0.1)
+    inst.add_argument("--dupe_factor", type=int, default=10, help="passes over the documents, each masked anew")
+    inst.add_argument("--random_seed", type=int, default=12345)
+    inst.add_argument("--whole_word_mask", action="store_true", help="mask whole words, not single WordPieces")
+    out = p.add_argument_group("shards and eval set")
+    out.add_argument("--num_shards", type=int, default=1, help="training shards (MLPerf: 2048)")
+    out.add_argument("--num_eval_examples", type=int, default=0,
+                     help="write an eval set of this many instances (MLPerf: 10000); 0 = none")
+    out.add_argument("--num_eval_documents", type=int, default=10000,
+                     help="documents held out for the eval set, never in training shards (MLPerf: 10000)")
+    run = p.add_argument_group("scale")
+    run.add_argument("--workers", type=int, default=default_workers(), help="processes on this machine")
+    run.add_argument("--shard_range", default=None, metavar="FIRST:END",
+                     help="write only shards FIRST..END-1 (one slice per machine; same files as one machine "
+                          "writes); the run whose range starts at 0 writes the eval set")
+    run.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _prepare(args) -> int:
+    from bert_pretrain.data.prepare import PrepareOptions, run
+
+    options = PrepareOptions(
+        input_files=args.input_file, output_dir=args.output_dir, vocab_file=args.vocab_file,
+        vocab_size=args.vocab_size, lower_case=args.lower_case, input_format=args.input_format,
+        num_shards=args.num_shards, max_seq_length=args.max_seq_length,
+        max_predictions_per_seq=args.max_predictions_per_seq, masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor, random_seed=args.random_seed,
+        whole_word_mask=args.whole_word_mask, num_eval_examples=args.num_eval_examples,
+        num_eval_documents=args.num_eval_documents, format=args.format, workers=args.workers,
+        shard_range=args.shard_range, progress=args.progress,
+    )
+    print(run(options).report())
+    return 0
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shard", help="an HDF5 shard (padded or variable-length)")
+    p.add_argument("--vocab_file", default=None, help="the vocab the shard was made with; needed to decode text")
+    p.add_argument("--num_examples", type=int, default=3, help="instances to decode (with --vocab_file)")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+
+
+def _inspect(args) -> int:
+    from bert_pretrain.inspect import inspect_shard
+
+    print(inspect_shard(args.shard, args.vocab_file, args.num_examples, as_json=args.json))
+    return 0
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     from bert_pretrain.config import add_arguments
 
@@ -188,8 +266,27 @@ stops cleanly; --resume_from_checkpoint continues exactly. See docs/training.md.
 """
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output_dir", default="demo_run",
+                   help="where the corpus, the DATA folder (shards, eval set, vocab, bert_config.json), the run's "
+                        "results (MLPerf log, metrics, plot, checkpoints) and the HF export go")
+    p.add_argument("--target_mlm_accuracy", type=float, default=DEMO_TARGET,
+                   help="stop when the held-out masked-LM accuracy reaches this (MLPerf's BERT-large target is 0.720; "
+                        "a small model on this small corpus reaches less)")
+    p.add_argument("--max_steps", type=int, default=DEMO_MAX_STEPS,
+                   help="stop here if the target is not reached (each step is 32 sequences of 128 tokens)")
+    p.add_argument("--workers", type=int, default=2, help="processes for data preparation")
+
+
+def _demo(args) -> int:
+    from bert_pretrain.demo import run_demo
+
+    return run_demo(args.output_dir, args.target_mlm_accuracy, args.max_steps, args.workers)
+
+
 # name -> (one-line help, add-arguments function, handler)
 COMMANDS = {
+    "prepare": ("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare_arguments, _prepare),
     "train": ("pretrain BERT on MLPerf shards (LAMB, mixed precision, DDP, eval to a target, MLPerf log)",
               _train_arguments, _train),
     "evaluate": ("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
@@ -198,6 +295,10 @@ COMMANDS = {
                 _convert_arguments, _convert),
     "bench": ("training-step throughput of this project vs HF transformers; prints a table and one JSON line",
               _bench_arguments, _bench),
+    "inspect": ("what is in a shard: counts, lengths, masking and NSP statistics, instances decoded",
+                _inspect_arguments, _inspect),
+    "demo": ("the whole pipeline on a corpus built from this Python's documentation: prepare, train to a "
+             "target, export (about 10 minutes on 2 CPU cores)", _demo_arguments, _demo),
 }
 
 

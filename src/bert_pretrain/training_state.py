@@ -150,6 +150,16 @@ def restore_training_state(
     return notes
 
 
+def checkpoints_in(output_dir: str | Path, phase2: bool) -> list[Path]:
+    """The phase-1 or phase-2 checkpoints a run wrote into `output_dir`, oldest step first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    prefix = "phase2_ckpt_" if phase2 else "phase1_ckpt_"
+    found = [p for p in output_dir.glob(f"{prefix}*.pt") if _STEP.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+
+
 @dataclass(frozen=True)
 class CheckpointSchedule:
     """Where checkpoints go and when one is due (the reference's rule)."""
@@ -173,10 +183,7 @@ class CheckpointSchedule:
 
     def existing(self) -> list[Path]:
         """This run's kind of checkpoints in the output folder, oldest step first."""
-        if not self.output_dir.is_dir():
-            return []
-        found = [p for p in self.output_dir.glob(f"{self.prefix}*.pt") if _STEP.match(p.name)]
-        return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+        return checkpoints_in(self.output_dir, self.phase2)
 
     def latest(self) -> Path | None:
         existing = self.existing()

@@ -1,0 +1,221 @@
+"""What `prepare` is asked to do (PrepareOptions), where it writes (OutputLayout), what it did (PrepareSummary)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bert_pretrain.atomic import atomic_path
+from bert_pretrain.data import shards
+from bert_pretrain.data.instances import InstanceOptions
+from bert_pretrain.data.text import FORMATS
+from bert_pretrain.errors import InputError
+
+OUTPUT_FORMATS = ("padded", "varlength")
+MANIFEST = "prepare_manifest.json"
+EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class PrepareOptions:
+    """Plain values; the defaults are the MLPerf v1.0 reference's (reference.md §2.1)."""
+
+    input_files: list[str] | str  # files, folders or globs
+    output_dir: str
+    vocab_file: str | None = None  # a BERT vocab.txt; or vocab_size to train one
+    vocab_size: int | None = None
+    lower_case: bool = True
+    input_format: str = "auto"  # auto | wikidump | wikiextractor | text
+    num_shards: int = 1
+    max_seq_length: int = 512
+    max_predictions_per_seq: int = 76
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 10
+    random_seed: int = 12345
+    whole_word_mask: bool = False
+    num_eval_examples: int = 0  # > 0: write the eval set with this many instances
+    num_eval_documents: int = 10000  # documents held out for it (MLPerf: 10,000 articles)
+    format: str = "padded"  # padded (MLPerf v1.0) | varlength
+    workers: int = field(default_factory=default_workers)
+    shard_range: tuple[int, int] | str | None = None  # "a:b": write shards a..b-1 only
+    progress: bool = True
+
+    def input_list(self) -> list[str]:
+        files = [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else self.input_files
+        return [str(f) for f in files]
+
+    def instance_options(self) -> InstanceOptions:
+        return InstanceOptions(self.max_seq_length, self.max_predictions_per_seq, self.masked_lm_prob,
+                               self.short_seq_prob, self.dupe_factor, self.whole_word_mask)
+
+    def shard_bounds(self) -> tuple[int, int]:
+        """The validated `shard_range` as (first, end)."""
+        value = self.shard_range
+        if value is None:
+            return 0, self.num_shards
+        if isinstance(value, str):
+            try:
+                first, end = (int(v) for v in value.split(":"))
+            except ValueError:
+                raise InputError(f"--shard_range {value}: expected FIRST:END, e.g. 0:512") from None
+        else:
+            first, end = value
+        if not 0 <= first <= end <= self.num_shards:
+            raise InputError(f"--shard_range {first}:{end}: needs 0 <= FIRST <= END <= --num_shards ({self.num_shards})")
+        return first, end
+
+    def check(self) -> None:
+        """Raise InputError naming the first option that makes no sense."""
+        rules = [
+            (bool(self.input_list()), "--input_file is required"),
+            (self.vocab_file is not None or self.vocab_size is not None, "pass --vocab_file PATH or --vocab_size N"),
+            (self.vocab_file is None or self.vocab_size is None, "pass --vocab_file or --vocab_size, not both"),
+            (self.input_format in FORMATS, f"--input_format must be one of {', '.join(FORMATS)}"),
+            (self.format in OUTPUT_FORMATS, f"--format must be one of {', '.join(OUTPUT_FORMATS)}"),
+            (self.num_shards >= 1, f"--num_shards must be at least 1, got {self.num_shards}"),
+            (self.max_seq_length >= 5, f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), "
+                                       f"got {self.max_seq_length}"),
+            (self.max_predictions_per_seq >= 1, "--max_predictions_per_seq must be at least 1"),
+            (0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}"),
+            (0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}"),
+            (self.dupe_factor >= 1, f"--dupe_factor must be at least 1, got {self.dupe_factor}"),
+            (self.num_eval_examples >= 0, "--num_eval_examples must be 0 (no eval set) or more"),
+            (self.num_eval_examples == 0 or self.num_eval_documents >= 1,
+             "--num_eval_documents must be at least 1 when --num_eval_examples > 0"),
+            (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise InputError(message)
+        self.shard_bounds()
+
+    def manifest(self, input_files: list[Path], vocab_sha256: str) -> dict:
+        """What determines the output's content (not the workers or the shard range)."""
+        values = asdict(self)
+        for key in ("input_files", "output_dir", "vocab_file", "vocab_size", "workers", "shard_range", "progress"):
+            values.pop(key)
+        values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
+        values["vocab_sha256"] = vocab_sha256
+        return values
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """<output_dir>/<N>_shards_uncompressed/part_<i>_of_<N>.hdf5 (MLPerf's names: i not zero-padded, so
+    the loader's sorted-then-shuffled file order is the reference's) and
+    <output_dir>/eval_set_uncompressed/part_eval_10k.hdf5; DeepSparkHub's names for varlength
+    (<N>_shards_varlength/part_00000_of_0000N.hdf5, eval_varlength/)."""
+
+    output_dir: Path
+    num_shards: int
+    varlength: bool
+
+    @property
+    def shard_dir(self) -> Path:
+        kind = "varlength" if self.varlength else "uncompressed"
+        return self.output_dir / f"{self.num_shards}_shards_{kind}"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.output_dir / ("eval_varlength" if self.varlength else "eval_set_uncompressed")
+
+    @property
+    def eval_path(self) -> Path:
+        return self.eval_dir / EVAL_FILE
+
+    @property
+    def vocab_path(self) -> Path:
+        return self.output_dir / "vocab.txt"
+
+    def shard_path(self, index: int) -> Path:
+        if not self.varlength:
+            return self.shard_dir / f"part_{index}_of_{self.num_shards}.hdf5"
+        width = max(5, len(str(self.num_shards)))
+        return self.shard_dir / f"part_{index:0{width}d}_of_{self.num_shards:0{width}d}.hdf5"
+
+    def prepare_folders(self) -> None:
+        """Create the folders; raise InputError if the output folder cannot be written."""
+        try:
+            for folder in (self.output_dir, self.shard_dir, self.eval_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.shard_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(f"{self.output_dir}: cannot write the output folder ({err.strerror or err}); "
+                             "pick a writable --output_dir") from None
+
+    def check_manifest(self, manifest: dict) -> None:
+        """Refuse to mix outputs of different settings; record the settings for later runs."""
+        path = self.output_dir / MANIFEST
+        if path.exists():
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+            if changed:
+                details = "; ".join(f"{k}: {old.get(k)!r} then, {manifest.get(k)!r} now" for k in changed[:4])
+                raise InputError(f"{self.output_dir}: holds shards made with other settings ({details}); "
+                                 "use another --output_dir or delete this one")
+            return
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+
+    def is_complete(self, path: Path) -> bool:
+        """A file with the final name is whole (atomic rename); check that it opens and has rows."""
+        if not path.exists():
+            return False
+        try:
+            return shards.num_samples(path) > 0
+        except InputError:
+            return False
+
+    @staticmethod
+    def remove_temporaries(path: Path) -> None:
+        """Delete what a killed run left while writing `path` (atomic_path's temporary names)."""
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+@dataclass
+class PrepareSummary:
+    output_dir: Path
+    shard_dir: Path
+    eval_path: Path | None
+    vocab_file: Path
+    shards_written: list[Path] = field(default_factory=list)
+    shards_skipped: list[Path] = field(default_factory=list)
+    instances: int = 0  # written by this run, training shards
+    eval_instances: int = 0
+    documents: int = 0  # in the input stream
+    eval_documents: int = 0
+    tokens: int = 0  # tokenized by this run
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # counted skips, one line each
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"prepare: {len(self.shards_written)} shards written, {len(self.shards_skipped)} already complete, "
+                 f"in {self.seconds:.1f} s"]
+        if self.documents:
+            rate = self.instances / self.seconds if self.seconds else 0.0
+            lines.append(f"  {self.documents:,} documents read, {self.tokens:,} tokens, {self.instances:,} training "
+                         f"instances ({rate:,.0f}/s) in {self.shard_dir}")
+        if self.eval_path is not None:
+            lines.append(f"  eval set: {self.eval_instances:,} instances from {self.eval_documents:,} held-out "
+                         f"documents in {self.eval_path}")
+        lines.append(f"  vocab: {self.vocab_file}")
+        if self.skipped:
+            lines.append("  skipped or dropped (counted):")
+            lines += [f"    {line}" for line in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(f"{self.output_dir} becomes a DATA folder for training once bert_config.json (with "
+                     f"vocab_size matching the vocab) and an init checkpoint, if any, sit beside the shards "
+                     f"(--input_dir {self.shard_dir}"
+                     + (f", --eval_dir {self.eval_path.parent}" if self.eval_path else "") + ").")
+        return "\n".join(lines)

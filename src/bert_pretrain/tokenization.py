@@ -1,0 +1,198 @@
+"""BERT WordPiece tokenization with HF `tokenizers`, equal to google-research/bert's FullTokenizer.
+
+The reference tokenizer is BasicTokenizer (clean control characters, whitespace split, lower-case and
+strip accents when uncased, split punctuation, space out CJK characters) then greedy longest-match
+WordPiece with `##` continuations and `[UNK]` for words over 200 characters. HF's BertNormalizer +
+BertPreTokenizer + WordPiece(max_input_chars_per_word=200) do the same; the tests check it on the
+reference's own test cases.
+
+Speed: HF spends most of its time per call, not per token. `encode_sentences` therefore memoizes
+token ids per word. ASCII text is normalized and cut into BERT words in Python (the ASCII rules are
+exact and short: see `_ASCII_CLEAN` and `_ASCII_WORD`), leaving only WordPiece to HF; other text is
+cut at spaces (a space is a word boundary in every step above, so a sentence's tokens are the
+concatenation of its pieces' tokens) and each new piece goes through HF's whole pipeline. Tests
+check the result equals HF's whole pipeline on real Wikipedia text, cased and uncased.
+
+Known differences of HF's normalizer from the reference, on characters English text rarely holds
+(checked with tokenizers 0.23): private-use code points are dropped (the reference keeps them), and
+U+2028/U+2029 split words (the reference keeps them inside the word).
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import chain
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from bert_pretrain.atomic import atomic_path
+from bert_pretrain.errors import InputError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # the order a trained vocab gets: [PAD] = 0
+MAX_INPUT_CHARS_PER_WORD = 200  # the reference's WordpieceTokenizer default
+
+# ASCII rules of the reference BasicTokenizer: control characters are dropped, \t \n \r are spaces,
+# and every printable non-alphanumeric character is punctuation (a word of its own).
+_ASCII_CLEAN = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127)} | {9: 32, 10: 32, 13: 32}
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ASCII_WORD = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z ]")
+_CACHE_LIMIT = 500_000  # memoized words before the memo starts over (bounds memory: ~80 MB)
+_LONG_PIECE = 100  # words longer than this are not kept in the memo
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    """The tokens of a vocab file (one per line, id = line number), checked for duplicates."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such vocab file; pass --vocab_file PATH or --vocab_size N to train one") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: the vocab file is not UTF-8 ({err.reason} at byte {err.start})") from None
+    tokens = [line.strip() for line in text.splitlines()]
+    if not tokens:
+        raise InputError(f"{path}: the vocab file is empty")
+    seen: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if token in seen:
+            raise InputError(f"{path}: token {token!r} appears on lines {seen[token] + 1} and {i + 1}; "
+                             "a WordPiece vocab lists each token once")
+        seen[token] = i
+    return tokens
+
+
+def check_pretraining_vocab(tokens: list[str], source: str | Path) -> None:
+    """Pretraining needs [PAD] at id 0 (the shards pad with 0 and 0 means 'no label') and the
+    [UNK] [CLS] [SEP] [MASK] tokens; raise InputError naming `source` otherwise."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise InputError(f"{source}: the vocab lacks {', '.join(missing)}; BERT pretraining needs "
+                         f"{', '.join(SPECIAL_TOKENS)} (use a BERT vocab.txt or --vocab_size N to train one)")
+    if tokens[0] != PAD:
+        raise InputError(f"{source}: line 1 is {tokens[0]!r}, but [PAD] must have id 0 (the shard format pads "
+                         "with 0 and reads label 0 as 'not masked')")
+
+
+def write_vocab(path: str | Path, tokens: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+
+
+def _hf_pipeline(model: models.Model, lower_case: bool) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    # strip_accents=None follows lowercase, as the reference strips accents only when uncased.
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower_case)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tokenizer
+
+
+class WordPieceTokenizer:
+    """Text -> BERT WordPiece ids. `tokens[i]` is the token of id i.
+
+    Holds a memo of pieces it has seen (bounded), so it is stateful; results never depend on it.
+    """
+
+    def __init__(self, tokens: list[str], lower_case: bool = True):
+        if UNK not in tokens:
+            raise InputError(f"the vocab has no {UNK} token, which WordPiece needs for unknown words")
+        self.tokens = list(tokens)
+        self.lower_case = lower_case
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        model = models.WordPiece(self.ids, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
+        self._hf = _hf_pipeline(model, lower_case)
+        self._memo: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True):
+        tokens = read_vocab(path)
+        if pretraining:
+            check_pretraining_vocab(tokens, path)
+        return cls(tokens, lower_case)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def special_id(self, token: str) -> int:
+        return self.ids[token]
+
+    def tokenize(self, text: str) -> list[str]:
+        """The reference FullTokenizer.tokenize: WordPiece strings, no [CLS]/[SEP]."""
+        return self._hf.encode(text, add_special_tokens=False).tokens
+
+    def basic_tokens(self, text: str) -> list[str]:
+        """The reference BasicTokenizer output: normalized words before WordPiece."""
+        normalized = self._hf.normalizer.normalize_str(text)
+        return [word for word, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]
+
+    def wordpiece(self, word: str) -> list[str]:
+        """The reference WordpieceTokenizer on one already-normalized word."""
+        return [t.value for t in self._hf.model.tokenize(word)]
+
+    def encode_sentences(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of many sentences at once: (ids (sum of lengths,) int32, lengths (S,) int64)."""
+        keys_per_sentence = [self._keys(s) for s in sentences]
+        counts = np.fromiter(map(len, keys_per_sentence), np.int64, len(sentences))
+        keys = list(chain.from_iterable(keys_per_sentence))
+        if len(self._memo) > _CACHE_LIMIT:
+            self._memo.clear()
+        new = set(keys).difference(self._memo)
+        for key in new:
+            self._memo[key] = self._encode_key(key)
+        key_ids = list(map(self._memo.__getitem__, keys))
+        for key in new:
+            if len(key) > _LONG_PIECE:
+                del self._memo[key]
+        key_lengths = np.fromiter(map(len, key_ids), np.int64, len(keys))
+        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, int(key_lengths.sum()))
+        cumulative = np.concatenate([[0], np.cumsum(key_lengths)])
+        ends = np.cumsum(counts)
+        return ids, cumulative[ends] - cumulative[ends - counts]
+
+    def _keys(self, sentence: str) -> list[str]:
+        """The sentence as memo keys: BERT words for ASCII text (split here, exactly), raw
+        space-separated pieces for other text (split by HF)."""
+        if sentence.isascii():
+            return _ASCII_WORD.findall(self._ascii_normal(sentence))
+        keys: list[str] = []
+        for piece in sentence.split(" "):
+            if piece.isascii():
+                keys.extend(_ASCII_WORD.findall(self._ascii_normal(piece)))
+            elif piece:
+                keys.append(piece)
+        return keys
+
+    def _ascii_normal(self, text: str) -> str:
+        """What the normalizer makes of ASCII text: control characters dropped, \\t \\n \\r as spaces,
+        lower-cased when uncased."""
+        if _ASCII_CONTROL.search(text):  # rare: translate() with a dict is slow
+            text = text.translate(_ASCII_CLEAN)
+        return text.lower() if self.lower_case else text
+
+    def _encode_key(self, key: str) -> tuple[int, ...]:
+        if key.isascii():  # a normalized BERT word: only WordPiece is left to do
+            return tuple(t.id for t in self._hf.model.tokenize(key))
+        # HF's lower-casing is per character (no final sigma), so non-ASCII text is left to its pipeline.
+        return tuple(self._hf.encode(key, add_special_tokens=False).ids)
+
+
+def train_vocab(texts: Iterable[str], vocab_size: int, lower_case: bool = True) -> list[str]:
+    """A WordPiece vocab of (at most) `vocab_size` tokens learned from `texts`, [PAD] at id 0.
+
+    HF's trainer breaks ties in hash order, so two trainings of the same text can differ: train once
+    and reuse the written vocab.txt (prepare does).
+    """
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise InputError(f"--vocab_size must be more than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    tokenizer = _hf_pipeline(models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD),
+                             lower_case)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                        show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab, key=vocab.__getitem__)

@@ -1,0 +1,25 @@
+"""The demo's plumbing end to end, on a model small enough for seconds (the full demo is the README's
+first command; its measured result is in the README)."""
+
+import json
+
+import transformers
+
+from bert_pretrain import demo
+
+
+def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
+    tiny = {**demo.DEMO_MODEL, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64}
+    code = demo.run_demo(tmp_path, target_accuracy=0.02, max_steps=200, workers=1, eval_every_samples=640,
+                         model=tiny)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["status"] == "success" and summary["final_mlm_accuracy"] >= 0.02
+    assert "The demo reached its target" in printed
+    for name in ("mlperf.log", "metrics.jsonl", "metrics.png"):
+        assert (tmp_path / "results" / name).is_file(), name
+    assert (tmp_path / "data" / "4_shards_uncompressed").is_dir()
+    hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf_model")
+    assert hf.config.vocab_size == len((tmp_path / "data" / "vocab.txt").read_text().splitlines())
