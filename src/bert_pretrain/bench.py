@@ -268,7 +268,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,
-        "torch": torch.__version__, "cpu_allocator": allocator,
+        "torch": torch.__version__, "cpu_allocator": allocator, "threads": torch.get_num_threads(),
     }
     result.update(_summary(runners[0], groups, config, options, device, peak))
     if hf_error:
