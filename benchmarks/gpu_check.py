@@ -1,7 +1,7 @@
 """One call on a lent H100/H200: correctness on CUDA, then `bench` against HF; writes a dated report.
 
-On the GPU machine, from the repository root (needs only torch, transformers, h5py, numpy; the
-package need not be installed):
+On the GPU machine, from the repository root (needs only torch, transformers, h5py, numpy, pytest;
+nvidia-ml-py for power; the package need not be installed; give the call about 540 s):
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_check.py --out "$OUT"
 
@@ -10,7 +10,7 @@ Dry run on a CPU (same sections, tiny sizes):
     PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
 
 Every section runs in its own process with a timeout taken from one overall budget (default
-450 s); a failure or timeout is recorded in the report and the next section runs. The report
+480 s); a failure or timeout is recorded in the report and the next section runs. The report
 (`<out>/throughput_<device>_<date>.md`, plus the raw JSON) is rewritten after every section and
 printed at the end.
 """
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--model", default="large", help="with --device cpu: the model for the dry run (tiny)")
-    parser.add_argument("--budget_s", type=float, default=450.0, help="hard limit for the whole check")
+    parser.add_argument("--budget_s", type=float, default=480.0, help="hard limit for the whole check (seconds)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the report")
     parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)  # internal: run one section
     args = parser.parse_args(argv)
