@@ -27,6 +27,7 @@ Nothing here reads a tensor back to the host.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -38,6 +39,7 @@ PACKED_ONLY = ("flash", "varlen", "flex", "flash_attn")
 _HALF = (torch.float16, torch.bfloat16)
 
 
+@functools.lru_cache(maxsize=None)  # resolution runs every forward; installed packages do not change
 def _module_exists(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
