@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from bert_pretrain import bench_hf
-from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
+from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
