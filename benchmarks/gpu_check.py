@@ -94,15 +94,13 @@ def _copy_task_rows(rng, n: int, seq: int, max_pred: int, vocab: int) -> dict:
     segment A when the NSP label is 0 (then attention can copy masked tokens and tell the pairs apart)."""
     import numpy as np
 
-    from bert_pretrain.data.synthetic import sample_lengths
+    from bert_pretrain.data.synthetic import empty_rows, sample_lengths
 
     frequency = np.arange(1, vocab - 4, dtype=np.float64) ** -1.5
     frequency /= frequency.sum()
 
-    arrays = {"input_ids": np.zeros((n, seq), np.int32), "input_mask": np.zeros((n, seq), np.int8),
-              "segment_ids": np.zeros((n, seq), np.int8), "masked_lm_positions": np.zeros((n, max_pred), np.int32),
-              "masked_lm_ids": np.zeros((n, max_pred), np.int32),
-              "next_sentence_labels": rng.integers(0, 2, n).astype(np.int8)}
+    arrays = empty_rows(n, seq, max_pred)
+    arrays["next_sentence_labels"][:] = rng.integers(0, 2, n)
     for i, length in enumerate(sample_lengths(rng, n, seq).clip(min=9).tolist()):
         half = (length - 3) // 2
         seg_a = 5 + rng.choice(vocab - 5, half, p=frequency)

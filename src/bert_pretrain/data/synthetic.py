@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bert_pretrain.data.shards import PADDED_DTYPES, PREDICTION_KEYS
+
 # (first length, last length, sequences) from the published per-length counts.
 LENGTH_BINS = (
     (1, 16, 51863), (17, 32, 532972), (33, 48, 1099608), (49, 64, 1178636), (65, 80, 1020223),
@@ -40,6 +42,16 @@ def sample_lengths(rng: np.random.Generator, n: int, max_seq_length: int = 512) 
     return np.clip(lengths, 5, max_seq_length).astype(np.int64)
 
 
+def empty_rows(n: int, max_seq_length: int, max_predictions_per_seq: int) -> dict[str, np.ndarray]:
+    """`n` all-zero rows in the padded schema (data/shards.py dtypes), to be filled in."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key == "next_sentence_labels":
+            return (n,)
+        return (n, max_predictions_per_seq if key in PREDICTION_KEYS else max_seq_length)
+
+    return {key: np.zeros(shape(key), dtype) for key, dtype in PADDED_DTYPES.items()}
+
+
 def synthetic_rows(rng: np.random.Generator, n: int, max_seq_length: int, max_predictions_per_seq: int,
                    vocab_size: int, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """`n` rows in the padded MLPerf schema ([CLS] A [SEP] B [SEP], masked positions ascending,
@@ -47,14 +59,8 @@ def synthetic_rows(rng: np.random.Generator, n: int, max_seq_length: int, max_pr
     if lengths is None:
         lengths = sample_lengths(rng, n, max_seq_length)
     first_word = min(FIRST_WORD_ID, vocab_size - 1)
-    arrays = {
-        "input_ids": np.zeros((n, max_seq_length), np.int32),
-        "input_mask": np.zeros((n, max_seq_length), np.int8),
-        "segment_ids": np.zeros((n, max_seq_length), np.int8),
-        "masked_lm_positions": np.zeros((n, max_predictions_per_seq), np.int32),
-        "masked_lm_ids": np.zeros((n, max_predictions_per_seq), np.int32),
-        "next_sentence_labels": rng.integers(0, 2, n).astype(np.int8),
-    }
+    arrays = empty_rows(n, max_seq_length, max_predictions_per_seq)
+    arrays["next_sentence_labels"][:] = rng.integers(0, 2, n)
     for i, length in enumerate(lengths.tolist()):
         len_a = int(rng.integers(1, length - 3))
         tokens = rng.integers(first_word, vocab_size, length).astype(np.int32)
