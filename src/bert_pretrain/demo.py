@@ -27,11 +27,13 @@ from bert_pretrain.training_state import checkpoints_in
 
 # A BERT small enough to learn on two CPU cores in minutes (vocab_size is filled in from the vocab).
 DEMO_MODEL = {
-    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+    "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
     "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
     "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
 }
 DEMO_VOCAB_SIZE = 8192
+# LAMB scales each layer's step by its weight norm, so a small model needs a larger rate than AdamW would.
+DEMO_LEARNING_RATE = 1e-2
 SEQ, PREDICTIONS = 128, 20
 
 
@@ -43,22 +45,24 @@ def _prepare_options(corpus: Path, data_dir: Path, workers: int) -> PrepareOptio
     )
 
 
-def _train_flags(data_dir: Path, results: Path, target: float, max_steps: int, eval_every: int) -> list[str]:
+def _train_flags(data_dir: Path, results: Path, target: float, max_steps: int, eval_every: int,
+                 learning_rate: float) -> list[str]:
     """The run, in `bert-pretrain train` flags (printed, so it can be repeated by hand)."""
     return [
         "--input_dir", str(data_dir / "4_shards_uncompressed"), "--eval_dir", str(data_dir / "eval_set_uncompressed"),
         "--bert_config_path", str(data_dir / "bert_config.json"), "--output_dir", str(results),
         "--max_seq_length", str(SEQ), "--max_predictions_per_seq", str(PREDICTIONS), "--num_eval_examples", "1000",
-        "--train_batch_size", "32", "--eval_batch_size", "100", "--learning_rate", "2e-3",
+        "--train_batch_size", "32", "--eval_batch_size", "100", "--learning_rate", str(learning_rate),
         "--warmup_proportion", "0.05", "--max_steps", str(max_steps), "--max_samples_termination", str(32 * max_steps),
         "--eval_iter_start_samples", str(eval_every), "--eval_iter_samples", str(eval_every), "--target_mlm_accuracy", str(target),
-        "--num_samples_per_checkpoint", "19200", "--min_samples_to_start_checkpoints", "19200",
+        "--num_samples_per_checkpoint", "12800", "--min_samples_to_start_checkpoints", "12800",
         "--keep_n_most_recent_checkpoints", "2", "--log_freq", "20", "--seed", "42", "--device", "cpu",
     ]
 
 
 def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, workers: int = 2,
-             eval_every_samples: int = 9600, model: dict | None = None) -> int:
+             eval_every_samples: int = 6400, model: dict | None = None,
+             learning_rate: float = DEMO_LEARNING_RATE) -> int:
     """Run the four stages into `output_dir`; 0 when the target was reached, else non-zero."""
     out = Path(output_dir)
     data_dir, results = out / "data", out / "results"
@@ -74,7 +78,7 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     print(f"demo 2/4 prepare: vocab of {vocab_size} WordPieces, {summary.instances:,} training and "
           f"{summary.eval_instances:,} eval instances -> {data_dir}", flush=True)
 
-    flags = _train_flags(data_dir, results, target_accuracy, max_steps, eval_every_samples)
+    flags = _train_flags(data_dir, results, target_accuracy, max_steps, eval_every_samples, learning_rate)
     print("demo 3/4 train: bert-pretrain train " + " ".join(flags), flush=True)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
