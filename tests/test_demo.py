@@ -18,6 +18,9 @@ def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert summary["status"] == "success" and summary["final_mlm_accuracy"] >= 0.02
     assert "The demo reached its target" in printed
+    evals = [json.loads(line) for line in (tmp_path / "results" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert evals and all(r["samples"] % 640 == 0 and r["eval_samples"] > 0 for r in evals)  # training samples
     for name in ("mlperf.log", "metrics.jsonl", "metrics.png"):
         assert (tmp_path / "results" / name).is_file(), name
     assert (tmp_path / "data" / "4_shards_uncompressed").is_dir()

@@ -129,3 +129,10 @@ def test_peak_memory_on_cuda_counts_tensors():
     torch.cuda.reset_peak_memory_stats()
     block = torch.ones(2**28 // 4, device="cuda")  # 0.268 GB
     assert peak_memory_gb("cuda") >= 0.268 and block.sum() > 0
+
+
+def test_a_value_named_like_a_record_key_is_refused(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    with pytest.raises(ValueError, match="reserved"):
+        writer.eval(3, 96, {"mlm_accuracy": 0.5, "samples": 1000})  # would move the point to 1000 samples
+    writer.close()

@@ -93,6 +93,9 @@ class MetricsWriter:
     def _record(self, kind: str, step: int, samples: int, values: dict) -> None:
         if not self.enabled:
             return
+        clash = sorted({"kind", "step", "samples", "time"} & set(values))
+        if clash:  # a value named like a record key would silently replace it (and move its plot point)
+            raise ValueError(f"metric names {clash} are reserved for the record itself; rename them")
         record = {"kind": kind, "step": int(step), "samples": int(samples), "time": round(time.time(), 3),
                   **_checked(values)}
         self._file.write(json.dumps(record) + "\n")

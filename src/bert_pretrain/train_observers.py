@@ -117,7 +117,8 @@ class RunObservers:
         self.mlperf.eval_accuracy(result["mlm_accuracy"], samples)
         self.mlperf.eval_stop(samples)
         self.block_stop(samples)
-        self.metrics.eval(step, samples, result)
+        values = {("eval_samples" if k == "samples" else k): v for k, v in result.items()}
+        self.metrics.eval(step, samples, values)
         self.metrics.plot(self.target)
         self.say(f"eval at step {step} ({samples} samples): masked-LM accuracy {result['mlm_accuracy']:.4f}  "
                  f"loss {result['mlm_loss']:.4f}")
