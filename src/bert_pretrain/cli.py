@@ -156,8 +156,6 @@ def _bench(args) -> int:
 
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
-    from bert_pretrain.data.prepare_options import default_workers
-
     io = p.add_argument_group("input and output")
     io.add_argument("--input_file", nargs="+", required=True, metavar="PATH",
                     help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read "
@@ -190,7 +188,8 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--num_eval_documents", type=int, default=10000,
                      help="documents held out for the eval set, never in training shards (MLPerf: 10000)")
     run = p.add_argument_group("scale")
-    run.add_argument("--workers", type=int, default=default_workers(), help="processes on this machine")
+    run.add_argument("--workers", type=int, default=None,
+                     help="processes on this machine (default: one per CPU this process may use)")
     run.add_argument("--shard_range", default=None, metavar="FIRST:END",
                      help="write only shards FIRST..END-1 (one slice per machine; same files as one machine "
                           "writes); the run whose range starts at 0 writes the eval set")
@@ -199,6 +198,7 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
 
 def _prepare(args) -> int:
     from bert_pretrain.data.prepare import PrepareOptions, run
+    from bert_pretrain.data.prepare_options import default_workers
 
     options = PrepareOptions(
         input_files=args.input_file, output_dir=args.output_dir, vocab_file=args.vocab_file,
@@ -207,7 +207,8 @@ def _prepare(args) -> int:
         max_predictions_per_seq=args.max_predictions_per_seq, masked_lm_prob=args.masked_lm_prob,
         short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor, random_seed=args.random_seed,
         whole_word_mask=args.whole_word_mask, num_eval_examples=args.num_eval_examples,
-        num_eval_documents=args.num_eval_documents, format=args.format, workers=args.workers,
+        num_eval_documents=args.num_eval_documents, format=args.format,
+        workers=args.workers or default_workers(),
         shard_range=args.shard_range, progress=args.progress,
     )
     print(run(options).report())
