@@ -167,3 +167,37 @@ def check_reference_invariants(arrays: dict, cls_id: int, sep_id: int, masked_lm
         segments.append((tokens[1:seps[0]], tokens[seps[0] + 1:length - 1]))
         assert len(segments[-1][0]) >= 1 and len(segments[-1][1]) >= 1, i
     return segments
+
+
+def write_prepared_data_folder(root: Path, seed: int = 0) -> Path:
+    """A DATA folder whose shards and eval set come from `bert-pretrain prepare` (as a user makes them),
+    on a generated corpus that a tiny model learns fast: each document repeats one word, so a masked
+    word is the word around it. Same layout and extras as `write_data_folder` (seq 32, 5 predictions)."""
+    import json
+
+    import torch
+
+    from bert_pretrain.checkpoint import save_reference_checkpoint
+    from bert_pretrain.model import BertForPreTraining
+
+    rng = np.random.default_rng(seed)
+    words = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(59)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (root / "source").mkdir(parents=True)
+    (root / "source" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    documents = []
+    for _ in range(300):
+        word = words[rng.integers(len(words))]
+        documents.append("\n".join(" ".join([word] * int(rng.integers(4, 9))) for _ in range(int(rng.integers(3, 7)))))
+    (root / "source" / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    proc = run_cli("prepare", "--input_file", str(root / "source" / "corpus.txt"), "--input_format", "text",
+                   "--vocab_file", str(root / "source" / "vocab.txt"), "--output_dir", str(root), "--num_shards", "4",
+                   "--max_seq_length", "32", "--max_predictions_per_seq", "5", "--dupe_factor", "2",
+                   "--random_seed", str(12345 + seed), "--num_eval_examples", "64", "--num_eval_documents", "40",
+                   "--workers", "1", "--no_progress")
+    assert proc.returncode == 0, proc.stderr
+    config = tiny_config(len(vocab), max_position_embeddings=32)
+    (root / "bert_config.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(seed)
+    save_reference_checkpoint(BertForPreTraining(config), root / "model.ckpt-28252.apex.pt")
+    return root

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SUBPROCESS_ENV, train_flags, write_data_folder
+from conftest import REPO, SUBPROCESS_ENV, train_flags, write_data_folder, write_prepared_data_folder
 
 LAUNCHER = REPO / "train_bert_pretraining_amp_dist.sh"
 
@@ -60,6 +60,22 @@ def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_complian
     assert records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "success"
     for ruleset in ("1.0.0", "5.0.0"):
         check = compliance(log, ruleset)
+        assert check.returncode == 0 and "SUCCESS" in check.stdout + check.stderr, check.stdout + check.stderr
+
+
+def test_the_launcher_on_shards_made_by_prepare(tmp_path):
+    """The MLPerf DATA folder as a user builds it: `prepare` writes the shards and the eval set."""
+    data = write_prepared_data_folder(tmp_path / "DATA")
+    assert sorted(p.name for p in (data / "4_shards_uncompressed").iterdir()) == [
+        f"part_{i}_of_4.hdf5" for i in range(4)]
+    out = tmp_path / "results"
+    result = launch(data, *tiny_overrides(data, out, eval_iter_start_samples=1280, eval_iter_samples=1280,
+                                          gradient_accumulation_steps=2, max_steps=1200))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "success" and summary["final_mlm_accuracy"] >= 0.72
+    for ruleset in ("1.0.0", "5.0.0"):
+        check = compliance(out / "mlperf.log", ruleset)
         assert check.returncode == 0 and "SUCCESS" in check.stdout + check.stderr, check.stdout + check.stderr
 
 

@@ -28,9 +28,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
-def option(default, help: str, **argparse_kwargs):
-    """A config field: its default, its `--help` line, and any extra argparse settings."""
-    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+def option(default, help: str, negative_alias: str | None = None, **argparse_kwargs):
+    """A config field: its default, its `--help` line, and any extra argparse settings (a boolean may
+    have one more spelling of its --no- form, e.g. the reference's --no_compile)."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs, "negative_alias": negative_alias})
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,15 @@ class SystemOptions:
                                     "stops with an error")
     progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal; else a log "
                                          "line every --log_freq steps)")
+    packed: bool = option(True, "train and evaluate on packed sequences: padding removed, variable-length "
+                                "attention, masked-LM head on the real masked tokens only (--no-packed: the "
+                                "padded MLPerf layout, as the reference without --unpad)")
+    attention: str = option("auto", "attention kernel: auto picks the fastest that keeps attention dropout "
+                                    "(flash variable-length on CUDA, SDPA elsewhere); math is the written-out "
+                                    "reference", choices=("auto", "sdpa", "math", "flash", "varlen", "flex",
+                                                          "flash_attn"))
+    compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
+                                        "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
     precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16 and the device
 
 
@@ -204,6 +214,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if kind is bool:
                 arguments.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                        default=argparse.SUPPRESS, help=help_text)
+                if f.metadata.get("negative_alias"):
+                    arguments.add_argument(f.metadata["negative_alias"], dest=f.name, action="store_false",
+                                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             else:
                 arguments.add_argument(f"--{f.name}", type=_integer if kind is int else kind,
                                        default=argparse.SUPPRESS, help=help_text, **extra)
@@ -298,6 +311,8 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
         notes.append("note: --dist_backend nccl needs GPUs; using gloo on the CPU")
         values["dist_backend"] = "gloo"
     values["precision"] = precision
+    if values.get("compile") is None:
+        values["compile"] = on_gpu
     return values, notes
 
 

@@ -16,7 +16,7 @@ REASONS = {
     "attention": "apex fused attention; attention here is PyTorch scaled_dot_product_attention",
     "fusion": "apex / TorchScript / mhalib kernel fusions; not used on stock PyTorch",
     "dense": "the masked-LM head here always runs on the masked tokens only",
-    "unpad": "padding removal with custom CUDA kernels (mhalib, apex fmha); not used here",
+    "unpad": "padding is removed by default here (--packed), with PyTorch's variable-length attention",
     "lamb": "apex DistributedFusedLAMB; LAMB here is bert_pretrain.optim.Lamb with the same update, under DDP",
     "graph": "CUDA graphs of the reference; not used here",
     "allreduce": "gradients here are all-reduced once per step, after the accumulation micro-batches",

@@ -10,6 +10,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -24,14 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
 from bert_pretrain.config import RunConfig
-from bert_pretrain.data.loader import DataPosition, ShardStream, worker_seed
+from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
+from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError
 from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
 from bert_pretrain.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
-from bert_pretrain.step import make_grad_scaler
+from bert_pretrain.step import compile_model, make_grad_scaler
 from bert_pretrain.train_observers import RunObservers, StepTracker
 from bert_pretrain.training_state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
                                           restore_training_state)
@@ -114,6 +116,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
             observers.say(note)
         observers.say(f"resuming from {resume_path} at step {state.progress.step} "
                       f"({state.progress.samples} samples)")
+    if config.system.compile:
+        compile_model(state.model)  # in place: parameter names, checkpoints and the optimizer are unchanged
     model = state.model
     if info.world_size > 1:
         model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
@@ -150,7 +154,7 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
 
 def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
     torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
-    model = BertForPreTraining(bert_config)
+    model = BertForPreTraining(bert_config, attention_backend=config.system.attention)
     if load_init and config.checkpoint.init_checkpoint:
         load_weights(model, config.checkpoint.init_checkpoint)
     model.to(info.device)
@@ -195,7 +199,17 @@ def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: Data
         micro_batch_size=config.batch.micro_batch_size, max_seq_length=config.data.max_seq_length,
         max_predictions_per_seq=config.data.max_predictions_per_seq, vocab_size=vocab_size, start=start,
         pin_memory=info.device.type == "cuda", skip_bad_shards=config.data.skip_bad_shards, on_skip=report,
+        make_batch=_row_converter(config),
     )
+
+
+def _row_converter(config: RunConfig):
+    """Rows -> Batch: packed (padding removed; max_seqlen fixed so a compiled model sees one value) or padded."""
+    if not config.system.packed:
+        return padded_rows_batch
+    options = PackingOptions(max_seqlen=config.data.max_seq_length)
+    return functools.partial(pack_padded_rows, max_predictions_per_seq=config.data.max_predictions_per_seq,
+                             options=options)
 
 
 def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Batch]:
@@ -206,7 +220,8 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
     arrays = load_eval_set(data.eval_dir, data.num_eval_examples, data.max_seq_length,
                            data.max_predictions_per_seq, vocab_size)
     mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
-    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, config.batch.eval_batch_size)
+    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, config.batch.eval_batch_size,
+                           packed=config.system.packed)
     if config.data.cache_eval_data:
         return [b.to(info.device) for b in batches]
     return [b.pin_memory() for b in batches] if info.device.type == "cuda" else batches
