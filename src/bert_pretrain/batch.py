@@ -142,7 +142,11 @@ def pack_padded(
     masked_lm_ids: np.ndarray,
     next_sentence_labels: np.ndarray,
 ) -> Batch:
-    """The packed `Batch` holding the same sequences as `padded_batch` of the same rows."""
+    """The packed `Batch` holding the same sequences as `padded_batch` of the same rows.
+
+    The plain construction, kept as the reference the vectorised training packer
+    (`data/packing.py`) is tested against.
+    """
     lengths = input_mask.astype(bool).sum(axis=1)
     return packed_batch(
         [row[:n] for row, n in zip(input_ids, lengths)],

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bert_pretrain.batch import Batch, pack_padded, padded_batch
+from bert_pretrain.batch import Batch, padded_batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
+from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
@@ -67,15 +68,15 @@ def rank_rows(num_rows: int, rank: int, world_size: int) -> slice:
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, packed: bool = False) -> list[Batch]:
-    """Fixed-order batches of the given rows (the last one may be smaller)."""
-    make = pack_padded if packed else padded_batch
+    """Fixed-order batches of the given rows (the last one may be smaller); packed ones are made by the
+    training path's packer, so eval runs the same fast path."""
     n = len(arrays["next_sentence_labels"])
-    return [
-        make(*(arrays[k][i : i + batch_size] for k in (
-            "input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels"
-        )))
-        for i in range(0, n, batch_size)
-    ]
+    rows = [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
+    if packed:
+        options = PackingOptions(max_seqlen=arrays["input_ids"].shape[1])
+        return [pack_padded_rows(r, options=options) for r in rows]
+    return [padded_batch(r["input_ids"], r["segment_ids"], r["input_mask"], r["masked_lm_positions"],
+                         r["masked_lm_ids"], r["next_sentence_labels"]) for r in rows]
 
 
 @torch.no_grad()
