@@ -18,9 +18,9 @@ from conftest import run_cli, tiny_config
 JSON_KEYS = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "input_seq_per_s", "input_ratio")
 
 
-def test_tiny_cpu_bench_against_hf_prints_the_json_line_last():
+def test_tiny_cpu_bench_against_hf_prints_the_json_line_last(tmp_path):
     result = run_cli("bench", "--model", "tiny", "--seq", "64", "--batch", "4", "--steps", "2", "--warmup", "1",
-                     "--rounds", "1", "--device", "cpu", "--compare", "hf")
+                     "--rounds", "1", "--device", "cpu", "--compare", "hf", "--profile", str(tmp_path / "profile"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("| measure |")
@@ -31,6 +31,10 @@ def test_tiny_cpu_bench_against_hf_prints_the_json_line_last():
     assert report["ratio"] == pytest.approx(report["seq_per_s"] / report["hf_seq_per_s"])
     assert np.isfinite(report["loss"]) and np.isfinite(report["hf_loss"])
     assert report["mfu"] is None and report["power_w"] is None  # no known peak or NVML on a CPU
+    # --profile: this project's steps, by kind of work, in the JSON and in DIR/profile.md (+ a trace)
+    assert report["profile"]["categories"]["gemm"] > 0
+    assert "| gemm |" in (tmp_path / "profile" / "profile.md").read_text()
+    assert (tmp_path / "profile" / "trace.json.gz").stat().st_size > 0
 
 
 @pytest.mark.parametrize("layout", ["padded", "varlength"])
@@ -59,6 +63,9 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "max_position_embeddings" in result.stderr
     result = run_cli("bench", "--shard", str(tmp_path / "missing.hdf5"), "--device", "cpu")
     assert result.returncode == 2 and "missing.hdf5" in result.stderr
+    (tmp_path / "a_file").write_text("")
+    result = run_cli("bench", "--profile", str(tmp_path / "a_file"), "--device", "cpu")
+    assert result.returncode == 2 and "a_file" in result.stderr and "not a folder" in result.stderr
 
 
 def test_flops_formula_counts_every_multiply_of_a_training_step():

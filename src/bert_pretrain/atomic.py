@@ -20,8 +20,8 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)  # before the try: a failure here has nothing to clean up
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_dir() and path.is_dir():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bert_pretrain import bench_hf
+from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.data import shards
@@ -37,6 +38,7 @@ from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.power import EnergyMeter
 from bert_pretrain.step import PRECISIONS, compile_model, make_grad_scaler, train_step
+from bert_pretrain.step_profile import format_profile, profile_steps
 
 # Shapes of the standard models (google-research/bert); vocab 30522, 512 positions.
 MODEL_SHAPES = {
@@ -68,6 +70,8 @@ class BenchOptions:
     pad_to_multiple: int = 1
     peak_tflops: float | None = None
     seed: int = 0
+    compile_mode: str | None = None  # torch.compile mode (None: its default)
+    profile: str | None = None  # a folder: profile a few of this project's steps, write profile.md + trace
 
     def predictions(self) -> int:
         """MLPerf's 76 at 512; ceil(0.15 * seq) otherwise (20 at 128, as BERT's phase 1)."""
@@ -95,6 +99,9 @@ def _validate(options: BenchOptions, config: BertConfig) -> None:
     for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple"):
         if getattr(options, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    if options.profile and Path(options.profile).exists() and not Path(options.profile).is_dir():
+        raise InputError(f"--profile {options.profile}: exists and is not a folder; pass a folder for "
+                         f"profile.md and trace.json.gz")
     if options.steps < options.rounds:
         raise InputError(f"--steps {options.steps} is less than --rounds {options.rounds}")
     if options.seq > config.max_position_embeddings:
@@ -162,7 +169,7 @@ def _contestants(options, config, rows, device, backend: str):
     torch.manual_seed(options.seed)
     model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
     if compile_enabled(options, device):
-        compile_model(model)
+        compile_model(model, mode=options.compile_mode)
     optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4)
     scaler = make_grad_scaler(options.precision, device)
     max_seqlen = _fixed_max_seqlen(options, backend)
@@ -284,9 +291,28 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         result["ratio_rounds"] = [hf_s / ours_s for ours_s, hf_s in zip(runners[0].block_seconds,
                                                                           runners[1].block_seconds)]
         result["ratio_median"] = float(np.median(result["ratio_rounds"]))  # robust on a shared, noisy host
+    if options.profile:
+        result["profile"] = profile_runner(runners[0], options, device, progress)
     result["input_seq_per_s"] = measure_input_pipeline(options, config, rows, device, _fixed_max_seqlen(options, backend))
     result["input_ratio"] = result["input_seq_per_s"] / result["seq_per_s"]
     return result
+
+
+def profile_runner(runner: Runner, options: BenchOptions, device: torch.device, progress) -> dict:
+    """Profile a few more steps of `runner` (already warm); write profile.md and trace.json.gz to --profile."""
+    folder = Path(options.profile)
+    steps = min(options.steps, 3)
+    progress(f"bench: profiling {steps} steps of {runner.name} -> {folder}")
+
+    def one_step():
+        runner.step_fn(runner.inputs[runner.calls % len(runner.inputs)])
+        runner.calls += 1
+
+    summary = profile_steps(one_step, steps, device, trace_path=folder / "trace.json.gz")
+    with atomic_path(folder / "profile.md") as tmp:
+        tmp.write_text(format_profile(summary) + "\n")
+    progress(format_profile(summary))
+    return summary
 
 
 def _fmt(value) -> str:

@@ -135,7 +135,15 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="torch.compile the model (default: on CUDA only)")
     compile_group.add_argument("--no_compile", dest="compile", action="store_false", help="run the model eagerly")
+    p.add_argument("--compile_mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode for this project's model (reduce-overhead = CUDA graphs; max-autotune "
+                        "also tunes GEMM kernels, slow to compile)")
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the HF model too")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after timing, profile 3 of this project's steps: time by kind of work (GEMM, attention, "
+                        "compiled kernels, optimizer, ...) and the top kernels, printed and written to "
+                        "DIR/profile.md, with a Perfetto/Chrome trace in DIR/trace.json.gz")
     p.add_argument("--pad_to_multiple", type=int, default=1,
                    help="round each packed batch's token count up to a multiple of this (fewer distinct shapes)")
     p.add_argument("--peak_tflops", type=float, default=None,
