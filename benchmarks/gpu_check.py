@@ -9,6 +9,11 @@ Dry run on a CPU (same sections, tiny sizes):
 
     PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
 
+The headline bench also profiles three steps (`<out>/profile_large512_bf16/`: profile.md and a
+Perfetto trace). `--experiments` runs, instead of the check, variants of the headline bench
+(EXPERIMENTS: larger micro-batches, eager, max-autotune compilation) against a baseline in the same
+call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
+
 Every section runs in its own process with a timeout taken from one overall budget (default
 480 s); a failure or timeout is recorded in the report and the next section runs. The report
 (`<out>/throughput_<device>_<date>.md`, plus the raw JSON) is rewritten after every section and
@@ -29,6 +34,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bert_pretrain.step_profile import format_profile  # noqa: E402  (the package need not be installed)
 
 
 def _section_environment(args) -> dict:
@@ -161,19 +169,43 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
 
     One GPU does a whole LAMB update per step, where an 8-GPU MLPerf run (56 sequences per GPU, the
     optimizer sharded 8 ways) does an eighth: 4 micro-batches of 64 per update keep the optimizer's
-    share of a single-GPU step near MLPerf's. Both contestants accumulate alike.
+    share of a single-GPU step near MLPerf's. Both contestants accumulate alike. The headline bench
+    also profiles three of this project's steps (time by kind of work, GPU busy fraction).
     """
+    def profile(name):
+        return ["--profile", str(Path(args.out) / f"profile_{name}")]
+
     if args.device == "cpu":
         small = ["--seq", "128", "--batch", "8", "--accumulation", "2", "--steps", "4", "--warmup", "1", "--rounds", "2"]
-        return [(f"{args.model}_{p}", ["--model", args.model, "--precision", p, *small], 120) for p in ("fp32", "bf16")]
-    large = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", "4", "--steps", "6",
-             "--warmup", "2"]
+        return [(f"{args.model}_{p}", ["--model", args.model, "--precision", p, *small, *(profile(f"{args.model}_fp32") if p == "fp32" else [])],
+                 120) for p in ("fp32", "bf16")]
     return [
-        ("large512_bf16", [*large, "--precision", "bf16"], 240),
-        ("large512_fp16", [*large, "--precision", "fp16"], 200),
+        ("large512_bf16", [*LARGE, "--precision", "bf16", *profile("large512_bf16")], 260),
+        ("large512_fp16", [*LARGE, "--precision", "fp16"], 200),
         ("base128_bf16", ["--model", "base", "--seq", "128", "--batch", "256", "--accumulation", "2", "--steps", "10",
                           "--warmup", "3", "--precision", "bf16"], 150),
     ]
+
+
+LARGE = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", "4", "--steps", "6", "--warmup", "2"]
+# --experiments: variants of the headline (BERT-large, 512, bf16, 256 sequences per update), this project only,
+# each against the unchanged baseline run first in the same call. What each one tests:
+EXPERIMENTS = {
+    "baseline": [],  # the headline configuration, for the ratios below
+    "micro128": ["--batch", "128", "--accumulation", "2"],  # larger GEMMs, fewer launches per update
+    "eager": ["--no_compile"],  # what regional compilation buys
+    "autotune": ["--compile_mode", "max-autotune-no-cudagraphs"],  # Triton GEMM templates with fused epilogues
+}
+
+
+def _experiment_plan(args) -> list[tuple[str, list[str], int]]:
+    if args.device == "cpu":
+        base = ["--model", args.model, "--seq", "128", "--batch", "8", "--accumulation", "2", "--steps", "4",
+                "--warmup", "1", "--rounds", "2"]
+        return [(f"experiment_{name}", [*base, *extra], 120) for name, extra in EXPERIMENTS.items()
+                if name != "autotune"]  # CPU dry run: autotuning is a GPU matter
+    return [(f"experiment_{name}", [*LARGE, "--precision", "bf16", *extra], 300 if name == "autotune" else 150)
+            for name, extra in EXPERIMENTS.items()]
 
 
 def _run(command: list[str], timeout: float) -> tuple[int | None, str, str]:
@@ -211,7 +243,8 @@ class Report:
         self.sections.append(section)
         env = next((s["result"] for s in self.sections if s["name"] == "environment" and s.get("result")), {})
         device = re.sub(r"[^a-z0-9]+", "-", str(env.get("device_name") or self.args.device).lower()).strip("-")
-        stem = f"throughput_{device or 'unknown'}_{self.started:%Y-%m-%d}"
+        theme = "experiments" if self.args.experiments else "throughput"
+        stem = f"{theme}_{device or 'unknown'}_{self.started:%Y-%m-%d}"
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / f"{stem}.md"
         for path, text in ((self.path, self.markdown()), (self.out / f"{stem}.json", json.dumps(self.sections, indent=1))):
@@ -229,12 +262,33 @@ class Report:
             result = section.get("result")
             if result and "seq_per_s" in result:
                 lines += _bench_table(result)
+                if result.get("profile"):
+                    lines += ["", format_profile(result["profile"])]
             elif result:
                 lines += ["```", json.dumps(result, indent=1)[:4000], "```"]
             if section.get("log"):
                 lines += ["", "```", section["log"][-1500:], "```"]
             lines.append("")
-        return "\n".join(lines)
+        return "\n".join(lines + _experiment_table(self.sections))
+
+
+def _experiment_table(sections: list[dict]) -> list[str]:
+    """The experiments side by side, each against the baseline run in the same call."""
+    runs = {s["name"].removeprefix("experiment_"): s.get("result") for s in sections if s["name"].startswith("experiment_")}
+    base = (runs.get("baseline") or {}).get("seq_per_s")
+    if not runs:
+        return []
+    lines = ["## Experiments against the baseline", "", "| experiment | what changes | seq/s | vs baseline | MFU | peak GB |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, result in runs.items():
+        change = " ".join(EXPERIMENTS.get(name, [])) or "-"
+        if not result or "seq_per_s" not in result:
+            lines.append(f"| {name} | `{change}` | failed | | | |")
+            continue
+        ratio = f"{result['seq_per_s'] / base:.3f}x" if base else "-"
+        mfu = f"{result['mfu']:.3f}" if result.get("mfu") is not None else "-"
+        lines.append(f"| {name} | `{change}` | {result['seq_per_s']:,.0f} | {ratio} | {mfu} | {result['peak_mem_gb']:.1f} |")
+    return lines + [""]
 
 
 def _bench_table(r: dict) -> list[str]:
@@ -243,6 +297,10 @@ def _bench_table(r: dict) -> list[str]:
         return "-" if value is None else (f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}")
 
     keys = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "power_w", "joules_per_seq", "loss")
+    if "hf_seq_per_s" not in r:  # an experiment: this project alone
+        return [f"seq/s {cell('seq_per_s')}, TFLOP/s {cell('tflops')}, MFU {cell('mfu')}, peak memory "
+                f"{cell('peak_mem_gb')} GB; model {r['model']}, batch {r['batch']}x{r['accumulation']}, {r['precision']}, "
+                f"attention {r['attention']}, compile {r['compile']} {r.get('compile_mode') or ''}"]
     rows = ["| measure | bert_pretrain | hf_transformers |", "|---|---:|---:|"]
     rows += [f"| {k} | {cell(k)} | {cell('hf_' + k)} |" for k in keys]
     rows += [f"| ratio (seq/s) | {cell('ratio')} | rounds {[round(x, 2) for x in r.get('ratio_rounds', [])]} |",
@@ -282,6 +340,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="large", help="with --device cpu: the model for the dry run (tiny)")
     parser.add_argument("--budget_s", type=float, default=480.0, help="hard limit for the whole check (seconds)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the report")
+    parser.add_argument("--experiments", action="store_true",
+                        help="instead of the check: the headline bench's variants (EXPERIMENTS), this project only")
     parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)  # internal: run one section
     args = parser.parse_args(argv)
     if args.section:
@@ -291,22 +351,25 @@ def main(argv=None) -> int:
     report = Report(Path(args.out), args)
     me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--model", args.model]
     plan = [(name, [*me, "--section", name], limit) for name, limit in (("environment", 60), ("probe", 60))]
-    benches = [(name, [sys.executable, "-m", "bert_pretrain", "bench", "--device", args.device, "--compare", "hf",
-                       *rest], limit) for name, rest, limit in _bench_plan(args)]
-    # In order of importance, so a short budget still measures the headline number and checks correctness:
-    # the first bench (BERT-large bf16), the GPU tests (training runs included), training whose loss must
-    # fall, then the other benches.
-    plan.append(benches[0])
-    plan.append(("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                               "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
-                               "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150))
-    plan.append(("train", [*me, "--section", "train"], 90))
-    plan += benches[1:]
+    bench = [sys.executable, "-m", "bert_pretrain", "bench", "--device", args.device]
+    if args.experiments:
+        plan += [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
+    else:
+        benches = [(name, [*bench, "--compare", "hf", *rest], limit) for name, rest, limit in _bench_plan(args)]
+        # In order of importance, so a short budget still measures the headline number and checks correctness:
+        # the first bench (BERT-large bf16), the GPU tests (training runs included), training whose loss must
+        # fall, then the other benches.
+        plan.append(benches[0])
+        plan.append(("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                                   "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
+                                   "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150))
+        plan.append(("train", [*me, "--section", "train"], 90))
+        plan += benches[1:]
     for name, command, limit in plan:
         section = _section(name, command, limit, deadline, args)
         report.add(section)
         failed_bench = "bench" in command and not section["status"].startswith(("ok", "SKIPPED"))
-        if failed_bench and "--no_compile" not in command:
+        if failed_bench and "--no_compile" not in command and not args.experiments:
             # Numbers without compilation (and without flash attention when the probe saw it fail) beat none.
             probe = next((s.get("result") or {} for s in report.sections if s["name"] == "probe"), {})
             fallback = ["--no_compile"] + ([] if str(probe.get("flash", "")).startswith("ok") else ["--attention", "sdpa"])

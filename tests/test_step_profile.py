@@ -66,3 +66,18 @@ def test_cpu_profile_of_a_training_step_accounts_for_its_time(tmp_path):
     assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])
     table = format_profile(summary)
     assert "| gemm |" in table and "ms per step" in table
+
+
+def test_gpu_time_is_read_from_the_kernel_rows():
+    """Kernel rows (device time, no CPU time) make the GPU profile; operators' self device time is the fallback."""
+    from types import SimpleNamespace
+
+    from bert_pretrain.step_profile import _device_rows
+
+    def row(key, cpu_us, device_us, count=1):
+        return SimpleNamespace(key=key, self_cpu_time_total=cpu_us, self_device_time_total=device_us, count=count)
+
+    operator = row("aten::mm", 50.0, 0.0)
+    kernel = row("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", 0.0, 900.0, 3)
+    assert _device_rows([operator, kernel]) == [(kernel.key, 900e-6, 3)]
+    assert _device_rows([row("aten::mm", 50.0, 800.0)]) == [("aten::mm", 800e-6, 1)]

@@ -271,7 +271,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
         "accumulation": options.accumulation,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
-        "attention": backend, "compile": compile_enabled(options, device),
+        "attention": backend, "compile": compile_enabled(options, device), "compile_mode": options.compile_mode,
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,

@@ -43,13 +43,17 @@ def category(name: str) -> str:
 
 
 def _device_rows(averages) -> list[tuple[str, float, int]]:
-    """(kernel name, seconds, launches) of the device-side rows: kernels have device time and no CPU time."""
-    rows = []
-    for event in averages:
-        seconds = getattr(event, "self_device_time_total", 0.0) / 1e6
-        if seconds > 0 and event.self_cpu_time_total == 0 and not getattr(event, "is_user_annotation", False):
-            rows.append((event.key, seconds, event.count))
-    return rows
+    """(kernel name, seconds, launches) of the GPU work.
+
+    Kernel rows carry device time and no CPU time. Should a PyTorch version list no such rows, the
+    operators' self device time (the kernels each launched itself) is used instead: it also adds up
+    without double counting.
+    """
+    def rows(keep):
+        return [(e.key, e.self_device_time_total / 1e6, e.count) for e in averages
+                if e.self_device_time_total > 0 and keep(e) and not getattr(e, "is_user_annotation", False)]
+
+    return rows(lambda e: e.self_cpu_time_total == 0) or rows(lambda e: True)
 
 
 # On the CPU an operator's self time belongs to the work of its outermost enclosing call of these kinds:
