@@ -183,3 +183,15 @@ def test_help_teaches_every_option_and_the_cli_reports_bad_input_in_one_line(pat
     bad = run_cli("train", *paths, "--train_batch_size", "10", "--gradient_accumulation_steps", "4")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "not divisible" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
+    """config.py lists attention backends and compile modes literally (the parser imports no torch)."""
+    from bert_pretrain.attention import BACKENDS
+    from bert_pretrain.step import COMPILE_MODES
+
+    fields = {f.name: f for f in dataclasses.fields(load(paths).system)}
+    assert tuple(fields["attention"].metadata["argparse"]["choices"]) == BACKENDS
+    assert tuple(fields["compile_mode"].metadata["argparse"]["choices"]) == COMPILE_MODES
+    assert load(["--compile_mode", "max-autotune-no-cudagraphs", *paths]).system.compile_mode == \
+        "max-autotune-no-cudagraphs"

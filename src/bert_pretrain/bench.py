@@ -70,7 +70,7 @@ class BenchOptions:
     pad_to_multiple: int = 1
     peak_tflops: float | None = None
     seed: int = 0
-    compile_mode: str | None = None  # torch.compile mode (None: its default)
+    compile_mode: str = "default"  # torch.compile mode, step.COMPILE_MODES
     profile: str | None = None  # a folder: profile a few of this project's steps, write profile.md + trace
 
     def predictions(self) -> int:

@@ -112,6 +112,7 @@ def _convert(args) -> int:
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     from bert_pretrain.attention import BACKENDS
+    from bert_pretrain.step import COMPILE_MODES
 
     p.add_argument("--model", default="tiny", choices=("tiny", "base", "large"),
                    help="model shape (tiny: 2 layers, hidden 128); ignored with --bert_config_path")
@@ -135,10 +136,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="torch.compile the model (default: on CUDA only)")
     compile_group.add_argument("--no_compile", dest="compile", action="store_false", help="run the model eagerly")
-    p.add_argument("--compile_mode", default=None,
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                   help="torch.compile mode for this project's model (reduce-overhead = CUDA graphs; max-autotune "
-                        "also tunes GEMM kernels, slow to compile)")
+    p.add_argument("--compile_mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode for this project's model (reduce-overhead adds CUDA graphs; "
+                        "max-autotune also tunes the GEMM kernels, slow to compile)")
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the HF model too")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after timing, profile 3 of this project's steps: time by kind of work (GEMM, attention, "

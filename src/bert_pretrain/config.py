@@ -143,6 +143,10 @@ class SystemOptions:
                                                           "flash_attn"))
     compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
                                         "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
+    compile_mode: str = option("default", "torch.compile mode when compiling: reduce-overhead adds CUDA graphs, "
+                                          "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
+                                          "of compilation)",
+                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16 and the device
 
 
