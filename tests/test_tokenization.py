@@ -91,6 +91,7 @@ def test_readme_examples_with_the_real_vocab(cases, bert_vocab):
 TRICKY = [
     "a\x0bb c\td\x00e\x7ff\r\ng", "Héllo WÖRLD ĀB naïve", "力加勝北区ᴵᴺᵀᵃছজটডণত", "x\u2028y\u00a0z", "  lead  trail ",
     "", "5°C — e.g. U.S.A's (1809–1865)", "a" * 250 + " ok", "snake_case-and~tilde|pipe", "\ufffdbad\ufffd bytes",
+    "ΟΔΟΣ ΣΟΦΟΣ. Σ ΣΑ",
 ]
 
 
@@ -102,10 +103,30 @@ def test_fast_path_equals_hf_pipeline_on_wikipedia(shared_data, bert_vocab, lowe
     tokenizer = WordPieceTokenizer.from_vocab_file(bert_vocab, lower_case)
     ids, lengths = tokenizer.encode_sentences(sentences)
     again, _ = tokenizer.encode_sentences(sentences)  # from the memo this time
-    expected = [e.ids for e in tokenizer._hf.encode_batch(sentences, add_special_tokens=False)]
+    # HF's pipeline after the reference's str.lower() of non-ASCII text (see test_final_sigma_...)
+    expected = [e.ids for e in tokenizer._hf.encode_batch([tokenizer._lower(s) for s in sentences],
+                                                          add_special_tokens=False)]
     assert lengths.tolist() == [len(e) for e in expected]
     assert ids.tolist() == [i for e in expected for i in e] == again.tolist()
     assert len(sentences) > 1000
+
+
+def test_final_sigma_is_lower_cased_as_python_does(bert_vocab):
+    """The reference lower-cases with str.lower(): a word-final Σ becomes ς, which HF alone makes σ."""
+    tokenizer = WordPieceTokenizer.from_vocab_file(bert_vocab)
+    text = "ΟΔΟΣ ΣΟΦΟΣ."
+    assert text.lower() == "οδος σοφος."
+    expected = tokenizer._hf.encode(text.lower(), add_special_tokens=False)
+    assert tokenizer.tokenize(text) == expected.tokens != tokenizer._hf.encode(text, add_special_tokens=False).tokens
+    assert tokenizer.encode_sentences([text])[0].tolist() == expected.ids
+    assert tokenizer.basic_tokens(text) == ["οδος", "σοφος", "."]
+
+
+def test_vocab_lines_end_at_newlines_only(tmp_path):
+    """As the reference's load_vocab: a token may hold \x85 or \u2028 without shifting later ids."""
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\na\x85b\nc\u2028d\nhello\r\n", encoding="utf-8")
+    assert read_vocab(path) == ["[PAD]", "[UNK]", "a\x85b", "c\u2028d", "hello"]
 
 
 def test_vocab_without_pretraining_tokens_names_the_file(tmp_path):

@@ -53,7 +53,12 @@ def read_vocab(path: str | Path) -> list[str]:
         raise InputError(f"{path}: no such vocab file; pass --vocab_file PATH or --vocab_size N to train one") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: the vocab file is not UTF-8 ({err.reason} at byte {err.start})") from None
-    tokens = [line.strip() for line in text.splitlines()]
+    # Lines end at "\n" only, as the reference's load_vocab reads them (str.splitlines would also
+    # split at \x85, \u2028, ... inside a token and shift every later id).
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    tokens = [line.strip() for line in lines]
     if not tokens:
         raise InputError(f"{path}: the vocab file is empty")
     seen: dict[str, int] = {}
@@ -123,11 +128,11 @@ class WordPieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The reference FullTokenizer.tokenize: WordPiece strings, no [CLS]/[SEP]."""
-        return self._hf.encode(text, add_special_tokens=False).tokens
+        return self._hf.encode(self._lower(text), add_special_tokens=False).tokens
 
     def basic_tokens(self, text: str) -> list[str]:
         """The reference BasicTokenizer output: normalized words before WordPiece."""
-        normalized = self._hf.normalizer.normalize_str(text)
+        normalized = self._hf.normalizer.normalize_str(self._lower(text))
         return [word for word, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]
 
     def wordpiece(self, word: str) -> list[str]:
@@ -177,8 +182,13 @@ class WordPieceTokenizer:
     def _encode_key(self, key: str) -> tuple[int, ...]:
         if key.isascii():  # a normalized BERT word: only WordPiece is left to do
             return tuple(t.id for t in self._hf.model.tokenize(key))
-        # HF's lower-casing is per character (no final sigma), so non-ASCII text is left to its pipeline.
-        return tuple(self._hf.encode(key, add_special_tokens=False).ids)
+        return tuple(self._hf.encode(self._lower(key), add_special_tokens=False).ids)  # HF's whole pipeline
+
+    def _lower(self, text: str) -> str:
+        """HF's lower-casing is per character, where the reference's str.lower() writes a word-final
+        capital sigma in its final form (ΟΔΟΣ -> οδος, not οδοσ): lower-case non-ASCII text here first,
+        and HF's own lower-casing then leaves it as it is."""
+        return text.lower() if self.lower_case and not text.isascii() else text
 
 
 def train_vocab(texts: Iterable[str], vocab_size: int, lower_case: bool = True) -> list[str]:

@@ -7,8 +7,8 @@ article namespace (0) are dropped and counted.
 
 `wikitext_to_paragraphs` removes the markup with mwparserfromhell, walking its node tree: templates,
 comments, references, tables, math and other non-prose tags, file/category/interlanguage links and
-bare URLs go; link and formatting text stays; section headings end a paragraph and are dropped (as
-in MLPerf's WikiExtractor text, which has no headings).
+bare URLs go; link and formatting text stays; section headings end a paragraph and are dropped, and
+list lines are dropped whole (as in MLPerf's WikiExtractor text, which has no headings and no lists).
 """
 
 from __future__ import annotations
@@ -31,7 +31,18 @@ ARTICLE_NAMESPACE = "0"
 _DROPPED_TAGS = {"ref", "references", "table", "math", "chem", "ce", "score", "timeline", "graph", "gallery",
                  "imagemap", "syntaxhighlight", "source", "pre", "mapframe", "templatedata", "categorytree",
                  "inputbox", "section", "hiero"}
-_DROPPED_LINK_PREFIX = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?)\s*:", re.IGNORECASE)
+# Links that show no text in an article: files, categories (case-insensitive) and interlanguage links
+# (a lower-case language code such as "fr" or "be-x-old", the colon right after it, no space: "[[fr:Paris]]",
+# not "[[Ali: Fear ...]]").
+# A link that starts with a colon ("[[:fr:Paris|...]]", "[[:Category:X|...]]") is an ordinary visible link.
+_DROPPED_LINK_PREFIX = re.compile(r"^\s*(?i:file|image|media|category)\s*:|^\s*[a-z]{2,3}(-[a-z]+)*:(?!\s)")
+# Interwiki prefixes whose links read as their target's name (WikiExtractor's accepted namespaces).
+_SHOWN_INTERWIKI = re.compile(r"^\s*(w|wikt|wiktionary)\s*:\s*", re.IGNORECASE)
+# List items (wiki `*`, `#`, `:`, `;` lines and HTML <li>/<dd>/<dt>) are dropped with their whole line,
+# as MLPerf's WikiExtractor text (run without --lists) has them: see-also lists, bibliographies, links.
+_LIST_TAGS = ("li", "dd", "dt")
+_LIST_MARK = "\ue000"  # a private-use character opening a list line, removed with the line
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")  # __TOC__, __NOTOC__, ...
 # Cut comments, refs, templates and tables before parsing: they are most of a page's markup, and
 # building mwparserfromhell's tree is the cost (this halves it). Innermost first, so nesting works.
 _PRE_CUT = re.compile(r"<!--.*?-->|<ref\b[^>/]*>.*?</ref\s*>|<ref\b[^>]*/>", re.IGNORECASE | re.DOTALL)
@@ -100,7 +111,8 @@ def _article_text(page, path: Path, tally: Tally) -> str | None:
 def wikitext_to_paragraphs(wikitext: str) -> str:
     """Plain text of an article, one paragraph per line."""
     code = mwparserfromhell.parse(_cut_nested(_PRE_CUT.sub("", wikitext)))
-    lines = (line for line in _render(code.nodes).split("\n") if not _TABLE_LINE.match(line))
+    lines = (line for line in _MAGIC_WORD.sub("", _render(code.nodes)).split("\n")
+             if not _TABLE_LINE.match(line) and not line.startswith(_LIST_MARK))
     lines = (_OPEN_FILE_LINK.sub("", _QUOTE_MARKUP.sub("", line)) for line in lines)
     lines = (_SPACES.sub(" ", clean_wiki_leftovers(line)).strip() for line in lines)
     return "\n".join(line for line in lines if line)
@@ -124,18 +136,24 @@ def _render_node(node) -> str:
     if isinstance(node, HTMLEntity):
         return node.normalize()
     if isinstance(node, Wikilink):
-        if _DROPPED_LINK_PREFIX.match(str(node.title)):
+        title = str(node.title)
+        if _DROPPED_LINK_PREFIX.match(title):
             return ""
-        return _render((node.text if node.text is not None else node.title).nodes).lstrip(":")
+        if node.text is not None:
+            return _render(node.text.nodes)
+        return _SHOWN_INTERWIKI.sub("", _render(node.title.nodes).strip().lstrip(":"))
     if isinstance(node, ExternalLink):
         return _render(node.title.nodes) if node.title is not None else ""
     if isinstance(node, Tag):
         tag = str(node.tag).strip().lower()
         if tag in _DROPPED_TAGS:
             return ""
-        if tag in ("br", "li", "dd", "dt", "p"):
-            return "\n" + (_render(node.contents.nodes) if node.contents is not None else "")
-        return _render(node.contents.nodes) if node.contents is not None else ""
+        contents = _render(node.contents.nodes) if node.contents is not None else ""
+        if tag in _LIST_TAGS:
+            return "\n" + _LIST_MARK + contents
+        if tag in ("br", "p"):
+            return "\n" + contents
+        return contents
     if isinstance(node, Heading):
         return "\n"
     if isinstance(node, (Template, Comment)):
