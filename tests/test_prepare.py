@@ -148,6 +148,22 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
         run(PrepareOptions(**{**options.__dict__, "max_seq_length": 128}))
 
 
+def test_a_rerun_cleans_up_after_a_killed_or_failed_run(shared_data, vocab, tmp_path):
+    """A killed run's spool and vocab corpus are deleted by the next run of its range; a run that failed
+    before writing anything does not hold the folder to its settings."""
+    text = str(shared_data / "google_bert" / "sample_text.txt")
+    options = PrepareOptions(input_files=text, vocab_file=vocab, output_dir=str(tmp_path), num_shards=2, workers=1,
+                             **SMALL)
+    with pytest.raises(InputError, match="lower --num_shards"):
+        run(PrepareOptions(**{**options.__dict__, "num_shards": 500}))
+    spool = tmp_path / ".spool-0-2"
+    spool.mkdir()
+    (spool / "part_1.spool").write_bytes(b"tokens of a killed run")
+    (tmp_path / ".vocab-corpus.txt").write_text("text of a killed vocab run")
+    assert len(run(options).shards_written) == 2
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, tmp_path, monkeypatch):
     options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
                              output_dir=str(tmp_path), workers=1, **SMALL)
@@ -230,7 +246,9 @@ def test_vocab_training_and_varlength_output(shared_data, tmp_path):
     assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and 1000 < len(tokens) <= 2000
     assert "trained a" in first.report() and first.instances > 0
     shutil.rmtree(tmp_path / "padded" / "2_shards_uncompressed")
-    assert "reused the vocab" in run(options).report()
+    assert "vocab trained by an earlier run" in run(options).report()
+    with pytest.raises(InputError, match=r"vocab\.txt: an earlier run trained this .*more than --vocab_size 500"):
+        run(PrepareOptions(**{**options.__dict__, "vocab_size": 500}))
     with pytest.raises(InputError, match="the vocab is trained once"):
         run(PrepareOptions(**{**options.__dict__, "output_dir": str(tmp_path / "x"), "shard_range": "1:2"}))
     vocab = str(tmp_path / "padded" / "vocab.txt")

@@ -29,10 +29,26 @@ def atomic_path(path: str | Path):
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
+            _fsync(tmp)  # the bytes reach the disk before the name does: a power cut leaves no whole-looking file
             os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to the disk (where the system allows it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems cannot sync a folder
+        pass
+    finally:
+        os.close(descriptor)

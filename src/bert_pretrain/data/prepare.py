@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -57,6 +55,8 @@ def run(options: PrepareOptions) -> PrepareSummary:
     files = _input_files(options)
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
     layout.prepare_folders()
+    if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
+        layout.vocab_corpus_path.unlink(missing_ok=True)
     with _Workers(options.workers) as workers:
         vocab_file, notes = _vocab_file(options, files, layout, workers, first)
         vocab_tokens = read_vocab(vocab_file)
@@ -71,8 +71,11 @@ def run(options: PrepareOptions) -> PrepareSummary:
         todo = [i for i in range(first, end) if not layout.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
         eval_todo = wants_eval and not layout.is_complete(layout.eval_path)
+        spool_dir = layout.spool_dir(first, end)
+        shutil.rmtree(spool_dir, ignore_errors=True)  # left by a killed run of this range
         if todo or eval_todo:
-            spool = SpoolWriter(Path(tempfile.mkdtemp(prefix=".spool-", dir=layout.output_dir)))
+            spool_dir.mkdir()
+            spool = SpoolWriter(spool_dir)
             try:
                 _read_corpus(options, files, (str(vocab_file), vocab_sha256), set(todo), eval_todo, spool, workers,
                              summary)
@@ -163,12 +166,19 @@ def _vocab_file(options, files, layout: OutputLayout, workers: _Workers, first: 
     if options.vocab_file is not None:
         return Path(options.vocab_file), []
     if layout.vocab_path.exists():
-        return layout.vocab_path, [f"reused the vocab trained by an earlier run: {layout.vocab_path}"]
+        size = len(read_vocab(layout.vocab_path))
+        if size > options.vocab_size:
+            raise InputError(f"{layout.vocab_path}: an earlier run trained this {size:,}-token vocab, more than "
+                             f"--vocab_size {options.vocab_size:,}; delete the output folder's vocab.txt and shards "
+                             "to train a new one, or pass --vocab_file to use this one")
+        return layout.vocab_path, [f"reused the {size:,}-token vocab trained by an earlier run (--vocab_size "
+                                   f"{options.vocab_size:,}; the trainer may stop short of it on a small corpus); "
+                                   f"delete {layout.vocab_path} to train anew: {layout.vocab_path}"]
     if first != 0:
         raise InputError(f"--vocab_size with --shard_range {first}:...: the vocab is trained once, by the run whose "
                          f"range starts at 0 (e.g. --shard_range 0:0 trains it alone); then pass "
                          f"--vocab_file {layout.vocab_path}")
-    corpus = layout.output_dir / f".vocab-corpus-{os.getpid()}.txt"
+    corpus = layout.vocab_corpus_path  # a fixed name: a killed run's copy is overwritten, then deleted
     try:
         with open(corpus, "w", encoding="utf-8") as out:
             batches = _plain_batches(_raw_documents(files, Tally()))

@@ -152,10 +152,17 @@ class OutputLayout:
             raise InputError(f"{self.output_dir}: cannot write the output folder ({err.strerror or err}); "
                              "pick a writable --output_dir") from None
 
+    def has_outputs(self) -> bool:
+        """Whether any shard or the eval set sits here under its final name."""
+        return self.eval_path.exists() or any(self.shard_dir.glob("part_*.hdf5"))
+
     def check_manifest(self, manifest: dict) -> None:
-        """Refuse to mix outputs of different settings; record the settings for later runs."""
+        """Refuse to mix outputs of different settings; record the settings for later runs.
+
+        A manifest with no output beside it (an earlier run failed before writing any) is replaced.
+        """
         path = self.output_dir / MANIFEST
-        if path.exists():
+        if path.exists() and self.has_outputs():
             old = json.loads(path.read_text())
             changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
             if changed:
@@ -180,6 +187,16 @@ class OutputLayout:
         """Delete what a killed run left while writing `path` (atomic_path's temporary names)."""
         for stale in path.parent.glob(f".{path.name}.tmp-*"):
             stale.unlink(missing_ok=True)
+
+    def spool_dir(self, first: int, end: int) -> Path:
+        """The tokens spooled for shards first..end-1 (and the eval set): one name per range, so a rerun
+        of the range finds and deletes what a killed run left (ranges of concurrent runs never overlap)."""
+        return self.output_dir / f".spool-{first}-{end}"
+
+    @property
+    def vocab_corpus_path(self) -> Path:
+        """The corpus text written for vocab training (only the run whose range starts at 0 trains)."""
+        return self.output_dir / ".vocab-corpus.txt"
 
 
 @dataclass

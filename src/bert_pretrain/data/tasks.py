@@ -18,7 +18,7 @@ import numpy as np
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import Documents, InstanceOptions, VocabIds, create_instances
 from bert_pretrain.data.partition import read_spool
-from bert_pretrain.data.text import Tally, document_sentences
+from bert_pretrain.data.text import Tally, clean_wiki_leftovers, document_sentences
 from bert_pretrain.data.wikidump import wikitext_to_paragraphs
 from bert_pretrain.tokenization import WordPieceTokenizer, train_vocab
 
@@ -41,7 +41,8 @@ def _sentences(kind: str, payload: str) -> list[str]:
 
 def clean_documents(batch: list[tuple[str, str]]) -> list[str]:
     """Plain text of each raw document (kind, payload), for vocab training."""
-    return [wikitext_to_paragraphs(p) if k == WIKITEXT else p for k, p in batch]
+    return [wikitext_to_paragraphs(p) if k == WIKITEXT else clean_wiki_leftovers(p) if k == WIKIEXTRACTOR else p
+            for k, p in batch]
 
 
 def tokenize_documents(batch: list[tuple[str, str]], vocab_file: str, vocab_sha256: str, lower_case: bool
