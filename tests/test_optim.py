@@ -331,3 +331,27 @@ def test_warmup_from_flags():
     assert warmup_start_for(0, -25) == 0  # from the proportion, the warmup starts at 0
     with pytest.raises(ValueError):
         warmup_steps_for(100, -0.1, 0)
+
+
+def test_a_fused_qkv_weight_gets_one_trust_ratio_per_block_as_the_reference_q_k_v():
+    """The reference trains query, key and value as three tensors, each with its own LAMB trust ratio."""
+    gen = torch.Generator().manual_seed(1)
+    blocks = [torch.randn(4, 3, generator=gen) * scale for scale in (1.0, 3.0, 0.2)]  # different norms
+    grads_per_step = [[torch.randn(4, 3, generator=gen) * 0.1 for _ in range(3)] for _ in range(3)]
+    lrs = [0.05, 0.02, 0.01]
+    expected = reference_lamb([b.flatten().tolist() for b in blocks],
+                              [[g.flatten().tolist() for g in gs] for gs in grads_per_step],
+                              lrs, [0.01] * 3, 0.9, 0.999, 1e-6, 1.0)
+    fused = torch.cat(blocks).requires_grad_()
+    opt = Lamb([{"params": [fused], "weight_decay": 0.01, "segments": [3]}], eps=1e-6)
+    for grads, lr in zip(grads_per_step, lrs):
+        fused.grad = torch.cat(grads)
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+    for block, ref in zip(fused.detach().chunk(3), expected):
+        torch.testing.assert_close(block.flatten(), torch.tensor(ref, dtype=torch.float32), rtol=2e-5, atol=2e-7)
+    # parameter_groups marks the model's fused QKV weights, and only those
+    model = BertForPreTraining(tiny_config())
+    for group in parameter_groups(model, 0.01):
+        for name, k in zip(group["param_names"], group["segments"]):
+            assert k == (3 if name.endswith("attention.self.qkv.weight") else 1), name

@@ -7,7 +7,8 @@ and of NVIDIA's PyTorch submission (apex `FusedLAMB` / `DistributedFusedLAMB` wi
 - gradients are clipped to a global L2 norm of `max_grad_norm`, over all parameters of all groups;
 - Adam moments with bias correction; update = m_hat / (sqrt(v_hat) + eps) + weight_decay * w;
 - the layer-wise trust ratio ||w|| / ||update|| (1 when either norm is 0) only where the group's
-  weight decay is non-zero (LayerNorm and bias parameters are excluded from both);
+  weight decay is non-zero (LayerNorm and bias parameters are excluded from both), one per tensor of
+  the reference: the fused QKV weight gets three, one each for its query, key and value blocks;
 - w -= lr * ratio * update.
 
 The update runs as multi-tensor `torch._foreach_*` ops over each group's lists and never reads a
@@ -24,6 +25,9 @@ from torch import nn
 
 # A parameter whose name contains any of these gets no weight decay (and no trust ratio).
 NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")
+# Parameters that fuse several of the reference's tensors as equal row blocks: the model's one QKV
+# projection holds the reference's query, key and value weights, and LAMB gives each its own trust ratio.
+FUSED_ROW_BLOCKS = {".qkv.weight": 3}
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,13 +35,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
     Every parameter appears once (a tied weight, such as the decoder/word-embedding matrix, is
     listed by `named_parameters()` under its first name only). Each group carries the names of its
-    parameters under "param_names" (PyTorch's own key for them) for logs and tests.
+    parameters under "param_names" (PyTorch's own key for them) for logs and tests, and under
+    "segments" how many of the reference's tensors each one holds (3 for a fused QKV weight).
     """
-    decay, no_decay = {"params": [], "param_names": []}, {"params": [], "param_names": []}
+    decay = {"params": [], "param_names": [], "segments": []}
+    no_decay = {"params": [], "param_names": [], "segments": []}
     for name, param in model.named_parameters():
         group = no_decay if any(part in name for part in NO_DECAY_NAME_PARTS) else decay
         group["params"].append(param)
         group["param_names"].append(name)
+        group["segments"].append(next((k for suffix, k in FUSED_ROW_BLOCKS.items() if name.endswith(suffix)), 1))
     decay["weight_decay"] = weight_decay
     no_decay["weight_decay"] = 0.0
     return [decay, no_decay]
@@ -99,6 +106,13 @@ class Lamb(torch.optim.Optimizer):
                         "keep the model in fp32 and use autocast for fp16/bf16"
                     )
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, keeping this optimizer's "segments" where the saved groups have none (older checkpoints)."""
+        segments = [group.get("segments") for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, kept in zip(self.param_groups, segments):
+            group.setdefault("segments", kept)
+
     @property
     def last_grad_norm(self) -> torch.Tensor | None:
         """The global gradient L2 norm of the last step, before clipping (a 0-d device tensor)."""
@@ -112,20 +126,21 @@ class Lamb(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = [(group, *self._with_grads(group)) for group in self.param_groups]
-        all_grads = [grad for _, _, grads in work for grad in grads]
+        all_grads = [grad for _, _, grads, _ in work for grad in grads]
         if not all_grads:
             return loss
         self._clip_(all_grads)
-        for group, params, grads in work:
+        for group, params, grads, segments in work:
             if params:
-                self._update_group(group, params, grads)
+                self._update_group(group, params, grads, segments)
         return loss
 
-    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        params = [param for param in group["params"] if param.grad is not None]
-        if any(param.grad.is_sparse for param in params):
+    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+        segments = group.get("segments") or [1] * len(group["params"])
+        kept = [(param, k) for param, k in zip(group["params"], segments) if param.grad is not None]
+        if any(param.grad.is_sparse for param, _ in kept):
             raise ValueError("Lamb does not support sparse gradients")
-        return params, [param.grad for param in params]
+        return [p for p, _ in kept], [p.grad for p, _ in kept], [k for _, k in kept]
 
     def _clip_(self, grads: list[torch.Tensor]) -> None:
         """Scale `grads` by max_grad_norm / max(global_norm, max_grad_norm) (tf.clip_by_global_norm)."""
@@ -143,7 +158,8 @@ class Lamb(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
-    def _update_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def _update_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor],
+                      segments: list[int]) -> None:
         beta1, beta2 = group["betas"]
         group["step"] += 1
         exp_avgs, exp_avg_sqs = self._moments(params)
@@ -161,12 +177,19 @@ class Lamb(torch.optim.Optimizer):
             updates = torch._foreach_mul(params, weight_decay)
             torch._foreach_addcdiv_(updates, exp_avgs, denominators, value=factor)
             del denominators
+            # One trust ratio per reference tensor: a fused parameter's row blocks are views, updated in place.
+            params, updates = _row_blocks(params, segments), _row_blocks(updates, segments)
             scales = (_trust_ratios(params, updates) * -lr).unbind()  # (len(params),) -> 0-d tensors
             torch._foreach_addcmul_(params, updates, list(scales))
         else:
             updates = torch._foreach_div(exp_avgs, denominators)
             torch._foreach_mul_(updates, -lr * factor)
             torch._foreach_add_(params, updates)
+
+
+def _row_blocks(tensors: list[torch.Tensor], segments: list[int]) -> list[torch.Tensor]:
+    """Each tensor, or its `k` equal row blocks (views) where it fuses k of the reference's tensors."""
+    return [block for tensor, k in zip(tensors, segments) for block in (tensor.chunk(k) if k > 1 else (tensor,))]
 
 
 def _trust_ratios(params, updates) -> torch.Tensor:
