@@ -65,11 +65,32 @@ else
 fi
 echo "$NAME: $NNODES node(s) x $NPROC process(es); shards $SHARDS" >&2
 
-exec "$PYTHON" -m torch.distributed.run "${RENDEZVOUS[@]}" --nproc_per_node "$NPROC" -m bert_pretrain train \
+# A new results folder per run; --resume_from_checkpoint (without an --output_dir of yours) continues
+# in the newest one.
+OUTPUT_DIR="./results/train_log_$(date +%m%d%H%M%S)"
+for arg in "$@"; do
+    case "$arg" in
+        --resume_from_checkpoint*)
+            newest=$(ls -1dt ./results/train_log_* 2>/dev/null | head -n 1 || true)
+            if [ -n "$newest" ]; then OUTPUT_DIR="$newest"; fi ;;
+    esac
+done
+# torchrun gives workers 30 s between SIGTERM and SIGKILL by default: too little for BERT-large to reach
+# its next sync point and write a final checkpoint (older torchruns lack the option and keep their 30 s).
+SHUTDOWN=()
+if "$PYTHON" -m torch.distributed.run --help 2>/dev/null | grep -q -- "--shutdown_timeout"; then
+    SHUTDOWN=(--shutdown_timeout "${SHUTDOWN_TIMEOUT:-300}")
+fi
+
+# The recipe's flags, except its fixed --eval_iter_start_samples/--eval_iter_samples 150000: left out,
+# the eval cadence follows the MLPerf rule for the global batch (150,000 samples up to 26 GPUs x 81
+# sequences, more above), as compliance requires.
+exec "$PYTHON" -m torch.distributed.run "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --nproc_per_node "$NPROC" \
+    -m bert_pretrain train \
     --init_checkpoint "$DATA/model.ckpt-28252.apex.pt" --input_dir "$SHARDS" \
     --bert_config_path "$DATA/bert_config.json" --eval_dir "$DATA/eval_set_uncompressed" \
-    --output_dir "./results/train_log_$(date +%m%d%H%M%S)" \
-    --do_train --eval_iter_start_samples 150000 --eval_iter_samples 150000 --num_eval_examples 10000 \
+    --output_dir "$OUTPUT_DIR" \
+    --do_train --num_eval_examples 10000 \
     --warmup_proportion=0 --warmup_steps=0 --start_warmup_step=0 --phase2 --max_seq_length=512 \
     --max_predictions_per_seq=76 --train_mlm_accuracy_window_size=0 --max_samples_termination=4500000 \
     --log_freq=10 --cache_eval_data \

@@ -91,7 +91,7 @@ def _loop(run: Run) -> tuple[str, str]:
         if not (log_due or eval_due or checkpoint_due or status or attempt % SYNC_EVERY == 0
                 or (run.signals and run.info.world_size == 1)):
             continue
-        if _agree_to_stop(run):
+        if _agree_to_stop(run):  # every process now holds the signal some process received
             status, reason = "interrupted", f"signal {signal.Signals(run.signals[0]).name}"
         if log_due:
             _log(run)
@@ -199,14 +199,17 @@ def _pause(run: Run, began: float) -> None:
 
 
 def _agree_to_stop(run: Run) -> bool:
-    """The sync point: every process learns whether any received a signal, and a non-finite loss
-    stops the run here, before a checkpoint could save the damaged weights."""
+    """The sync point: every process learns whether any received a signal (and which: a process that
+    received none records it too), and a non-finite loss stops the run here, before a checkpoint
+    could save the damaged weights."""
     device = run.info.device
-    flags = torch.stack([torch.tensor(float(bool(run.signals)), dtype=torch.float64, device=device),
+    flags = torch.stack([torch.tensor(float(run.signals[0] if run.signals else 0), dtype=torch.float64, device=device),
                          -run.tracker.first_bad_step])
     if dist.is_available() and dist.is_initialized():
         _collective(run, lambda: dist.all_reduce(flags, op=dist.ReduceOp.MAX))
     signalled, negative_bad_step = flags.tolist()
+    if signalled and not run.signals:
+        run.signals.append(int(signalled))
     if negative_bad_step != float("-inf"):
         latest = run.schedule.latest()
         kept = f"the last checkpoint, {latest}, is intact" if latest else "no checkpoint had been written"
@@ -271,11 +274,16 @@ def _gather(value: float) -> list[float]:
 
 
 def _catch_signals(signals: list[int]) -> dict:
-    """SIGTERM / SIGINT ask the loop to stop at its next sync point; a second one acts at once."""
+    """SIGTERM / SIGINT ask the loop to stop at its next sync point (a checkpoint, then a clean exit).
+
+    A second SIGINT (Ctrl-C pressed again) acts at once. A repeated SIGTERM does not: schedulers and
+    torchrun's agent both send one, and the first must still get its checkpoint (SIGKILL forces a stop).
+    """
 
     def handler(signum, frame):
         signals.append(signum)
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.default_int_handler)
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
