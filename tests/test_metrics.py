@@ -88,6 +88,14 @@ def test_resume_continues_the_file_and_the_plot(tmp_path):
     again = MetricsWriter(tmp_path, resume=True)
     assert len([r for r in again._history if r["kind"] == "train"]) == 6
     again.close()
+    # Resumed from a checkpoint at 3 steps' samples: what the killed run logged after it goes
+    cut = MetricsWriter(tmp_path, resume=True)
+    checkpoint_samples = next(r["samples"] for r in cut._history if r["kind"] == "train" and r["step"] == 3)
+    cut.resume_at(checkpoint_samples)
+    fill(cut, steps=range(4, 5))
+    cut.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4]
     fresh = MetricsWriter(tmp_path)  # a new run starts the file again
     fresh.close()
     assert (tmp_path / "metrics.jsonl").read_text() == ""

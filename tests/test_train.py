@@ -93,6 +93,8 @@ def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert_same_training_state(whole / "phase1_ckpt_160.pt", cut / "phase1_ckpt_160.pt")
+    # metrics.jsonl reads as one run: what the killed segment logged after its checkpoint is gone
+    assert [r["step"] for r in metrics(cut, "train")] == [r["step"] for r in metrics(whole, "train")]
     # the killed segment's MLPerf log stays unfinished; the resumed segment writes its own
     assert (cut / "mlperf.log.partial").exists() and (cut / "mlperf_resumed_phase1_ckpt_40.log").exists()
 

@@ -82,6 +82,18 @@ class MetricsWriter:
                 self._file.write("\n")  # close a line cut short by a killed process
             self._tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIR)
 
+    def resume_at(self, samples: int) -> None:
+        """Keep only the records up to `samples` (the checkpoint resumed from): what a killed run logged
+        after its last checkpoint is trained again, and would otherwise appear twice in the file and plot."""
+        if not self.enabled:
+            return
+        path = self.output_dir / METRICS_FILE
+        self._history = [r for r in self._history if r.get("samples", 0) <= samples]
+        self._file.close()
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self._history), encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")
+
     def train(self, step: int, samples: int, values: dict) -> None:
         """Training values at `step`, e.g. {"loss": ..., "lr": ..., "samples_per_s": ...}."""
         self._record("train", step, samples, values)

@@ -225,7 +225,9 @@ def lr_at(
     """The learning rate of the next update, as NVIDIA's `LinearWarmupPolyDecayScheduler`.
 
     `step` is the number of optimizer updates already applied (0 for the first update; updates
-    skipped for fp16 overflow do not count). NVIDIA sets the rate right before each update from
+    skipped for fp16 overflow do not count, as TF's global step; NVIDIA's DistributedFusedLAMB
+    advances its own step on a skipped update too, which moves its rate and bias correction by the
+    few early skips). NVIDIA sets the rate right before each update from
     last = step + 1, offset = 1 if start_warmup_step == 0 else 0, and position = last - offset -
     start_warmup_step:
 

@@ -114,6 +114,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
                                            info.device) + _changed_options(checkpoint.get("run", {}), config):
             observers.say(note)
+        observers.metrics.resume_at(state.progress.samples)
         observers.say(f"resuming from {resume_path} at step {state.progress.step} "
                       f"({state.progress.samples} samples)")
     if config.system.compile:

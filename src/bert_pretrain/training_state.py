@@ -42,7 +42,7 @@ _STEP = re.compile(r"^phase[12]_ckpt_(\d+)\.pt$")
 class Progress:
     """Counters of the run, all processes together."""
 
-    step: int = 0  # optimizer steps taken, fp16-overflow steps included (their samples were used)
+    step: int = 0  # optimizer updates applied (fp16-overflow steps are not; they count in skipped_steps)
     samples: int = 0  # training samples consumed
     skipped_steps: int = 0  # fp16 steps whose update was skipped for inf/NaN gradients
     eval_history: list[dict] = field(default_factory=list)  # one dict per eval: step, samples, accuracies, losses
