@@ -107,9 +107,6 @@ def test_a_signal_writes_a_final_checkpoint_and_exits_cleanly(data, tmp_path, si
     wait_for(out / "metrics.jsonl", process)
     time.sleep(0.5)
     process.send_signal(signum)
-    if signum == signal.SIGTERM:  # a scheduler and torchrun's agent may both send one: still a checkpoint
-        time.sleep(0.05)
-        process.send_signal(signum)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 128 + signum, output
     checkpoints = list(out.glob("phase1_ckpt_*.pt"))
@@ -118,6 +115,32 @@ def test_a_signal_writes_a_final_checkpoint_and_exits_cleanly(data, tmp_path, si
     assert state["global_step"] > 0 and str(checkpoints[0]) in output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == state["global_step"]
+
+
+def test_a_repeated_sigterm_waits_for_the_checkpoint_but_a_second_sigint_acts_at_once():
+    """A scheduler and torchrun's agent may both send SIGTERM: the second must not kill the process
+    before its final checkpoint. Ctrl-C pressed twice still stops at once."""
+    script = (
+        "import os, signal, time\n"
+        "from bert_pretrain.train import _catch_signals\n"
+        "signals = []\n"
+        "_catch_signals(signals)\n"
+        "for _ in range(2):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.05)\n"
+        "print('alive', signals)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.05)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.05)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted at once', signals)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **SUBPROCESS_ENV},
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["alive [15, 15]", "interrupted at once [15, 15, 2]"]
 
 
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(data, tmp_path):
