@@ -162,3 +162,23 @@ def test_config_that_is_not_json_is_a_short_error(hf_setup, tmp_path):
     _assert_clean_failure(proc, str(tmp_path / "bert_config.json"), "not a JSON file")
     debug = run_cli("--debug", *_evaluate_args(tmp_path))
     assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_training_evaluates_in_its_own_precision(precision, dtype):
+    """The fast attention kernels need half precision: an eval in fp32 after bf16/fp16 training would
+    fall back to a slow path (auto) or fail (an explicit flash backend)."""
+    from bert_pretrain.data.packing import pack_padded_rows
+    from bert_pretrain.evaluate import evaluate
+    from bert_pretrain.model import BertForPreTraining
+    from conftest import tiny_config
+
+    keys = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
+    arrays = mlperf_arrays(np.random.default_rng(0), n=6, seq_len=32, max_pred=5, vocab_size=100)
+    model = BertForPreTraining(tiny_config())
+    seen = []
+    model.bert.encoder.register_forward_hook(lambda module, args, out: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    result = evaluate(model, [pack_padded_rows({k: arrays[k] for k in keys})], torch.device("cpu"),
+                      precision=precision)
+    assert seen == [dtype] and result.samples == 6

@@ -21,6 +21,7 @@ from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.step import autocast
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,20 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, packed: bool = 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bool = False) -> EvalResult:
+def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bool = False,
+             precision: str = "fp32") -> EvalResult:
     """Sums of the model's metric counts over `batches` on every rank, reduced, as ratios.
 
-    Everything stays on the device until the one read at the end.
+    `precision` is the autocast precision (training evaluates in its own, as the reference does in
+    fp16: the fast attention kernels need half precision). Everything stays on the device until the
+    one read at the end.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
-        out = model(batch.to(device, non_blocking=True))
+        with autocast(device, precision):
+            out = model(batch.to(device, non_blocking=True))
         sums += torch.stack([
             out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
             out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),

@@ -165,7 +165,7 @@ def _evaluate(run: Run) -> bool:
     progress, target = run.state.progress, run.config.run.target_mlm_accuracy
     began = time.time()
     run.observers.eval_start(progress.samples)
-    result = _collective(run, lambda: evaluate(run.state.model, run.eval_batches, run.info.device)).to_dict()
+    result = _collective(run, lambda: _run_eval(run)).to_dict()
     progress.eval_history.append({"step": progress.step, "samples": progress.samples, **result})
     progress.best_mlm_accuracy = max(progress.best_mlm_accuracy, result["mlm_accuracy"])
     run.observers.eval_done(progress.step, progress.samples, result)
@@ -223,10 +223,15 @@ def _collective(run: Run, work):
     return guard(run.info.world_size, work, run.schedule.latest)
 
 
+def _run_eval(run: Run):
+    """The eval set through the model, in the run's precision."""
+    return evaluate(run.state.model, run.eval_batches, run.info.device, precision=run.config.system.precision)
+
+
 def _verify_checkpoint(run: Run) -> None:
     """--verify_checkpoint: the initial weights' accuracy, printed (the run's clock has not started)."""
     if run.config.run.verify_checkpoint and run.eval_batches:
-        result = _collective(run, lambda: evaluate(run.state.model, run.eval_batches, run.info.device))
+        result = _collective(run, lambda: _run_eval(run))
         run.observers.say(f"initial weights: masked-LM accuracy {result.mlm_accuracy:.4f}, loss {result.mlm_loss:.4f}")
 
 
