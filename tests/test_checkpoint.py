@@ -87,6 +87,17 @@ def test_strict_loading_lists_missing_extra_and_misshaped():
     assert "mis-shaped: cls.seq_relationship.weight (3, 32) (expected (2, 32))" in message
 
 
+def test_an_untied_decoder_is_refused_and_a_tied_one_loads():
+    config = tiny_config()
+    state = _state(config)
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"].clone()
+    load_reference_state(BertForPreTraining(config), state, "tied.pt")  # HF's files carry the tied copy
+    state["cls.predictions.decoder.weight"] = torch.randn_like(state["cls.predictions.decoder.weight"])
+    with pytest.raises(InputError, match=r"untied\.pt: cls\.predictions\.decoder\.weight differs from "
+                                         r"bert\.embeddings\.word_embeddings\.weight"):
+        load_reference_state(BertForPreTraining(config), state, "untied.pt")
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("arbitrary code ran",))

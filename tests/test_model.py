@@ -131,5 +131,10 @@ def test_gelu_names(tmp_path):
     hf_file = tmp_path / "config.json"
     hf_file.write_text(json.dumps(tiny_config().to_dict()))
     assert BertConfig.from_json_file(hf_file, hf_names=True).gelu_approximate == "none"  # HF "gelu" is erf
+    # An HF config.json passed as --bert_config_path is recognised by its model_type, whoever reads it
+    transformers_file = tmp_path / "hf" / "config.json"
+    transformers.BertConfig(hidden_act="gelu").save_pretrained(transformers_file.parent)
+    assert BertConfig.from_json_file(transformers_file).gelu_approximate == "none"
+    assert BertConfig.from_json_file(hf_file).gelu_approximate == "tanh"  # a bert_config.json: the reference's
     with pytest.raises(ValueError, match="relu"):
         tiny_config(hidden_act="relu")

@@ -28,7 +28,8 @@ MODEL_KEY = "model"
 _QKV = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.qkv\.(weight|bias)$")
 _SPLIT = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
 # Keys some reference files carry that hold nothing of their own: HF's position_ids buffer and
-# its decoder bias (tied to cls.predictions.bias); the tied decoder weight is checked separately.
+# its decoder bias (tied to cls.predictions.bias); the tied decoder weight is checked against the
+# word embeddings (`_check_tied_decoder`).
 _REDUNDANT = ("bert.embeddings.position_ids", "cls.predictions.decoder.bias")
 _VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
 _TIED_DECODER = "cls.predictions.decoder.weight"
@@ -73,11 +74,24 @@ def _pad_vocab(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, padding], dim=0)
 
 
+def _check_tied_decoder(state: dict[str, torch.Tensor], vocab_size: int, source: str) -> None:
+    """The model ties the masked-LM decoder to the word embeddings: a file whose two matrices differ
+    (an untied model) cannot be loaded without silently dropping one of them."""
+    decoder, embeddings = state.get(_TIED_DECODER), state.get("bert.embeddings.word_embeddings.weight")
+    if decoder is None or embeddings is None or decoder.shape != embeddings.shape:
+        return  # absent (the usual case) or mis-shaped: the strict check reports that
+    if not torch.equal(decoder[:vocab_size], embeddings[:vocab_size]):
+        raise InputError(f"{source}: {_TIED_DECODER} differs from bert.embeddings.word_embeddings.weight; "
+                         "BERT ties them (one matrix), so this checkpoint is not one of this model's: "
+                         "untied weights cannot be loaded without losing one of them")
+
+
 def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tensor], source: str) -> None:
     """Load reference-named weights into `model`, strictly; the vocab may be padded or not."""
     state = {k: v for k, v in state.items() if k not in _REDUNDANT}
     padded_rows = model.config.padded_vocab_size
     state = {k: _pad_vocab(v, padded_rows) if k in _VOCAB_ROWS else v for k, v in state.items()}
+    _check_tied_decoder(state, model.config.vocab_size, source)
     state.setdefault(_TIED_DECODER, state.get("bert.embeddings.word_embeddings.weight"))
     state = from_reference_names({k: v for k, v in state.items() if v is not None})
     expected = model.state_dict()

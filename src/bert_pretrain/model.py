@@ -89,6 +89,8 @@ class BertConfig:
             raise ValueError(f"{path}: not a JSON file ({err}); pass a bert_config.json") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object with the BERT config keys")
+        # An HF config.json (it always names its model_type) means the exact GELU by "gelu".
+        hf_names = hf_names or "model_type" in values
         try:
             return cls.from_dict(values, hf_names=hf_names)
         except (TypeError, ValueError) as err:
