@@ -184,6 +184,8 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
         ("large512_fp16", [*LARGE, "--precision", "fp16"], 200),
         ("base128_bf16", ["--model", "base", "--seq", "128", "--batch", "256", "--accumulation", "2", "--steps", "10",
                           "--warmup", "3", "--precision", "bf16"], 150),
+        # the headline against HF compiled too (HF's whole 24-layer model: a long compilation)
+        ("large512_bf16_hf_compiled", [*LARGE, "--precision", "bf16", "--hf_compile"], 300),
     ]
 
 

@@ -61,15 +61,18 @@ def hf_inputs(arrays: dict) -> dict[str, torch.Tensor]:
 
 def hf_train_step(model, optimizer, scaler, micro_batches: list[dict], precision: str,
                   device: torch.device) -> torch.Tensor:
-    """One HF training step as its Trainer takes it (accumulating over the micro-batches); returns the last loss."""
+    """One HF training step as its Trainer takes it (accumulating over the micro-batches); returns the
+    mean loss over the micro-batches, as this project's step does (on the device: no synchronisation)."""
+    total = None
     for inputs in micro_batches:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         with autocast(device, precision):
             loss = model(**inputs).loss
         scaler.scale(loss / len(micro_batches)).backward()
+        total = loss.detach() if total is None else total + loss.detach()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return total / len(micro_batches)

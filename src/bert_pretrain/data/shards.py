@@ -144,6 +144,15 @@ def validate_padded(
         values = arrays[key]
         if values.size and (values.min() < 0 or values.max() > 1):
             fail(f"key '{key}' holds values outside {{0, 1}} ({values.min()}..{values.max()})")
+    # The masked-LM slots the reference counts (the first count_nonzero per row) must lie on real tokens:
+    # one in the padding would read a padding state, or another sequence's token once packed.
+    lengths = arrays["input_mask"].sum(axis=1, dtype=np.int64)
+    counted = np.arange(positions.shape[1])[None, :] < np.count_nonzero(positions, axis=1)[:, None]
+    outside = counted & (positions >= lengths[:, None])
+    if outside.any():
+        row = int(np.argwhere(outside)[0][0])
+        fail(f"row {row} masks position {positions[row][outside[row]][0]} but has only {lengths[row]} tokens "
+             "(input_mask); the shard is damaged or was written with another layout")
     if vocab_size is not None:
         for key in ("input_ids", "masked_lm_ids"):
             values = arrays[key]
