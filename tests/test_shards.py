@@ -62,6 +62,7 @@ def _write_raw(path, arrays):
     (lambda a: a.update(masked_lm_positions=a["masked_lm_positions"] + 40), "masked_lm_positions outside the sequence"),
     (lambda a: a.update(input_ids=a["input_ids"] + 200), "outside the vocab of 100"),
     (lambda a: a["input_mask"].__setitem__((0, slice(4, None)), 0), "row 0 masks position"),
+    (lambda a: a["input_mask"].__setitem__((3, slice(None)), 0), "row 3 has no tokens"),
     (lambda a: a.update(segment_ids=a["segment_ids"].astype(np.float32)), "dtype float32"),
 ])
 def test_validation_names_the_file_and_problem(tmp_path, arrays, break_it, message):

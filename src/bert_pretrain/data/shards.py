@@ -147,6 +147,8 @@ def validate_padded(
     # The masked-LM slots the reference counts (the first count_nonzero per row) must lie on real tokens:
     # one in the padding would read a padding state, or another sequence's token once packed.
     lengths = arrays["input_mask"].sum(axis=1, dtype=np.int64)
+    if lengths.size and lengths.min() == 0:
+        fail(f"row {int(np.argmin(lengths))} has no tokens (input_mask all 0); the shard is damaged")
     counted = np.arange(positions.shape[1])[None, :] < np.count_nonzero(positions, axis=1)[:, None]
     outside = counted & (positions >= lengths[:, None])
     if outside.any():
