@@ -12,6 +12,7 @@ processes.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import time
@@ -57,8 +58,25 @@ def train(config: RunConfig, stream_factory=None) -> int:
         if run is not None:
             run.observers.close()
             run.stream.close()
+            _release_ddp(run)
         if not peer_lost:  # a group with a dead member cannot be torn down collectively
             shutdown()
+
+
+def _release_ddp(run: Run) -> None:
+    """Free the DDP wrapper while the process group is still registered.
+
+    Freed later (when `run` goes), DDP's reducer would drop the group's last reference, and the gloo
+    group's destructor joins its worker threads while this thread holds the GIL; a worker still
+    freeing a finished all-reduce needs the GIL for its tensors: a deadlock, seen as a process that
+    hangs after its run ended. Here the group outlives the reducer, and the short sleep lets the
+    workers take the GIL and finish before `shutdown` frees the group.
+    """
+    if run.model is run.state.model:
+        return  # one process: no DDP
+    run.model = None
+    gc.collect()
+    time.sleep(0.05)
 
 
 def _loop(run: Run) -> tuple[str, str]:
