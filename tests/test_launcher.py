@@ -14,12 +14,13 @@ from conftest import REPO, SUBPROCESS_ENV, train_flags, write_data_folder, write
 LAUNCHER = REPO / "train_bert_pretraining_amp_dist.sh"
 
 
-def launch(data: Path | None, *flags, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
+def launch(data: Path | None, *flags, extra_env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, **(extra_env or {})}
     env.pop("DATA", None)
     if data is not None:
         env["DATA"] = str(data)
-    return subprocess.run(["bash", str(LAUNCHER), *flags], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(["bash", str(LAUNCHER), *flags], capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=cwd)
 
 
 def tiny_overrides(data: Path, output_dir: Path, **overrides) -> list[str]:
@@ -156,3 +157,19 @@ def test_two_nodes_on_one_machine_train_together(data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch_size"] == 16 and summary["steps"] == 30
     assert "2 node(s) x 1 process(es)" in outputs[0]
+
+
+def test_resume_continues_in_the_newest_results_folder(data, tmp_path):
+    """Without --output_dir each run gets ./results/train_log_<date>; --resume_from_checkpoint picks the newest."""
+    flags = tiny_overrides(data, tmp_path, max_steps=20, target_mlm_accuracy=0.999, num_samples_per_checkpoint=160,
+                           min_samples_to_start_checkpoints=0, gradient_accumulation_steps=1,
+                           )[2:] + ["--no-skip_checkpoint"]  # no --output_dir: the script's default; the
+    # recipe's --skip_checkpoint undone
+    first = launch(data, *flags, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder,) = (tmp_path / "results").iterdir()
+    assert folder.name.startswith("train_log_") and (folder / "phase2_ckpt_20.pt").exists()  # the recipe passes --phase2
+    resumed = launch(data, *flags, "--max_steps", "30", "--resume_from_checkpoint", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from results/{folder.name}/phase2_ckpt_20.pt" in resumed.stderr
+    assert list((tmp_path / "results").iterdir()) == [folder] and (folder / "phase2_ckpt_30.pt").exists()
