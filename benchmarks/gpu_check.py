@@ -209,8 +209,9 @@ def _experiment_plan(args) -> list[tuple[str, list[str], int]]:
                 "--warmup", "1", "--rounds", "2"]
         return [(f"experiment_{name}", [*base, *extra], 120) for name, extra in EXPERIMENTS.items()
                 if name not in GPU_ONLY]
-    return [(f"experiment_{name}", [*LARGE, "--precision", "bf16", *extra], 300 if name == "autotune" else 150)
-            for name, extra in EXPERIMENTS.items()]
+    profile = ["--profile", str(Path(args.out) / "profile_baseline")]  # where the baseline's time goes
+    return [(f"experiment_{name}", [*LARGE, "--precision", "bf16", *extra, *(profile if name == "baseline" else [])],
+             300 if name == "autotune" else 150) for name, extra in EXPERIMENTS.items()]
 
 
 def _run(command: list[str], timeout: float) -> tuple[int | None, str, str]:
