@@ -204,14 +204,16 @@ GPU_ONLY = ("autotune", "cudagraphs")  # compile modes: the CPU dry run does not
 
 
 def _experiment_plan(args) -> list[tuple[str, list[str], int]]:
-    if args.device == "cpu":
-        base = ["--model", args.model, "--seq", "128", "--batch", "8", "--accumulation", "2", "--steps", "4",
-                "--warmup", "1", "--rounds", "2"]
-        return [(f"experiment_{name}", [*base, *extra], 120) for name, extra in EXPERIMENTS.items()
-                if name not in GPU_ONLY]
-    profile = ["--profile", str(Path(args.out) / "profile_baseline")]  # where the baseline's time goes
-    return [(f"experiment_{name}", [*LARGE, "--precision", "bf16", *extra, *(profile if name == "baseline" else [])],
-             300 if name == "autotune" else 150) for name, extra in EXPERIMENTS.items()]
+    """The EXPERIMENTS as bench sections; the baseline is profiled (where its time goes)."""
+    profile = ["--profile", str(Path(args.out) / "profile_baseline")]
+    if args.device == "cpu":  # the dry run: tiny sizes, no compilation
+        base, names, limit = (["--model", args.model, "--seq", "128", "--batch", "8", "--accumulation", "2",
+                               "--steps", "4", "--warmup", "1", "--rounds", "2"],
+                              [n for n in EXPERIMENTS if n not in GPU_ONLY], {})
+    else:
+        base, names, limit = [*LARGE, "--precision", "bf16"], list(EXPERIMENTS), {"autotune": 300}
+    return [(f"experiment_{name}", [*base, *EXPERIMENTS[name], *(profile if name == "baseline" else [])],
+             limit.get(name, 150 if args.device != "cpu" else 120)) for name in names]
 
 
 def _run(command: list[str], timeout: float) -> tuple[int | None, str, str]:
