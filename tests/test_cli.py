@@ -10,10 +10,11 @@ from bert_pretrain.cli import COMMANDS
 from conftest import run_cli
 
 
-def test_building_the_parser_imports_no_data_preparation_library():
+def test_building_the_parser_imports_no_data_preparation_library_and_no_torch():
+    """`--help` stays fast, and `prepare` (which needs no torch) does not pay torch's import."""
     code = ("import sys; from bert_pretrain.cli import build_parser; build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('blingfire', 'defusedxml', 'mwparserfromhell', 'tokenizers', 'transformers')))")
+            "('blingfire', 'defusedxml', 'mwparserfromhell', 'tokenizers', 'transformers', 'torch')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 

@@ -18,7 +18,7 @@ BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defin
   prepare   raw text or a Wikipedia dump -> HDF5 shards in the MLPerf layout (+ eval set)
   train     shards + bert_config.json (+ init checkpoint) -> checkpoints, MLPerf log, metrics
   evaluate  checkpoint + eval shards -> masked-LM accuracy / loss, NSP accuracy (JSON)
-  convert   NVIDIA .pt / HF transformers folder <-> this project's checkpoints
+  convert   NVIDIA .pt / this project's checkpoints  <->  HF transformers folders
   bench     training-step throughput, this model vs HF transformers
   inspect   what is in a shard, decoded back to text
   demo      the whole pipeline end to end on a small built-in corpus
@@ -33,7 +33,17 @@ DEMO_MAX_STEPS = 3000
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the descriptions' line breaks."""
+    """Shows defaults and keeps the descriptions' line breaks.
+
+    No "(default: ...)" where the help already says its default, where there is none (None), or on a
+    plain switch (a store_false flag's default is the opposite of what it does)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return super()._get_help_string(action)
 
 
 def _common(parser: argparse.ArgumentParser, dest: str = "debug") -> None:
@@ -106,13 +116,13 @@ def _convert(args) -> int:
         print(f"wrote {args.output} (NVIDIA format, vocab {config.padded_vocab_size})")
     else:
         export_hf(model, args.output)
-        print(f"wrote {args.output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)")
+        print(f"wrote {str(args.output).rstrip('/')}/ (HF transformers BertForPreTraining: config.json + "
+              "model.safetensors)")
     return 0
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    from bert_pretrain.attention import BACKENDS
-    from bert_pretrain.step import COMPILE_MODES
+    from bert_pretrain.config import ATTENTION_BACKENDS, COMPILE_MODES
 
     p.add_argument("--model", default="tiny", choices=("tiny", "base", "large"),
                    help="model shape (tiny: 2 layers, hidden 128); ignored with --bert_config_path")
@@ -131,7 +141,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_predictions_per_seq", type=int, default=None,
                    help="masked slots per row; default 76 at --seq 512, else ceil(0.15 * seq)")
     p.add_argument("--compare", default=None, choices=("hf",), help="also run HF transformers on the same batches")
-    p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend for packed batches")
+    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                   help="attention backend for packed batches")
     compile_group = p.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="torch.compile the model (default: on CUDA only)")
@@ -182,12 +193,15 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_lower_case", dest="lower_case", action="store_false", default=argparse.SUPPRESS,
                    help="keep case and accents (for cased vocabs); the default lower-cases as uncased BERT does")
     inst = p.add_argument_group("instances (create_pretraining_data.py flags, MLPerf values)")
-    inst.add_argument("--max_seq_length", type=int, default=512)
-    inst.add_argument("--max_predictions_per_seq", type=int, default=76)
-    inst.add_argument("--masked_lm_prob", type=float, default=0.15)
-    inst.add_argument("--short_seq_prob", type=float, default=0.1)
+    inst.add_argument("--max_seq_length", type=int, default=512, help="tokens per instance, [CLS] and [SEP]s included")
+    inst.add_argument("--max_predictions_per_seq", type=int, default=76, help="masked-LM slots per instance")
+    inst.add_argument("--masked_lm_prob", type=float, default=0.15,
+                      help="share of an instance's tokens to mask (80%% [MASK], 10%% random, 10%% kept)")
+    inst.add_argument("--short_seq_prob", type=float, default=0.1,
+                      help="probability of a shorter target length, so the model also sees short sequences")
     inst.add_argument("--dupe_factor", type=int, default=10, help="passes over the documents, each masked anew")
-    inst.add_argument("--random_seed", type=int, default=12345)
+    inst.add_argument("--random_seed", type=int, default=12345,
+                      help="seed of the document shuffle, pairing and masking: same seed, same shards")
     inst.add_argument("--whole_word_mask", action="store_true", help="mask whole words, not single WordPieces")
     out = p.add_argument_group("shards and eval set")
     out.add_argument("--num_shards", type=int, default=1, help="training shards (MLPerf: 2048)")
@@ -307,7 +321,7 @@ COMMANDS = {
     "inspect": ("what is in a shard: counts, lengths, masking and NSP statistics, instances decoded",
                 _inspect_arguments, _inspect),
     "demo": ("the whole pipeline on a corpus built from this Python's documentation: prepare, train to a "
-             "target, export (about 10 minutes on 2 CPU cores)", _demo_arguments, _demo),
+             "target, export (a few minutes on 2 CPU cores)", _demo_arguments, _demo),
 }
 
 

@@ -22,6 +22,11 @@ from pathlib import Path
 from bert_pretrain.errors import InputError
 from bert_pretrain.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
 
+# attention.BACKENDS and step.COMPILE_MODES, written out: building the command line imports no torch
+# (tests/test_config.py checks that they agree).
+ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -139,14 +144,13 @@ class SystemOptions:
                                 "padded MLPerf layout, as the reference without --unpad)")
     attention: str = option("auto", "attention kernel: auto picks the fastest that keeps attention dropout "
                                     "(flash variable-length on CUDA, SDPA elsewhere); math is the written-out "
-                                    "reference", choices=("auto", "sdpa", "math", "flash", "varlen", "flex",
-                                                          "flash_attn"))
+                                    "reference", choices=ATTENTION_BACKENDS)
     compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
                                         "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
     compile_mode: str = option("default", "torch.compile mode when compiling: reduce-overhead adds CUDA graphs, "
                                           "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
                                           "of compilation)",
-                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+                               choices=COMPILE_MODES)
     precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16 and the device
 
 
