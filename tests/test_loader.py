@@ -157,10 +157,15 @@ def test_a_folder_without_shards_is_an_error(tmp_path):
         stream(tmp_path)
 
 
-def test_a_shard_of_another_sequence_length_is_named(shards):
-    with pytest.raises(InputError, match="max_seq_length"):
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_shard_of_another_sequence_length_is_named_once_and_never_skipped(shards, skip):
+    """Every shard would fail alike: the message gives the setting to change, not --skip_bad_shards."""
+    with pytest.raises(InputError) as err:
         ShardStream(shards, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
-                    max_predictions_per_seq=PRED, vocab_size=VOCAB)
+                    max_predictions_per_seq=PRED, vocab_size=VOCAB, skip_bad_shards=skip)
+    message = str(err.value)
+    assert f"but max_seq_length is 32; pass --max_seq_length {SEQ}" in message
+    assert "--skip_bad_shards" not in message and "unreadable" not in message and message.count(".hdf5") == 1
 
 
 @pytest.mark.gpu

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,6 +198,23 @@ def test_an_eval_set_smaller_than_num_eval_examples_is_named(data, tmp_path):
     result = train(*train_flags(data, tmp_path / "out", num_eval_examples=10000))
     assert result.returncode == 2
     assert "eval_set_uncompressed" in result.stderr and "--num_eval_examples 64" in result.stderr
+
+
+def test_an_eval_set_made_with_other_settings_is_named_as_the_eval_set(data, tmp_path):
+    """The length flags serve the training shards too: the fix is to remake the eval set, not the flag."""
+    from bert_pretrain.data.shards import read_padded, write_padded
+
+    copy = tmp_path / "DATA"
+    shutil.copytree(data, copy)
+    eval_file = next((copy / "eval_set_uncompressed").glob("*.hdf5"))
+    arrays = read_padded(eval_file)
+    arrays = {k: (np.pad(v, ((0, 0), (0, 8))) if v.ndim == 2 and v.shape[1] == arrays["input_ids"].shape[1] else v)
+              for k, v in arrays.items()}  # 8 more columns of padding: another max_seq_length
+    write_padded(eval_file, arrays)
+    result = train(*train_flags(copy, tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the eval set does not match this run's training settings" in result.stderr
+    assert "pass --max_seq_length" not in result.stderr
 
 
 def test_resume_without_a_checkpoint_starts_a_new_run_and_bf16_trains_on_cpu(data, tmp_path):

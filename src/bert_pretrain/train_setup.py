@@ -28,7 +28,7 @@ from bert_pretrain.config import RunConfig
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
 from bert_pretrain.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.model import BertForPreTraining
@@ -218,8 +218,13 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
     data = config.data
     if data.eval_dir is None:
         return []
-    arrays = load_eval_set(data.eval_dir, data.num_eval_examples, data.max_seq_length,
-                           data.max_predictions_per_seq, vocab_size)
+    try:
+        arrays = load_eval_set(data.eval_dir, data.num_eval_examples, data.max_seq_length,
+                               data.max_predictions_per_seq, vocab_size)
+    except SettingsMismatch as err:  # the flags serve the training shards too: the eval set is what differs
+        raise InputError(f"{err.path}: the eval set does not match this run's training settings ({err.problem}); "
+                         "make it with the same prepare settings as the training shards (prepare writes both "
+                         "together)") from None
     mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
     batches = eval_batches({k: v[mine] for k, v in arrays.items()}, config.batch.eval_batch_size,
                            packed=config.system.packed)

@@ -29,7 +29,7 @@ import numpy as np
 
 from bert_pretrain.batch import Batch, padded_batch
 from bert_pretrain.data.shards import list_shards, read_padded
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 
 ROW_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
@@ -150,6 +150,8 @@ class ShardStream:
     def _read(self, path: Path) -> dict[str, np.ndarray]:
         try:
             return read_padded(path, *self._shape)
+        except InputError:
+            raise  # already names the file and the problem
         except (OSError, KeyError, ValueError) as err:  # h5py's errors for data damaged past the header
             raise InputError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from None
 
@@ -168,6 +170,8 @@ class ShardStream:
             path = self._file_at(epoch, slot)
             try:
                 arrays = self._arrays_for(epoch, slot, path)
+            except SettingsMismatch:
+                raise  # every shard of the set fails alike: a setting to change, not a shard to skip
             except InputError as err:
                 if not self._skip_bad_shards:
                     raise InputError(f"{err} (training shard of epoch {epoch}, slot {slot}; pass "

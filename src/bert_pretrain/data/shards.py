@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from bert_pretrain.atomic import atomic_path
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 
 PADDED_DTYPES = {
     "input_ids": np.dtype("i4"),
@@ -135,7 +135,8 @@ def validate_padded(
             fail(f"keys {list(group)} have shapes {shapes}; expected ({n}, {what}) for each")
         width = widths.pop()
         if expected_width is not None and width != expected_width:
-            fail(f"keys {list(group)} have width {width}, but {what} is {expected_width}; pass --{what} {width}")
+            raise SettingsMismatch(path, f"keys {list(group)} have width {width}, but {what} is {expected_width}",
+                                   f"pass --{what} {width}")
     seq_len = arrays["input_ids"].shape[1]
     positions = arrays["masked_lm_positions"]
     if positions.size and (positions.min() < 0 or positions.max() >= seq_len):
@@ -159,10 +160,9 @@ def validate_padded(
         for key in ("input_ids", "masked_lm_ids"):
             values = arrays[key]
             if values.size and (values.min() < 0 or values.max() >= vocab_size):
-                fail(
-                    f"key '{key}' holds token ids {values.min()}..{values.max()} outside the vocab of "
-                    f"{vocab_size}; was the shard made with another vocab?"
-                )
+                raise SettingsMismatch(path, f"key '{key}' holds token ids {values.min()}..{values.max()} outside "
+                                             f"the vocab of {vocab_size}",
+                                       "was the shard made with another vocab? (bert_config.json's vocab_size)")
 
 
 def _write_atomically(path: str | Path, write_datasets) -> None:
