@@ -131,7 +131,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_safetensors(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files (pickle, zip, unsafe globals)
-        raise InputError(f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:200]})") from None
+        # torch's own text for a refused pickle recommends weights_only=False: never the fix for a weights file
+        raise InputError(f"{path}: not a checkpoint this project reads ({type(err).__name__}); pass a PyTorch "
+                         "{'model': state_dict} or state-dict file, a .safetensors file or an HF folder") from None
     if isinstance(loaded, dict) and isinstance(loaded.get(MODEL_KEY), dict):
         loaded = loaded[MODEL_KEY]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
