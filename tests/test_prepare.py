@@ -143,6 +143,7 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     assert [p.name for p in again.shards_skipped] == ["part_0_of_3.hdf5"]
     assert [p.name for p in again.shards_written] == ["part_1_of_3.hdf5", "part_2_of_3.hdf5"]
     assert same_arrays(before, all_arrays(tmp_path)) and not list(folder.glob(".*"))
+    assert not (tmp_path / "eval_set_uncompressed").exists()  # no eval set asked for: no empty eval folder
     assert not run(options).shards_written
     with pytest.raises(InputError, match="other settings.*max_seq_length: 64 then, 128 now"):
         run(PrepareOptions(**{**options.__dict__, "max_seq_length": 128}))
@@ -246,7 +247,8 @@ def test_vocab_training_and_varlength_output(shared_data, tmp_path):
     assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and 1000 < len(tokens) <= 2000
     assert "trained a" in first.report() and first.instances > 0
     shutil.rmtree(tmp_path / "padded" / "2_shards_uncompressed")
-    assert "vocab trained by an earlier run" in run(options).report()
+    rerun = run(options).report()
+    assert "vocab trained by an earlier run" in rerun and "eval set: already complete" in rerun
     with pytest.raises(InputError, match=r"vocab\.txt: an earlier run trained this .*more than --vocab_size 500"):
         run(PrepareOptions(**{**options.__dict__, "vocab_size": 500}))
     with pytest.raises(InputError, match="the vocab is trained once"):

@@ -54,7 +54,7 @@ def run(options: PrepareOptions) -> PrepareSummary:
     first, end = options.shard_bounds()
     files = _input_files(options)
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
-    layout.prepare_folders()
+    layout.prepare_folders(with_eval=options.num_eval_examples > 0 and first == 0)
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
         layout.vocab_corpus_path.unlink(missing_ok=True)
     with _Workers(options.workers) as workers:

@@ -140,10 +140,11 @@ class OutputLayout:
         width = max(5, len(str(self.num_shards)))
         return self.shard_dir / f"part_{index:0{width}d}_of_{self.num_shards:0{width}d}.hdf5"
 
-    def prepare_folders(self) -> None:
-        """Create the folders; raise InputError if the output folder cannot be written."""
+    def prepare_folders(self, with_eval: bool = True) -> None:
+        """Create the folders (the eval folder only when an eval set is written: an empty one would look
+        like a DATA folder's eval set); raise InputError if the output folder cannot be written."""
         try:
-            for folder in (self.output_dir, self.shard_dir, self.eval_dir):
+            for folder in (self.output_dir, self.shard_dir) + ((self.eval_dir,) if with_eval else ()):
                 folder.mkdir(parents=True, exist_ok=True)
             probe = self.shard_dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
@@ -223,9 +224,11 @@ class PrepareSummary:
             rate = self.instances / self.seconds if self.seconds else 0.0
             lines.append(f"  {self.documents:,} documents read, {self.tokens:,} tokens, {self.instances:,} training "
                          f"instances ({rate:,.0f}/s) in {self.shard_dir}")
-        if self.eval_path is not None:
+        if self.eval_path is not None and self.eval_instances:
             lines.append(f"  eval set: {self.eval_instances:,} instances from {self.eval_documents:,} held-out "
                          f"documents in {self.eval_path}")
+        elif self.eval_path is not None:
+            lines.append(f"  eval set: already complete in {self.eval_path}")
         lines.append(f"  vocab: {self.vocab_file}")
         if self.skipped:
             lines.append("  skipped or dropped (counted):")
