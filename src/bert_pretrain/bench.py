@@ -217,7 +217,7 @@ def _device_name(device: torch.device) -> str:
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} ({len(names)} threads)" if names else platform.processor()
+        return f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor()
     except OSError:
         return platform.processor() or platform.machine()
 
