@@ -70,7 +70,7 @@ class BenchOptions:
     pad_to_multiple: int = 1
     peak_tflops: float | None = None
     seed: int = 0
-    compile_mode: str = "default"  # torch.compile mode, step.COMPILE_MODES
+    compile_mode: str = "default"  # torch.compile mode, config.COMPILE_MODES
     profile: str | None = None  # a folder: profile a few of this project's steps, write profile.md + trace
 
     def predictions(self) -> int:
@@ -304,12 +304,7 @@ def profile_runner(runner: Runner, options: BenchOptions, device: torch.device, 
     folder = Path(options.profile)
     steps = min(options.steps, 3)
     progress(f"bench: profiling {steps} steps of {runner.name} -> {folder}")
-
-    def one_step():
-        runner.step_fn(runner.inputs[runner.calls % len(runner.inputs)])
-        runner.calls += 1
-
-    summary = profile_steps(one_step, steps, device, trace_path=folder / "trace.json.gz")
+    summary = profile_steps(runner.step, steps, device, trace_path=folder / "trace.json.gz")
     with atomic_path(folder / "profile.md") as tmp:
         tmp.write_text(format_profile(summary) + "\n")
     progress(format_profile(summary))

@@ -41,6 +41,13 @@ class Runner:
         self.peak_bytes = 0
         self.last = None
 
+    def step(self) -> int:
+        """One step on the next input of the pool; returns that input's index."""
+        index = self.calls % len(self.inputs)
+        self.last = self.step_fn(self.inputs[index])
+        self.calls += 1
+        return index
+
     def run(self, steps: int, device, meter: EnergyMeter | None, other: Runner | None, timed: bool) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -49,9 +56,7 @@ class Runner:
             meter.start()
         start = time.perf_counter()
         for _ in range(steps):
-            index = self.calls % len(self.inputs)
-            self.last = self.step_fn(self.inputs[index])
-            self.calls += 1
+            index = self.step()
             if timed:
                 self.timed_indices.append(index)
         _synchronize(device)

@@ -132,7 +132,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accumulation", type=int, default=1,
                    help="micro-batches per optimizer step (gradient accumulation), for both contestants")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="autocast precision")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per contestant (rounded down to a multiple of --rounds)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="timed steps per contestant (rounded down to a multiple of --rounds)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per contestant first (compilation happens here)")
     p.add_argument("--rounds", type=int, default=2, help="timed blocks per contestant, alternating between them")
     p.add_argument("--shard", default=None,

@@ -22,8 +22,8 @@ from pathlib import Path
 from bert_pretrain.errors import InputError
 from bert_pretrain.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
 
-# attention.BACKENDS and step.COMPILE_MODES, written out: building the command line imports no torch
-# (tests/test_config.py checks that they agree).
+# attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
+# checks that they agree), and torch.compile's modes.
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -13,7 +13,8 @@ from bert_pretrain.errors import InputError
 
 # Why a group of reference flags has no effect here.
 REASONS = {
-    "attention": "apex fused attention; attention here is --attention (auto: variable-length flash on CUDA, SDPA elsewhere)",
+    "attention": "apex fused attention; attention here is --attention "
+                 "(auto: variable-length flash on CUDA, SDPA elsewhere)",
     "fusion": "apex / TorchScript / mhalib kernel fusions; not used on stock PyTorch",
     "dense": "the masked-LM head here always runs on the masked tokens only",
     "unpad": "padding is removed by default here (--packed), with PyTorch's variable-length attention",

@@ -19,8 +19,6 @@ import torch
 from bert_pretrain.batch import Batch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-# torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune tunes GEMM kernels (slow to compile).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Order of the entries of StepResult.sums.
 SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
 

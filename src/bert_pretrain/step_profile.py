@@ -137,8 +137,8 @@ def format_profile(summary: dict) -> str:
     """Markdown: time by category (share of the measured time), then the top kernels or operators."""
     measured = summary["measured_s"] or 1.0
     per_step = 1e3 / summary["steps"]
-    lines = [f"Profile of {summary['steps']} step(s), {summary['device_kind']}: wall {summary['wall_s'] * per_step:.1f} ms "
-             f"per step, measured {summary['measured_s'] * per_step:.1f} ms per step"
+    lines = [f"Profile of {summary['steps']} step(s), {summary['device_kind']}: "
+             f"wall {summary['wall_s'] * per_step:.1f} ms per step, measured {summary['measured_s'] * per_step:.1f} ms per step"
              + (f", GPU busy {summary['busy']:.0%} of the wall time" if summary.get("busy") is not None else ""),
              "", "| category | ms per step | share |", "|---|---:|---:|"]
     for name, seconds in summary["categories"].items():

@@ -118,7 +118,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         observers.say(f"resuming from {resume_path} at step {state.progress.step} "
                       f"({state.progress.samples} samples)")
     if config.system.compile:
-        compile_model(state.model, mode=config.system.compile_mode)  # in place: parameter names, checkpoints and the optimizer are unchanged
+        # in place: parameter names, checkpoints and the optimizer are unchanged
+        compile_model(state.model, mode=config.system.compile_mode)
     model = state.model
     if info.world_size > 1:
         model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
