@@ -199,8 +199,10 @@ EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps
     # CUDA graphs need few distinct shapes: token counts rounded up to multiples of 512 (one padding segment)
     "cudagraphs": ["--compile_mode", "reduce-overhead", "--pad_to_multiple", "512"],
     "eager": ["--no_compile"],  # what regional compilation buys
+    "cudnn": ["--attention", "cudnn"],  # cuDNN's fused attention (Hopper kernels) instead of flash 2, eager
+    "micro256": ["--batch", "256", "--accumulation", "1"],  # the whole update in one micro-batch
 }
-GPU_ONLY = ("autotune", "cudagraphs")  # compile modes: the CPU dry run does not compile
+GPU_ONLY = ("autotune", "cudagraphs", "cudnn")  # compile modes: the CPU dry run does not compile
 
 
 def _experiment_plan(args) -> list[tuple[str, list[str], int]]:
@@ -251,7 +253,7 @@ class Report:
         self.sections.append(section)
         env = next((s["result"] for s in self.sections if s["name"] == "environment" and s.get("result")), {})
         device = re.sub(r"[^a-z0-9]+", "-", str(env.get("device_name") or self.args.device).lower()).strip("-")
-        theme = "experiments" if self.args.experiments else "throughput"
+        theme = "experiments" if self.args.experiments or self.args.sections else "throughput"
         stem = f"{theme}_{device or 'unknown'}_{self.started:%Y-%m-%d}"
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / f"{stem}.md"
@@ -350,6 +352,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the report")
     parser.add_argument("--experiments", action="store_true",
                         help="instead of the check: the headline bench's variants (EXPERIMENTS), this project only")
+    parser.add_argument("--sections", default=None, metavar="A,B,...",
+                        help="run these sections of the check and the experiments, in this order (after the "
+                             "environment and the probe); e.g. experiment_baseline,gpu tests,large512_bf16")
     parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)  # internal: run one section
     args = parser.parse_args(argv)
     if args.section:
@@ -358,26 +363,31 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.budget_s
     report = Report(Path(args.out), args)
     me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--model", args.model]
-    plan = [(name, [*me, "--section", name], limit) for name, limit in (("environment", 60), ("probe", 60))]
     bench = [sys.executable, "-m", "bert_pretrain", "bench", "--device", args.device]
-    if args.experiments:
-        plan += [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
+    benches = [(name, [*bench, "--compare", "hf", *rest], limit) for name, rest, limit in _bench_plan(args)]
+    # In order of importance, so a short budget still measures the headline number and checks correctness:
+    # the first bench (BERT-large bf16), the GPU tests (training runs included), training whose loss must
+    # fall, then the other benches.
+    check = [benches[0],
+             ("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                            "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
+                            "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150),
+             ("train", [*me, "--section", "train"], 90), *benches[1:]]
+    experiments = [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
+    if args.sections:  # any sections of both plans, in the order given
+        known = {entry[0]: entry for entry in check + experiments}
+        unknown = [n for n in args.sections.split(",") if n not in known]
+        if unknown:
+            parser.error(f"--sections: unknown {unknown}; choose from {sorted(known)}")
+        chosen = [known[n] for n in args.sections.split(",")]
     else:
-        benches = [(name, [*bench, "--compare", "hf", *rest], limit) for name, rest, limit in _bench_plan(args)]
-        # In order of importance, so a short budget still measures the headline number and checks correctness:
-        # the first bench (BERT-large bf16), the GPU tests (training runs included), training whose loss must
-        # fall, then the other benches.
-        plan.append(benches[0])
-        plan.append(("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                   "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
-                                   "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150))
-        plan.append(("train", [*me, "--section", "train"], 90))
-        plan += benches[1:]
+        chosen = experiments if args.experiments else check
+    plan = [(name, [*me, "--section", name], limit) for name, limit in (("environment", 60), ("probe", 60))] + chosen
     for name, command, limit in plan:
         section = _section(name, command, limit, deadline, args)
         report.add(section)
         failed_bench = "bench" in command and not section["status"].startswith(("ok", "SKIPPED"))
-        if failed_bench and "--no_compile" not in command and not args.experiments:
+        if failed_bench and "--no_compile" not in command and not name.startswith("experiment_"):
             # Numbers without compilation (and without flash attention when the probe saw it fail) beat none.
             probe = next((s.get("result") or {} for s in report.sections if s["name"] == "probe"), {})
             fallback = ["--no_compile"] + ([] if str(probe.get("flash", "")).startswith("ok") else ["--attention", "sdpa"])
