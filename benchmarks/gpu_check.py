@@ -199,10 +199,9 @@ EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps
     # CUDA graphs need few distinct shapes: token counts rounded up to multiples of 512 (one padding segment)
     "cudagraphs": ["--compile_mode", "reduce-overhead", "--pad_to_multiple", "512"],
     "eager": ["--no_compile"],  # what regional compilation buys
-    "cudnn": ["--attention", "cudnn"],  # cuDNN's fused attention (Hopper kernels) instead of flash 2, eager
     "micro256": ["--batch", "256", "--accumulation", "1"],  # the whole update in one micro-batch
 }
-GPU_ONLY = ("autotune", "cudagraphs", "cudnn")  # compile modes: the CPU dry run does not compile
+GPU_ONLY = ("autotune", "cudagraphs")  # compile modes: the CPU dry run does not compile
 
 
 def _experiment_plan(args) -> list[tuple[str, list[str], int]]:

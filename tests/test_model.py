@@ -89,6 +89,31 @@ def test_packed_equals_padded_losses_and_gradients(backend):
         torch.testing.assert_close(packed_grads[name], padded_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_under_autocast_the_residual_stream_stays_in_bf16_and_the_loss_near_fp32():
+    """Layer outputs in the compute dtype (half the bytes between layers); loss and gradients close to fp32."""
+    config = tiny_config(hidden_size=64, num_attention_heads=2, intermediate_size=128,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    arrays = mlperf_arrays(np.random.default_rng(4), n=6, seq_len=32, max_pred=5, vocab_size=100)
+    batch = pack_padded(*(arrays[k] for k in KEYS))
+    torch.manual_seed(0)
+    model = BertForPreTraining(config)
+    reference = model(batch)
+    reference.loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    layer_dtypes = []
+    hook = model.bert.encoder.layer[-1].register_forward_hook(lambda m, args, out: layer_dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    hook.remove()
+    out.loss.backward()
+    assert layer_dtypes == [torch.bfloat16]
+    assert abs(out.loss.item() - reference.loss.item()) < 2e-2 * reference.loss.item()
+    for name, grad in ref_grads.items():
+        error = (model.get_parameter(name).grad - grad).norm() / grad.norm().clamp(min=1e-12)
+        assert error < 5e-2, f"{name}: relative gradient error {error:.2e}"
+
+
 def test_math_backend_matches_sdpa():
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     arrays = mlperf_arrays(np.random.default_rng(3), n=4, seq_len=16, max_pred=3, vocab_size=100)

@@ -17,12 +17,7 @@ Backends (`BACKENDS`):
   "flex"        FlexAttention with a document mask (one block mask per call); no dropout; fast only
                 under `torch.compile`; on the CPU PyTorch runs its forward only
   "flash_attn"  the `flash-attn` package's `flash_attn_varlen_func`, when installed
-  "cudnn"       cuDNN's fused attention on ragged input (`aten._cudnn_attention_forward` with
-                `cu_seqlens`, the kernel behind nested-tensor SDPA's cuDNN choice): attention
-                dropout supported. CUDA, fp16/bf16, head size up to 128. PyTorch registers no
-                fake tensor rule for it, so it runs outside torch.compile's graphs (one graph
-                break per layer); experimental: "auto" does not pick it
-The packed-only backends ("flash", "varlen", "flex", "flash_attn", "cudnn") run padded input through
+The packed-only backends ("flash", "varlen", "flex", "flash_attn") run padded input through
 "sdpa": there is no padding to skip there.
 
 Which backend can run is decided at call time (device, dtype, dropout, installed packages),
@@ -39,8 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn", "cudnn")
-PACKED_ONLY = ("flash", "varlen", "flex", "flash_attn", "cudnn")
+BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
+PACKED_ONLY = ("flash", "varlen", "flex", "flash_attn")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -86,11 +81,6 @@ def unsupported_reason(backend: str, device: torch.device, dtype: torch.dtype, d
         return "needs PyTorch >= 2.9 (torch.nn.attention.varlen)"
     if backend == "flash_attn" and not _module_exists("flash_attn"):
         return "the flash-attn package is not installed"
-    if backend == "cudnn":
-        if head_dim > 128:
-            return f"needs a head size up to 128, got {head_dim}"
-        if not (hasattr(torch.ops.aten, "_cudnn_attention_forward") and torch.backends.cudnn.is_available()):
-            return "this PyTorch build has no cuDNN attention"
     return None
 
 
@@ -193,16 +183,6 @@ def _flex_attention(q, k, v, cu_seqlens):
     return flex_attention(q, k, v, block_mask=block_mask)[0].transpose(0, 1)  # (N, heads, d)
 
 
-@torch.compiler.disable  # no fake tensor rule for this op in PyTorch 2.11-2.13: run it eagerly
-def _cudnn_attention(q, k, v, cu_seqlens, max_seqlen: int, dropout_p: float):
-    # The log-sum-exp is what the backward needs; its autograd formula draws the same dropout mask.
-    need_lse = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    q, k, v = (x.contiguous() for x in (q, k, v))  # its ragged offsets are counted in rows of one tensor
-    return torch.ops.aten._cudnn_attention_forward(
-        q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, need_lse, dropout_p, False, False
-    )[0]
-
-
 def packed_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str = "sdpa", dropout_p: float = 0.0):
     """q, k, v: (N, heads, d) packed sequences; cu_seqlens: (B+1,) int32. Returns (N, heads, d).
 
@@ -218,8 +198,6 @@ def packed_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str = "sdpa"
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
         )[0]
-    if backend == "cudnn":
-        return _cudnn_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p)
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 

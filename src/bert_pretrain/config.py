@@ -24,7 +24,7 @@ from bert_pretrain.reference_flags import REFERENCE_ONLY, add_reference_flags, r
 
 # attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
 # checks that they agree), and torch.compile's modes.
-ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn", "cudnn")
+ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 try:
