@@ -23,3 +23,12 @@ def test_building_the_parser_imports_no_data_preparation_library_and_no_torch():
 def test_every_command_has_help(command):
     proc = run_cli(command, "--help")
     assert proc.returncode == 0 and "usage: bert-pretrain " + command in proc.stdout
+
+
+def test_a_flag_mistake_gets_one_line_and_a_pointer_to_help():
+    proc = run_cli("prepare", "--input_file", "x", "--vocab_file", "v.txt", "--vocab_size", "300", "--output_dir", "o")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "bert-pretrain prepare: error: argument --vocab_size: not allowed with argument --vocab_file",
+        "(`bert-pretrain prepare --help` lists every option)"]
+    assert "usage:" not in proc.stdout + proc.stderr

@@ -63,6 +63,29 @@ def test_plot_shows_the_data(tmp_path):
     assert (tmp_path / "empty" / "metrics.png").read_bytes() != (tmp_path / "full" / "metrics.png").read_bytes()
 
 
+def test_a_background_plot_draws_the_data_of_its_call_and_reports_its_failure(tmp_path):
+    """Training draws at each eval in a thread: the picture is the one a synchronous call draws, records
+    added meanwhile are not in it, and a drawing that fails raises in the training thread."""
+    background, synchronous = MetricsWriter(tmp_path / "bg"), MetricsWriter(tmp_path / "sync")
+    for writer in (background, synchronous):
+        fill(writer)
+    background.plot(target_accuracy=0.72, background=True)
+    background.train(7, 7 * 32, {"loss": 0.5})  # after the call: not in its picture
+    background.wait_for_plot()
+    synchronous.plot(target_accuracy=0.72)
+    assert (tmp_path / "bg" / "metrics.png").read_bytes() == (tmp_path / "sync" / "metrics.png").read_bytes()
+
+    def fail(series, target_accuracy):
+        raise OSError("disk full")
+
+    background._draw = fail
+    background.plot(background=True)
+    with pytest.raises(OSError, match="disk full"):
+        background.plot()
+    background.close()
+    synchronous.close()
+
+
 def test_summary_json(tmp_path):
     writer = MetricsWriter(tmp_path)
     summary = {"e2e_time_s": 12.5, "training_samples_per_s": 250.0, "final_mlm_accuracy": 0.7201,

@@ -141,6 +141,7 @@ def test_vocab_without_pretraining_tokens_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("content, problem", [
     (b"", "empty"), (b"[PAD]\n\xff\xfe\n", "not UTF-8"), (b"[PAD]\nhi\nhi\n", "lines 2 and 3"),
+    (b"Anarchism is a political philosophy.\n\nIt is sceptical of authority.\n", "line 1 holds several words.*text file"),
 ])
 def test_bad_vocab_files(tmp_path, content, problem):
     path = tmp_path / "vocab.txt"

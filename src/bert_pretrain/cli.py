@@ -27,6 +27,14 @@ Run `bert-pretrain <command> --help` for each command's options.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """A flag mistake gets one line and a pointer to --help, not argparse's whole usage block (which for
+    `prepare` or `train` is longer than a screen and hides the message)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
+
+
 # The demo's defaults (measured on 2 CPU cores: see README "The demo").
 DEMO_TARGET = 0.14
 DEMO_MAX_STEPS = 3000
@@ -327,7 +335,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bert-pretrain", description=DESCRIPTION, formatter_class=_Formatter)
+    parser = _Parser(prog="bert-pretrain", description=DESCRIPTION, formatter_class=_Formatter)
     _common(parser, dest="debug_anywhere")  # a subcommand's own default would overwrite a shared dest
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (summary, add_arguments, handler) in COMMANDS.items():

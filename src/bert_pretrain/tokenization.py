@@ -63,6 +63,10 @@ def read_vocab(path: str | Path) -> list[str]:
         raise InputError(f"{path}: the vocab file is empty")
     seen: dict[str, int] = {}
     for i, token in enumerate(tokens):
+        if " " in token or "\t" in token:  # how a text file looks, never a WordPiece token
+            raise InputError(f"{path}: line {i + 1} holds several words ({token[:50]!r}); a WordPiece vocab has "
+                             "one token per line. Is this a text file? Pass the model's vocab.txt as "
+                             "--vocab_file, or --vocab_size N to train a vocab on the input")
         if token in seen:
             raise InputError(f"{path}: token {token!r} appears on lines {seen[token] + 1} and {i + 1}; "
                              "a WordPiece vocab lists each token once")

@@ -119,7 +119,7 @@ class RunObservers:
         self.block_stop(samples)
         values = {("eval_samples" if k == "samples" else k): v for k, v in result.items()}
         self.metrics.eval(step, samples, values)
-        self.metrics.plot(self.target)
+        self.metrics.plot(self.target, background=True)  # drawing stays out of the timed training loop
         self.say(f"eval at step {step} ({samples} samples): masked-LM accuracy {result['mlm_accuracy']:.4f}  "
                  f"loss {result['mlm_loss']:.4f}")
 
