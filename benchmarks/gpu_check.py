@@ -181,7 +181,7 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
                  120) for p in ("fp32", "bf16")]
     return [
         ("large512_bf16", [*LARGE, "--precision", "bf16", *profile("large512_bf16")], 260),
-        # 128 x 2 micro-batches: 4% faster on an H200 (2026-11-26); HF needs about 90 GB for it (fails on an H100)
+        # 128 x 2 micro-batches: 8.5% faster than 64 x 4 on an H200 (2026-11-26); HF needs about 90 GB for it (not on an H100)
         ("large512_bf16_micro128", [*LARGE, "--precision", "bf16", "--batch", "128", "--accumulation", "2"], 150),
         ("large512_fp16", [*LARGE, "--precision", "fp16"], 200),
         ("base128_bf16", ["--model", "base", "--seq", "128", "--batch", "256", "--accumulation", "2", "--steps", "10",
