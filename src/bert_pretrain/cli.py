@@ -199,7 +199,7 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     vocab.add_argument("--vocab_file", help="a BERT WordPiece vocab.txt ([PAD] first; [UNK] [CLS] [SEP] [MASK])")
     vocab.add_argument("--vocab_size", type=int,
                        help="train a WordPiece vocab of this size on the input, written to OUTPUT_DIR/vocab.txt")
-    p.add_argument("--no_lower_case", dest="lower_case", action="store_false", default=argparse.SUPPRESS,
+    p.add_argument("--no_lower_case", dest="lower_case", action="store_false",
                    help="keep case and accents (for cased vocabs); the default lower-cases as uncased BERT does")
     inst = p.add_argument_group("instances (create_pretraining_data.py flags, MLPerf values)")
     inst.add_argument("--max_seq_length", type=int, default=512, help="tokens per instance, [CLS] and [SEP]s included")
@@ -233,7 +233,7 @@ def _prepare(args) -> int:
 
     options = PrepareOptions(
         input_files=args.input_file, output_dir=args.output_dir, vocab_file=args.vocab_file,
-        vocab_size=args.vocab_size, lower_case=getattr(args, "lower_case", True), input_format=args.input_format,
+        vocab_size=args.vocab_size, lower_case=args.lower_case, input_format=args.input_format,
         num_shards=args.num_shards, max_seq_length=args.max_seq_length,
         max_predictions_per_seq=args.max_predictions_per_seq, masked_lm_prob=args.masked_lm_prob,
         short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor, random_seed=args.random_seed,
