@@ -11,7 +11,7 @@ Dry run on a CPU (same sections, tiny sizes):
 
 The headline bench also profiles three steps (`<out>/profile_large512_bf16/`: profile.md and a
 Perfetto trace). `--experiments` runs, instead of the check, variants of the headline bench
-(EXPERIMENTS: larger micro-batches, eager, max-autotune compilation) against a baseline in the same
+(EXPERIMENTS: eager LAMB, larger micro-batches, eager model, max-autotune compilation) against a baseline in the same
 call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
 
 Every section runs in its own process with a timeout taken from one overall budget (default
@@ -196,6 +196,7 @@ LARGE = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", 
 # each against the unchanged baseline run first in the same call. What each one tests:
 EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps the first ones
     "baseline": [],  # the headline configuration, for the ratios below
+    "eager_lamb": ["--no_compile_optimizer"],  # LAMB's multi-tensor eager update: what compiling it buys
     "micro128": ["--batch", "128", "--accumulation", "2"],  # larger GEMMs, fewer launches per update
     "autotune": ["--compile_mode", "max-autotune-no-cudagraphs"],  # Triton GEMM templates with fused epilogues
     # CUDA graphs need few distinct shapes: token counts rounded up to multiples of 512 (one padding segment)

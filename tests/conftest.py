@@ -117,12 +117,12 @@ TINY_RUN = dict(max_seq_length=32, max_predictions_per_seq=5, train_batch_size=1
 
 def train_flags(data: Path, output_dir: Path, **overrides) -> list[str]:
     """`bert-pretrain train` flags for a DATA folder from `write_data_folder` (TINY_RUN, then overrides;
-    a value of True is a bare switch)."""
+    a value of True is a bare switch, False its --no- form)."""
     flags = ["--input_dir", str(next(data.glob("*_shards_uncompressed"))),
              "--eval_dir", str(data / "eval_set_uncompressed"), "--bert_config_path", str(data / "bert_config.json"),
              "--init_checkpoint", str(data / "model.ckpt-28252.apex.pt"), "--output_dir", str(output_dir)]
     for key, value in {**TINY_RUN, **overrides}.items():
-        flags += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+        flags += [f"--{key}"] if value is True else [f"--no-{key}"] if value is False else [f"--{key}", str(value)]
     return flags
 
 

@@ -65,6 +65,10 @@ def lamb_case():
     return params, grads_per_step, decays
 
 
+# The multi-tensor eager update and the compiled one (lamb_compiled.py) must both match the reference.
+both_paths = pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+
+
 def run_lamb(params, grads_per_step, decays, lrs, **kwargs):
     tensors = [p.clone().requires_grad_() for p in params]
     groups = [
@@ -83,10 +87,12 @@ def run_lamb(params, grads_per_step, decays, lrs, **kwargs):
     return tensors, norms
 
 
-def test_lamb_matches_the_float64_reference_over_several_steps():
+@both_paths
+def test_lamb_matches_the_float64_reference_over_several_steps(compiled):
     params, grads_per_step, decays = lamb_case()
     lrs = [0.02, 0.05, 0.01, 0.03, 0.004]
-    got, norms = run_lamb(params, grads_per_step, decays, lrs, betas=(0.85, 0.99), eps=1e-6, max_grad_norm=1.0)
+    got, norms = run_lamb(params, grads_per_step, decays, lrs, betas=(0.85, 0.99), eps=1e-6, max_grad_norm=1.0,
+                          compiled=compiled)
     expected = reference_lamb(
         [p.flatten().tolist() for p in params], [[g.flatten().tolist() for g in gs] for gs in grads_per_step],
         lrs, decays, 0.85, 0.99, 1e-6, 1.0,
@@ -116,21 +122,24 @@ def test_no_decay_group_gets_no_trust_ratio():
     torch.testing.assert_close(w.detach(), torch.tensor([4.9, 5.1, 4.9, 5.1]))
 
 
-def test_clipping_is_global_over_both_groups():
+@both_paths
+def test_clipping_is_global_over_both_groups(compiled):
     a = torch.zeros(1, requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
-    opt = Lamb([{"params": [a], "weight_decay": 0.01}, {"params": [b], "weight_decay": 0.0}], max_grad_norm=1.0)
+    opt = Lamb([{"params": [a], "weight_decay": 0.01}, {"params": [b], "weight_decay": 0.0}], max_grad_norm=1.0,
+               compiled=compiled)
     opt.step()
     assert float(opt.last_grad_norm) == pytest.approx(5.0)
     torch.testing.assert_close(torch.cat([a.grad, b.grad]), torch.tensor([0.6, 0.8]))
 
 
-def test_steps_with_missing_gradients_skip_those_parameters():
+@both_paths
+def test_steps_with_missing_gradients_skip_those_parameters(compiled):
     a = torch.ones(3, requires_grad=True)
     b = torch.ones(3, requires_grad=True)
     a.grad = torch.ones(3)
-    opt = Lamb([a, b], lr=0.1)
+    opt = Lamb([a, b], lr=0.1, compiled=compiled)
     opt.step()
     assert torch.equal(b.detach(), torch.ones(3)) and b not in opt.state
     assert not torch.equal(a.detach(), torch.ones(3))
@@ -210,12 +219,41 @@ def test_grad_scaler_skips_an_inf_step_and_leaves_everything_unchanged():
     assert not torch.equal(params_before[0], model[0].weight)
 
 
+def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_all_layers():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    eager_model, compiled_model = BertForPreTraining(config), BertForPreTraining(config)
+    compiled_model.load_state_dict(eager_model.state_dict())
+    eager = Lamb(parameter_groups(eager_model, 0.01), lr=0.01)
+    compiled = Lamb(parameter_groups(compiled_model, 0.01), lr=0.01, compiled=True)
+    gen = torch.Generator().manual_seed(3)
+    graphs_before = counters["stats"]["unique_graphs"]
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=gen) * (1.0 if step == 1 else 0.01) for p in eager_model.parameters()]
+        for model, opt in ((eager_model, eager), (compiled_model, compiled)):
+            for param, grad in zip(model.parameters(), grads):
+                param.grad = grad.clone()
+            for group in opt.param_groups:
+                group["lr"] = 0.01 * (step + 1)  # a new rate every step: no recompilation
+            opt.step()
+        assert float(compiled.last_grad_norm) == pytest.approx(float(eager.last_grad_norm), rel=1e-6)
+        for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert float(eager.last_grad_norm) > 1.0 or step != 1  # the clip was exercised at step 1
+    # every encoder layer's unit shares one graph; the embeddings and heads make the second
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2
+    assert config.num_hidden_layers > 1
+
+
 @pytest.mark.gpu
-def test_step_does_not_synchronise_with_the_host():
+@both_paths
+def test_step_does_not_synchronise_with_the_host(compiled):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     model = tiny_model().cuda()
-    opt = Lamb(parameter_groups(model, 0.01), lr=0.01)
+    opt = Lamb(parameter_groups(model, 0.01), lr=0.01, compiled=compiled)
     model(torch.ones(4, 6, device="cuda")).sum().backward()
     opt.step()  # the first step allocates the moments
     model(torch.ones(4, 6, device="cuda")).sum().backward()
@@ -333,7 +371,8 @@ def test_warmup_from_flags():
         warmup_steps_for(100, -0.1, 0)
 
 
-def test_a_fused_qkv_weight_gets_one_trust_ratio_per_block_as_the_reference_q_k_v():
+@both_paths
+def test_a_fused_qkv_weight_gets_one_trust_ratio_per_block_as_the_reference_q_k_v(compiled):
     """The reference trains query, key and value as three tensors, each with its own LAMB trust ratio."""
     gen = torch.Generator().manual_seed(1)
     blocks = [torch.randn(4, 3, generator=gen) * scale for scale in (1.0, 3.0, 0.2)]  # different norms
@@ -343,7 +382,7 @@ def test_a_fused_qkv_weight_gets_one_trust_ratio_per_block_as_the_reference_q_k_
                               [[g.flatten().tolist() for g in gs] for gs in grads_per_step],
                               lrs, [0.01] * 3, 0.9, 0.999, 1e-6, 1.0)
     fused = torch.cat(blocks).requires_grad_()
-    opt = Lamb([{"params": [fused], "weight_decay": 0.01, "segments": [3]}], eps=1e-6)
+    opt = Lamb([{"params": [fused], "weight_decay": 0.01, "segments": [3]}], eps=1e-6, compiled=compiled)
     for grads, lr in zip(grads_per_step, lrs):
         fused.grad = torch.cat(grads)
         opt.param_groups[0]["lr"] = lr

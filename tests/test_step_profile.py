@@ -24,6 +24,9 @@ from conftest import mlperf_arrays, tiny_config
     ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits>", "attention"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<TensorListMetadata<3>>", "optimizer"),
     ("triton_per_fused_add_native_dropout_native_layer_norm_0", "compiled (triton)"),
+    ("triton_per_fused_native_layer_norm_native_layer_norm_backward_rsqrt_3", "compiled (triton)"),
+    ("triton_red_fused_add_div_linalg_vector_norm_mul_sqrt_0", "optimizer"),  # lamb_compiled's units
+    ("triton_poi_fused_add_div_mul_sqrt_sub_2", "optimizer"),
     ("Memcpy HtoD (Pinned -> Device)", "copy / fill"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copy / fill"),
     ("void at::native::indexSelectLargeIndex<float, long, unsigned int, 2, 2, -2, true>", "embedding / index"),

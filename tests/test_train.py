@@ -78,9 +78,11 @@ def test_a_run_stops_at_the_target_and_its_checkpoint_evaluates_the_same(data, t
     assert "summary: status success" in result.stderr
 
 
-def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["multi_tensor", "compiled"])
+def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path, optimizer):
     flags = dict(max_steps=160, num_samples_per_checkpoint=16 * 10, min_samples_to_start_checkpoints=0,
-                 keep_n_most_recent_checkpoints=3, target_mlm_accuracy=0.999, log_freq=7)
+                 keep_n_most_recent_checkpoints=3, target_mlm_accuracy=0.999, log_freq=7,
+                 compile_optimizer=optimizer == "compiled")
     whole = tmp_path / "whole"
     assert train(*train_flags(data, whole, **flags)).returncode == 0
 

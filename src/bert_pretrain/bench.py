@@ -2,7 +2,7 @@
 
 Both run the same sequences (MLPerf length distribution: a shard's rows, or synthetic rows with
 the real length histogram, data/synthetic.py), in alternating timed blocks after a warm-up. This
-project's step is `step.train_step` (packed batches, compiled model on CUDA, multi-tensor LAMB); the
+project's step is `step.train_step` (packed batches, compiled model and LAMB on CUDA); the
 peer is bench_hf.py. Reported: sequences/s, real tokens/s, TFLOP/s and MFU on real tokens only
 (flops.py), peak memory, GPU energy per sequence (NVML), and the rate of the training loader
 (data/loader.py reading a shard and packing its rows) against what the step consumes.
@@ -66,6 +66,7 @@ class BenchOptions:
     max_predictions_per_seq: int | None = None
     attention: str = "auto"
     compile: bool | None = None  # None: on for CUDA, off for the CPU
+    compile_optimizer: bool | None = None  # None: as compile
     hf_compile: bool = False
     pad_to_multiple: int = 1
     peak_tflops: float | None = None
@@ -160,6 +161,11 @@ def compile_enabled(options: BenchOptions, device: torch.device) -> bool:
     return options.compile if options.compile is not None else device.type == "cuda"
 
 
+def optimizer_compile_enabled(options: BenchOptions, device: torch.device) -> bool:
+    """--compile_optimizer / --no_compile_optimizer, else as the model."""
+    return options.compile_optimizer if options.compile_optimizer is not None else compile_enabled(options, device)
+
+
 def _contestants(options, config, rows, device, backend: str):
     """This project's runner and, with --compare hf, HF's, over the same POOL_STEPS steps of micro-batches."""
     size, per_step = options.batch, options.accumulation
@@ -170,7 +176,8 @@ def _contestants(options, config, rows, device, backend: str):
     model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
     if compile_enabled(options, device):
         compile_model(model, mode=options.compile_mode)
-    optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4)
+    optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4,
+                     compiled=optimizer_compile_enabled(options, device))
     scaler = make_grad_scaler(options.precision, device)
     max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
@@ -273,6 +280,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
         "attention": backend, "compile": compile_enabled(options, device),
         "compile_mode": options.compile_mode if compile_enabled(options, device) else None,
+        "compile_optimizer": optimizer_compile_enabled(options, device),
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,

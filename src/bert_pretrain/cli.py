@@ -156,6 +156,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="torch.compile the model (default: on CUDA only)")
     compile_group.add_argument("--no_compile", dest="compile", action="store_false", help="run the model eagerly")
+    optimizer_group = p.add_mutually_exclusive_group()
+    optimizer_group.add_argument("--compile_optimizer", dest="compile_optimizer", action="store_true", default=None,
+                                 help="torch.compile LAMB's update, one unit per encoder layer (default: as the model)")
+    optimizer_group.add_argument("--no_compile_optimizer", dest="compile_optimizer", action="store_false",
+                                 help="run LAMB's multi-tensor eager update")
     p.add_argument("--compile_mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode for this project's model (reduce-overhead adds CUDA graphs; "
                         "max-autotune also tunes the GEMM kernels, slow to compile)")

@@ -147,6 +147,9 @@ class SystemOptions:
                                     "reference", choices=ATTENTION_BACKENDS)
     compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
                                         "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
+    compile_optimizer: bool | None = option(None, "torch.compile LAMB's update as well, one unit per encoder "
+                                                  "layer: the same update in fewer passes over memory "
+                                                  "(default: with --compile)")
     compile_mode: str = option("default", "torch.compile mode when compiling: reduce-overhead adds CUDA graphs, "
                                           "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
                                           "of compilation)",
@@ -218,7 +221,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 continue
             kind = _base_type(cls, f.name)
             extra = dict(f.metadata["argparse"])
-            help_text = f"{f.metadata['help']} (default: {f.default})"
+            help_text = f.metadata["help"]
+            if f.default is not None and "(default" not in help_text:  # None: the help says what happens
+                help_text += f" (default: {f.default})"
             if kind is bool:
                 arguments.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                        default=argparse.SUPPRESS, help=help_text)
@@ -321,6 +326,8 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
     values["precision"] = precision
     if values.get("compile") is None:
         values["compile"] = on_gpu
+    if values.get("compile_optimizer") is None:
+        values["compile_optimizer"] = values["compile"]
     return values, notes
 
 

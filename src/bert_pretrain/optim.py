@@ -11,8 +11,9 @@ and of NVIDIA's PyTorch submission (apex `FusedLAMB` / `DistributedFusedLAMB` wi
   the reference: the fused QKV weight gets three, one each for its query, key and value blocks;
 - w -= lr * ratio * update.
 
-The update runs as multi-tensor `torch._foreach_*` ops over each group's lists and never reads a
-tensor back to the host, so a step launches a fixed number of kernels and does not synchronise.
+The update runs as multi-tensor `torch._foreach_*` ops over each group's lists, or (`compiled=True`)
+as torch.compile'd units of one encoder layer each (lamb_compiled.py: the same math in fewer passes
+over memory). Neither reads a tensor back to the host, so a step does not synchronise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from bert_pretrain.lamb_compiled import TensorPlan, compiled_unit, unit_key
 
 # A parameter whose name contains any of these gets no weight decay (and no trust ratio).
 NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")
@@ -75,6 +78,8 @@ class Lamb(torch.optim.Optimizer):
         eps: added to sqrt(v_hat) (the reference uses 1e-6).
         weight_decay: decoupled weight decay; also switches the trust ratio on for its group.
         max_grad_norm: global gradient-norm clip over all groups; None switches clipping off.
+        compiled: run the update as torch.compile'd units, one per encoder layer (lamb_compiled.py):
+            the same results in fewer passes over memory. Set it where the model is compiled.
 
     `step()` clips `p.grad` in place (as `torch.nn.utils.clip_grad_norm_` does). Parameters
     without a gradient are skipped. The bias-correction step count lives in each group as
@@ -91,11 +96,13 @@ class Lamb(torch.optim.Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.01,
         max_grad_norm: float | None = 1.0,
+        compiled: bool = False,
     ):
         _check_hyperparameters(lr, betas, eps, weight_decay, max_grad_norm)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, step=0)
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
+        self.compiled = compiled
         # A dict, not an attribute: torch.compile can trace a dict update inside step(), not a setattr.
         self._stats: dict[str, torch.Tensor] = {}
         for group in self.param_groups:
@@ -129,7 +136,12 @@ class Lamb(torch.optim.Optimizer):
         all_grads = [grad for _, _, grads, _ in work for grad in grads]
         if not all_grads:
             return loss
-        self._clip_(all_grads)
+        clip = self._clip_factor(all_grads)
+        if self.compiled:
+            self._update_compiled(work, clip)
+            return loss
+        if clip is not None:
+            torch._foreach_mul_(all_grads, clip)
         for group, params, grads, segments in work:
             if params:
                 self._update_group(group, params, grads, segments)
@@ -142,13 +154,14 @@ class Lamb(torch.optim.Optimizer):
             raise ValueError("Lamb does not support sparse gradients")
         return [p for p, _ in kept], [p.grad for p, _ in kept], [k for _, k in kept]
 
-    def _clip_(self, grads: list[torch.Tensor]) -> None:
-        """Scale `grads` by max_grad_norm / max(global_norm, max_grad_norm) (tf.clip_by_global_norm)."""
+    def _clip_factor(self, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """max_grad_norm / max(global_norm, max_grad_norm) (tf.clip_by_global_norm), None without clipping."""
         global_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         self._stats["grad_norm"] = global_norm
-        if self.max_grad_norm is not None:
-            # 1 exactly when the norm is within bounds; no host-side test of the tensor.
-            torch._foreach_mul_(grads, self.max_grad_norm / global_norm.clamp(min=self.max_grad_norm))
+        if self.max_grad_norm is None:
+            return None
+        # 1 exactly when the norm is within bounds; no host-side test of the tensor.
+        return self.max_grad_norm / global_norm.clamp(min=self.max_grad_norm)
 
     def _moments(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         for param in params:
@@ -158,20 +171,29 @@ class Lamb(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
+    @staticmethod
+    def _bias_corrections(group: dict) -> tuple[float, float]:
+        """Count this update in `group["step"]`; return (factor, eps_root) of its bias corrections.
+
+        m_hat / (sqrt(v_hat) + eps) == factor * m / (sqrt(v) + eps_root) with factor = sqrt(bc2) / bc1
+        and eps_root = eps * sqrt(bc2): the corrections become scalars folded into other ops, saving
+        passes over the weights.
+        """
+        beta1, beta2 = group["betas"]
+        group["step"] += 1
+        root_bc2 = math.sqrt(1.0 - beta2 ** group["step"])
+        return root_bc2 / (1.0 - beta1 ** group["step"]), group["eps"] * root_bc2
+
     def _update_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor],
                       segments: list[int]) -> None:
         beta1, beta2 = group["betas"]
-        group["step"] += 1
+        factor, eps_root = self._bias_corrections(group)
         exp_avgs, exp_avg_sqs = self._moments(params)
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        # m_hat / (sqrt(v_hat) + eps) == factor * m / (sqrt(v) + eps * sqrt(bc2)), factor = sqrt(bc2) / bc1:
-        # the bias corrections become scalars folded into other ops, saving passes over the weights.
-        root_bc2 = math.sqrt(1.0 - beta2 ** group["step"])
-        factor = root_bc2 / (1.0 - beta1 ** group["step"])
         denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denominators, group["eps"] * root_bc2)
+        torch._foreach_add_(denominators, eps_root)
         lr, weight_decay = group["lr"], group["weight_decay"]
         if weight_decay != 0.0:
             updates = torch._foreach_mul(params, weight_decay)
@@ -185,6 +207,32 @@ class Lamb(torch.optim.Optimizer):
             updates = torch._foreach_div(exp_avgs, denominators)
             torch._foreach_mul_(updates, -lr * factor)
             torch._foreach_add_(params, updates)
+
+    def _update_compiled(self, work: list, clip: torch.Tensor | None) -> None:
+        """The update of every group through lamb_compiled's units (see that module)."""
+        units: dict[str, tuple[list, list, list, list, list]] = {}
+        group_scalars = []
+        for index, (group, params, grads, segments) in enumerate(work):
+            if not params:
+                group_scalars.append(None)
+                continue
+            factor, eps_root = self._bias_corrections(group)
+            values = (group["lr"], factor, eps_root, group["weight_decay"], *group["betas"])
+            group_scalars.append(tuple(_cpu_scalar(value) for value in values))
+            names = dict(zip(map(id, group["params"]), group.get("param_names") or ()))
+            decayed = group["weight_decay"] != 0.0
+            for param, grad, exp_avg, exp_avg_sq, k in zip(params, grads, *self._moments(params), segments):
+                unit = units.setdefault(unit_key(names.get(id(param))), ([], [], [], [], []))
+                for items, item in zip(unit, (param, grad, exp_avg, exp_avg_sq, TensorPlan(index, k, decayed))):
+                    items.append(item)
+        update = compiled_unit()
+        for params, grads, exp_avgs, exp_avg_sqs, plans in units.values():
+            update(params, grads, exp_avgs, exp_avg_sqs, tuple(plans), group_scalars, clip)
+
+
+def _cpu_scalar(value: float | torch.Tensor) -> torch.Tensor:
+    """A Python float as a 0-d float64 CPU tensor (compiled code takes it as an argument, not a constant)."""
+    return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
 
 
 def _row_blocks(tensors: list[torch.Tensor], segments: list[int]) -> list[torch.Tensor]:

@@ -21,10 +21,13 @@ import torch
 
 from bert_pretrain.atomic import atomic_path
 
-# First match wins, so attention (flash kernels can carry "gemm"-like names) is tested before GEMMs.
+# First match wins, so attention (flash kernels can carry "gemm"-like names) is tested before GEMMs,
+# and the compiled LAMB's Triton kernels (named after the ops they fuse: sqrt(v), the trust ratio's
+# norms; no compiled model kernel has these, LayerNorm's show up as native_layer_norm) before the others.
 CATEGORIES = (
     ("attention", re.compile(r"flash|fmha|attention|attn", re.I)),
-    ("optimizer", re.compile(r"multi_tensor|foreach|lamb|amp_update_scale|non_finite|Optimizer\.", re.I)),
+    ("optimizer", re.compile(r"multi_tensor|foreach|lamb|amp_update_scale|non_finite|Optimizer\.|"
+                             r"^triton_\w*_(sqrt|linalg_vector_norm)(_|$)", re.I)),
     ("gemm", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma|(^|::)(mm|addmm|bmm|linear|matmul)\b", re.I)),
     ("compiled (triton)", re.compile(r"^triton_|torchinductor|CompiledFunction|Torch-Compiled", re.I)),
     ("copy / fill", re.compile(r"memcpy|memset|copy|fill|^aten::(to|_to_copy|zero_|zeros|empty)", re.I)),

@@ -163,7 +163,8 @@ def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bo
     opt = config.optimizer
     optimizer = Lamb(parameter_groups(model, opt.weight_decay_rate), lr=opt.learning_rate,
                      betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2), eps=LAMB_EPSILON,
-                     weight_decay=opt.weight_decay_rate, max_grad_norm=MAX_GRAD_NORM)
+                     weight_decay=opt.weight_decay_rate, max_grad_norm=MAX_GRAD_NORM,
+                     compiled=config.system.compile_optimizer)
     scaler = make_grad_scaler(config.system.precision, info.device, init_scale=_init_loss_scale())
     seed = worker_seed(config.run.seed, info.rank, info.world_size)
     random.seed(seed)
