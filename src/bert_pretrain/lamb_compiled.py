@@ -52,17 +52,18 @@ def lamb_unit_(
 ) -> None:
     """One LAMB update of a unit's tensors, in place (grads are clipped in place, as the eager path does).
 
-    group_scalars[i] = (lr, factor, eps_root, weight_decay, beta1, beta2) of group i as 0-d tensors,
-    where update = factor * m / (sqrt(v) + eps_root) + weight_decay * w (optim.Lamb folds the bias
-    corrections into factor and eps_root). clip: the global-norm clip factor (a 0-d device tensor)
-    or None.
+    group_scalars[i] = (lr, factor, eps_root, weight_decay, beta1, 1 - beta1, beta2, 1 - beta2) of
+    group i as 0-d tensors, where update = factor * m / (sqrt(v) + eps_root) + weight_decay * w
+    (optim.Lamb folds the bias corrections into factor and eps_root). Each scalar only ever multiplies
+    or adds to a device tensor: scalar-with-scalar arithmetic here would make a CPU kernel of its own.
+    clip: the global-norm clip factor (a 0-d device tensor) or None.
     """
     for param, grad, exp_avg, exp_avg_sq, plan in zip(params, grads, exp_avgs, exp_avg_sqs, plans):
-        lr, factor, eps_root, weight_decay, beta1, beta2 = group_scalars[plan.group]
+        lr, factor, eps_root, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2 = group_scalars[plan.group]
         if clip is not None:
             grad.mul_(clip)
-        exp_avg.mul_(beta1).add_(grad * (1.0 - beta1))
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1.0 - beta2))
+        exp_avg.mul_(beta1).add_(grad * one_minus_beta1)
+        exp_avg_sq.mul_(beta2).add_(grad * grad * one_minus_beta2)
         update = exp_avg / (exp_avg_sq.sqrt() + eps_root) * factor
         if not plan.decayed:
             param.sub_(update * lr)

@@ -217,7 +217,8 @@ class Lamb(torch.optim.Optimizer):
                 group_scalars.append(None)
                 continue
             factor, eps_root = self._bias_corrections(group)
-            values = (group["lr"], factor, eps_root, group["weight_decay"], *group["betas"])
+            beta1, beta2 = group["betas"]
+            values = (group["lr"], factor, eps_root, group["weight_decay"], beta1, 1.0 - beta1, beta2, 1.0 - beta2)
             group_scalars.append(tuple(_cpu_scalar(value) for value in values))
             names = dict(zip(map(id, group["params"]), group.get("param_names") or ()))
             decayed = group["weight_decay"] != 0.0
