@@ -9,10 +9,12 @@ Dry run on a CPU (same sections, tiny sizes):
 
     PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
 
-The headline bench also profiles three steps (`<out>/profile_large512_bf16/`: profile.md and a
-Perfetto trace). `--experiments` runs, instead of the check, variants of the headline bench
-(EXPERIMENTS: eager LAMB, larger micro-batches, eager model, max-autotune compilation) against a baseline in the same
-call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
+The check: the headline bench (BERT-large, 512, bf16, profiled: `<out>/profile_large512_bf16/` holds
+profile.md and a Perfetto trace), the GPU tests, a short training run whose loss must fall, LAMB's
+update alone (multi-tensor vs compiled, section `lamb`), then the other benches (fp16 profiled too).
+`--experiments` runs, instead of the check, variants of the headline bench (EXPERIMENTS: eager LAMB,
+larger micro-batches, eager model, max-autotune compilation, CUDA graphs) against a baseline in the
+same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
 
 Every section runs in its own process with a timeout taken from one overall budget (default
 480 s); a failure or timeout is recorded in the report and the next section runs. The report
@@ -161,7 +163,48 @@ def _section_train(args) -> dict:
             "last_loss": last, "loss_fell": last < 0.8 * first, "finite": bool(np.isfinite(losses).all())}
 
 
-SECTIONS = {"environment": _section_environment, "probe": _section_probe, "train": _section_train}
+def _section_lamb(args, rounds: int = 3, updates: int = 5) -> dict:
+    """One LAMB update of the model's parameters: the multi-tensor path against the compiled one
+    (lamb_compiled.py), alternating blocks in one process; milliseconds per update (median block)."""
+    import statistics
+
+    import torch
+
+    from bert_pretrain.bench import MODEL_SHAPES
+    from bert_pretrain.model import BertConfig, BertForPreTraining
+    from bert_pretrain.optim import Lamb, parameter_groups
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=30522, **MODEL_SHAPES[args.model])).to(device)
+    for param in model.parameters():
+        param.grad = torch.randn_like(param) * 1e-3  # a global norm above 1: the clip is exercised
+    paths = {"multi_tensor": Lamb(parameter_groups(model, 0.01), lr=1e-4),
+             "compiled": Lamb(parameter_groups(model, 0.01), lr=1e-4, compiled=True)}
+
+    def block(optimizer, steps) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    first = {name: block(optimizer, 1) for name, optimizer in paths.items()}  # state allocation, compilation
+    blocks = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, optimizer in paths.items():
+            blocks[name].append(block(optimizer, updates) / updates * 1e3)
+    ms = {name: statistics.median(times) for name, times in blocks.items()}
+    weights_gb = sum(p.numel() for p in model.parameters()) * 4 / 1e9
+    return {"model": args.model, "fp32_weights_gb": round(weights_gb, 3), "ms_per_update": ms,
+            "blocks_ms": blocks, "first_update_s": first, "speedup": ms["multi_tensor"] / ms["compiled"]}
+
+
+SECTIONS = {"environment": _section_environment, "probe": _section_probe, "train": _section_train,
+            "lamb": _section_lamb}
 
 
 def _bench_plan(args) -> list[tuple[str, list[str], int]]:
@@ -375,7 +418,7 @@ def main(argv=None) -> int:
              ("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                             "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
                             "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150),
-             ("train", [*me, "--section", "train"], 90), *benches[1:]]
+             ("train", [*me, "--section", "train"], 90), ("lamb", [*me, "--section", "lamb"], 120), *benches[1:]]
     experiments = [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
     if args.sections:  # any sections of both plans, in the order given
         known = {entry[0]: entry for entry in check + experiments}
