@@ -230,8 +230,9 @@ def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_a
     compiled = Lamb(parameter_groups(compiled_model, 0.01), lr=0.01, compiled=True)
     gen = torch.Generator().manual_seed(3)
     graphs_before = counters["stats"]["unique_graphs"]
+    norms = []
     for step in range(4):
-        grads = [torch.randn(p.shape, generator=gen) * (1.0 if step == 1 else 0.01) for p in eager_model.parameters()]
+        grads = [torch.randn(p.shape, generator=gen) * (1.0 if step == 1 else 0.001) for p in eager_model.parameters()]
         for model, opt in ((eager_model, eager), (compiled_model, compiled)):
             for param, grad in zip(model.parameters(), grads):
                 param.grad = grad.clone()
@@ -239,9 +240,10 @@ def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_a
                 group["lr"] = 0.01 * (step + 1)  # a new rate every step: no recompilation
             opt.step()
         assert float(compiled.last_grad_norm) == pytest.approx(float(eager.last_grad_norm), rel=1e-6)
+        norms.append(float(eager.last_grad_norm))
         for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    assert float(eager.last_grad_norm) > 1.0 or step != 1  # the clip was exercised at step 1
+    assert norms[1] > 1.0 > max(norms[:1] + norms[2:])  # step 1 was clipped, the others not
     # every encoder layer's unit shares one graph; the embeddings and heads make the second
     assert counters["stats"]["unique_graphs"] - graphs_before == 2
     assert config.num_hidden_layers > 1
