@@ -18,7 +18,7 @@ as scalar arguments: no recompilation when they change, no copy to the device, n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -26,9 +26,9 @@ import torch
 _UNIT_PREFIX = re.compile(r"^(.*?\.\d+)\.")
 
 
-@dataclass(frozen=True)
-class TensorPlan:
-    """What the compiled update needs to know about one parameter, all of it static (guarded, not traced)."""
+class TensorPlan(NamedTuple):
+    """What the compiled update needs to know about one parameter, all of it static (guarded, not traced;
+    a named tuple of ints and bools, which every torch.compile version guards by value)."""
 
     group: int  # index of its parameter group (learning rate, weight decay, betas)
     blocks: int  # row blocks with a trust ratio each (3 for a fused QKV weight)
