@@ -356,13 +356,14 @@ def _bench_table(r: dict) -> list[str]:
     if "hf_seq_per_s" not in r:  # an experiment: this project alone
         return [f"seq/s {cell('seq_per_s')}, TFLOP/s {cell('tflops')}, MFU {cell('mfu')}, peak memory "
                 f"{cell('peak_mem_gb')} GB; model {r['model']}, batch {r['batch']}x{r['accumulation']}, {r['precision']}, "
-                f"attention {r['attention']}, compile {r['compile']} {r.get('compile_mode') or ''}"]
+                f"attention {r['attention']}, compile {r['compile']} {r.get('compile_mode') or ''}, "
+                f"LAMB compiled {r.get('compile_optimizer')}"]
     rows = ["| measure | bert_pretrain | hf_transformers |", "|---|---:|---:|"]
     rows += [f"| {k} | {cell(k)} | {cell('hf_' + k)} |" for k in keys]
     rows += [f"| ratio (seq/s) | {cell('ratio')} | rounds {[round(x, 2) for x in r.get('ratio_rounds', [])]} |",
              f"| input pipeline seq/s | {cell('input_seq_per_s')} ({cell('input_ratio')}x the step) | |", "",
              f"model {r['model']}, seq {r['seq']}, batch {r['batch']}, {r['precision']}, attention {r['attention']}, "
-             f"compile {r['compile']}, optimizer {r['optimizer']}, mean real length {r['mean_length']:.1f}, "
+             f"compile {r['compile']}, optimizer {r['optimizer']} (compiled {r.get('compile_optimizer')}), mean real length {r['mean_length']:.1f}, "
              f"{r['steps']} timed steps each, peak {r.get('peak_tflops')} TFLOP/s, torch {r['torch']}, "
              f"transformers {r.get('transformers')}, power {r.get('power')}" + (f"; HF: {r['hf_error']}" if r.get("hf_error") else "")]
     return rows
