@@ -34,9 +34,10 @@ def read_metrics(output_dir: Path, kind: str) -> list[dict]:
     return [r for r in records if r["kind"] == kind]
 
 
-def test_two_processes_equal_one_process_accumulating_two_micro_batches(data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["multi_tensor", "compiled"])
+def test_two_processes_equal_one_process_accumulating_two_micro_batches(data, tmp_path, optimizer):
     common = dict(max_steps=12, log_freq=1, eval_iter_start_samples=96, eval_iter_samples=96,
-                  target_mlm_accuracy=0.999)
+                  target_mlm_accuracy=0.999, compile_optimizer=optimizer == "compiled")
     two, one = tmp_path / "two", tmp_path / "one"
     ddp = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(DRIVER),
                           *train_flags(data, two, train_batch_size=8, gradient_accumulation_steps=1, **common)],
