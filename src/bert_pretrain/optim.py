@@ -67,7 +67,7 @@ def _check_hyperparameters(lr, betas, eps, weight_decay, max_grad_norm) -> None:
 
 
 class Lamb(torch.optim.Optimizer):
-    """Multi-tensor LAMB with MLPerf BERT semantics (see the module docstring).
+    """LAMB with MLPerf BERT semantics, multi-tensor or compiled (see the module docstring).
 
     Args:
         params: parameters or parameter groups (see `parameter_groups`); fp32 only (keep fp32 master

@@ -1,7 +1,7 @@
 """Where a training step's time goes: `torch.profiler` over a few steps, summarised by kind of work.
 
 On CUDA it sums the kernels' device time by category (GEMM, attention, compiled Triton kernels,
-the optimizer's multi-tensor kernels, eager elementwise/reduction kernels, copies) and reports how
+the optimizer's kernels (multi-tensor or compiled), eager elementwise/reduction kernels, copies) and reports how
 busy the GPU was over the profiled wall time: a busy fraction well below 1 means the host, not the
 GPU, sets the pace. On the CPU it sums the operators' self time by the same categories.
 `bert-pretrain bench --profile DIR` uses it; the numbers say which optimisation can pay.
