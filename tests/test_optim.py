@@ -189,9 +189,10 @@ def test_state_dict_round_trip_resumes_bitwise():
         assert torch.equal(a, b)
 
 
-def test_grad_scaler_skips_an_inf_step_and_leaves_everything_unchanged():
+@both_paths
+def test_grad_scaler_skips_an_inf_step_and_leaves_everything_unchanged(compiled):
     model = tiny_model()
-    opt = Lamb(parameter_groups(model, 0.01), lr=0.01)
+    opt = Lamb(parameter_groups(model, 0.01), lr=0.01, compiled=compiled)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
 
     def scaled_step(poison: bool):
