@@ -79,7 +79,9 @@ class Lamb(torch.optim.Optimizer):
         weight_decay: decoupled weight decay; also switches the trust ratio on for its group.
         max_grad_norm: global gradient-norm clip over all groups; None switches clipping off.
         compiled: run the update as torch.compile'd units, one per encoder layer (lamb_compiled.py):
-            the same results in fewer passes over memory. Set it where the model is compiled.
+            the same results in fewer passes over memory. Set it where the model is compiled. Units
+            are found from the groups' "param_names" (as `parameter_groups` makes them); groups
+            without names form one unit, which compiles slowly for a deep model.
 
     `step()` clips `p.grad` in place (as `torch.nn.utils.clip_grad_norm_` does). Parameters
     without a gradient are skipped. The bias-correction step count lives in each group as
