@@ -220,13 +220,16 @@ def test_grad_scaler_skips_an_inf_step_and_leaves_everything_unchanged(compiled)
     assert not torch.equal(params_before[0], model[0].weight)
 
 
-def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_all_layers():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_all_layers(device):
     from torch._dynamo.utils import counters
 
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     torch._dynamo.reset()  # the graphs other tests compiled count toward dynamo's recompile limit
     torch.manual_seed(0)
     config = tiny_config()
-    eager_model, compiled_model = BertForPreTraining(config), BertForPreTraining(config)
+    eager_model, compiled_model = BertForPreTraining(config).to(device), BertForPreTraining(config).to(device)
     compiled_model.load_state_dict(eager_model.state_dict())
     eager = Lamb(parameter_groups(eager_model, 0.01), lr=0.01)
     compiled = Lamb(parameter_groups(compiled_model, 0.01), lr=0.01, compiled=True)
@@ -237,14 +240,14 @@ def test_compiled_update_equals_the_eager_one_on_bert_with_one_compilation_for_a
         grads = [torch.randn(p.shape, generator=gen) * (1.0 if step == 1 else 0.001) for p in eager_model.parameters()]
         for model, opt in ((eager_model, eager), (compiled_model, compiled)):
             for param, grad in zip(model.parameters(), grads):
-                param.grad = grad.clone()
+                param.grad = grad.to(device, copy=True)
             for group in opt.param_groups:
                 group["lr"] = 0.01 * (step + 1)  # a new rate every step: no recompilation
             opt.step()
         assert float(compiled.last_grad_norm) == pytest.approx(float(eager.last_grad_norm), rel=1e-6)
         norms.append(float(eager.last_grad_norm))
         for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # fp32 rounding of other kernels only
     assert norms[1] > 1.0 > max(norms[:1] + norms[2:])  # step 1 was clipped, the others not
     # every encoder layer's unit shares one graph; the embeddings and heads make the second
     assert counters["stats"]["unique_graphs"] - graphs_before == 2
