@@ -197,3 +197,16 @@ def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
     assert tuple(fields["compile_mode"].metadata["argparse"]["choices"]) == COMPILE_MODES
     assert load(["--compile_mode", "max-autotune-no-cudagraphs", *paths]).system.compile_mode == \
         "max-autotune-no-cudagraphs"
+
+
+def test_lamb_is_compiled_with_the_model_unless_told_otherwise(paths):
+    def system(*flags, cuda=False):
+        config = load([*flags, *paths], cuda=cuda).system
+        return config.compile, config.compile_optimizer
+
+    assert system() == (False, False)  # the CPU: neither
+    assert system(cuda=True) == (True, True)  # a GPU: both
+    assert system("--no_compile", cuda=True) == (False, False)
+    for off in ("--no_compile_optimizer", "--no-compile_optimizer"):
+        assert system(off, cuda=True) == (True, False)
+    assert system("--compile_optimizer") == (False, True)  # the LAMB alone, on the CPU

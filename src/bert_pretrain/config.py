@@ -149,7 +149,8 @@ class SystemOptions:
                                         "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
     compile_optimizer: bool | None = option(None, "torch.compile LAMB's update as well, one unit per encoder "
                                                   "layer: the same update in fewer passes over memory "
-                                                  "(default: with --compile)")
+                                                  "(default: with --compile); --no_compile_optimizer turns it off",
+                                            negative_alias="--no_compile_optimizer")
     compile_mode: str = option("default", "torch.compile mode when compiling: reduce-overhead adds CUDA graphs, "
                                           "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
                                           "of compilation)",
