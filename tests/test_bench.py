@@ -103,3 +103,26 @@ def test_peaks_and_power_are_absent_where_unknown():
     assert not meter.available
     meter.start()
     assert meter.stop() is None
+
+
+@pytest.mark.parametrize("skipped, warmup, expected_extra", [(0, 2, 0), (1, 2, 0), (5, 2, 4), (1, 0, 0), (99, 2, 32)])
+def test_warm_up_lasts_until_the_first_applied_update(skipped, warmup, expected_extra):
+    """fp16's first updates are skipped while GradScaler finds its scale; the first applied one allocates the
+    optimizer's state (and compiles a compiled LAMB), which must not land in a timed block."""
+    from types import SimpleNamespace
+
+    from bert_pretrain.bench_timing import MAX_STEPS_TO_FIRST_UPDATE, Runner
+
+    optimizer = SimpleNamespace(state={})
+    calls = []
+
+    def step(_):  # the first `skipped` steps skip the update, as GradScaler does on inf gradients
+        calls.append(1)
+        if len(calls) > skipped:
+            optimizer.state["moments"] = True
+
+    runner = Runner("ours", step, [None], model=None, optimizer=optimizer)
+    extra = runner.warm_up(warmup, torch.device("cpu"))
+    assert extra == expected_extra and len(calls) == warmup + extra
+    assert bool(optimizer.state) == (warmup > 0 and skipped < warmup + MAX_STEPS_TO_FIRST_UPDATE)
+    assert runner.timed_indices == [] and runner.seconds == 0.0
