@@ -226,8 +226,8 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
         ("large512_bf16", [*LARGE, "--precision", "bf16", *profile("large512_bf16")], 260),
         # 128 x 2 micro-batches: 8.5% faster than 64 x 4 on an H200 (2026-11-26); HF needs about 90 GB for it (not on an H100)
         ("large512_bf16_micro128", [*LARGE, "--precision", "bf16", "--batch", "128", "--accumulation", "2"], 150),
-        # profiled: fp16 ran 12% below bf16 in one call on an H200 (633 vs 720 seq/s), HF 1% (2026-11-26), most
-        # likely with its first applied update (after GradScaler's skips) in a timed block; the warm-up now passes it
+        # profiled: fp16 ran 12% below bf16 in one call on an H200 (633 vs 720 seq/s), HF 1% (2026-11-26); not
+        # explained by the first applied update falling in a timed block (HF's did too), which the warm-up now passes
         ("large512_fp16", [*LARGE, "--precision", "fp16", *profile("large512_fp16")], 220),
         ("base128_bf16", ["--model", "base", "--seq", "128", "--batch", "256", "--accumulation", "2", "--steps", "10",
                           "--warmup", "3", "--precision", "bf16"], 150),
