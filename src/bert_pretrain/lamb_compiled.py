@@ -41,6 +41,12 @@ def unit_key(name: str | None) -> str:
     return match.group(1) if match else ""
 
 
+def trust_ratio(weight_norms: torch.Tensor, update_norms: torch.Tensor) -> torch.Tensor:
+    """LAMB's ||w|| / ||update||, elementwise over matching norms; 1 where either norm is 0."""
+    usable = (weight_norms > 0) & (update_norms > 0)
+    return torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+
+
 def lamb_unit_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -70,10 +76,8 @@ def lamb_unit_(
             continue
         update = update + weight_decay * param
         rows, update_rows = param.view(plan.blocks, -1), update.view(plan.blocks, -1)
-        weight_norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-        update_norms = torch.linalg.vector_norm(update_rows, dim=1, keepdim=True)
-        usable = (weight_norms > 0) & (update_norms > 0)
-        ratios = torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+        ratios = trust_ratio(torch.linalg.vector_norm(rows, dim=1, keepdim=True),
+                             torch.linalg.vector_norm(update_rows, dim=1, keepdim=True))
         rows.sub_(update_rows * ratios * lr)
 
 

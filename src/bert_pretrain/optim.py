@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from bert_pretrain.lamb_compiled import TensorPlan, compiled_unit, unit_key
+from bert_pretrain.lamb_compiled import TensorPlan, compiled_unit, trust_ratio, unit_key
 
 # A parameter whose name contains any of these gets no weight decay (and no trust ratio).
 NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")
@@ -245,10 +245,7 @@ def _row_blocks(tensors: list[torch.Tensor], segments: list[int]) -> list[torch.
 
 def _trust_ratios(params, updates) -> torch.Tensor:
     """(len(params),) ||w|| / ||update|| per tensor, 1 where either norm is 0."""
-    weight_norms = torch.stack(torch._foreach_norm(params))
-    update_norms = torch.stack(torch._foreach_norm(updates))
-    usable = (weight_norms > 0) & (update_norms > 0)
-    return torch.where(usable, weight_norms / update_norms, torch.ones_like(weight_norms))
+    return trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates)))
 
 
 def warmup_steps_for(max_steps: float, warmup_proportion: float, warmup_steps: int) -> int:
