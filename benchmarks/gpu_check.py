@@ -11,7 +11,9 @@ Dry run on a CPU (same sections, tiny sizes):
 
 The check: the headline bench (BERT-large, 512, bf16, profiled: `<out>/profile_large512_bf16/` holds
 profile.md and a Perfetto trace), the GPU tests, a short training run whose loss must fall, LAMB's
-update alone (multi-tensor vs compiled, section `lamb`), then the other benches (fp16 profiled too).
+update alone (multi-tensor vs compiled, section `lamb`), one encoder layer at three micro-batch sizes
+compiled several ways (section `layer`, layer_bench.py), then the other benches (128 x 2 and fp16
+profiled too).
 `--experiments` runs, instead of the check, variants of the headline bench (EXPERIMENTS: eager LAMB,
 larger micro-batches, eager model, max-autotune compilation, CUDA graphs) against a baseline in the
 same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from bert_pretrain.step_profile import format_profile  # noqa: E402  (the package need not be installed)
+import layer_bench  # noqa: E402  (beside this script)
 
 
 def _section_environment(args) -> dict:
@@ -203,8 +206,16 @@ def _section_lamb(args, rounds: int = 3, updates: int = 5) -> dict:
             "blocks_ms": blocks, "first_update_s": first, "speedup": ms["multi_tensor"] / ms["compiled"]}
 
 
+def _section_layer(args) -> dict:
+    """One encoder layer's forward + backward at 64, 128, 256 sequences, compiled several ways (layer_bench.py)."""
+    import torch
+
+    sizes = (64, 128, 256) if args.device == "cuda" else (4, 8)
+    return layer_bench.measure(torch.device(args.device), args.model, sizes)
+
+
 SECTIONS = {"environment": _section_environment, "probe": _section_probe, "train": _section_train,
-            "lamb": _section_lamb}
+            "lamb": _section_lamb, "layer": _section_layer}
 
 
 def _bench_plan(args) -> list[tuple[str, list[str], int]]:
@@ -225,7 +236,9 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
     return [
         ("large512_bf16", [*LARGE, "--precision", "bf16", *profile("large512_bf16")], 260),
         # 128 x 2 micro-batches: 8.5% faster than 64 x 4 on an H200 (2026-11-26); HF needs about 90 GB for it (not on an H100)
-        ("large512_bf16_micro128", [*LARGE, "--precision", "bf16", "--batch", "128", "--accumulation", "2"], 150),
+        # profiled: the fastest measured configuration, never profiled before (2026-11-26)
+        ("large512_bf16_micro128", [*LARGE, "--precision", "bf16", "--batch", "128", "--accumulation", "2",
+                                    *profile("large512_bf16_micro128")], 170),
         # profiled: fp16 ran 12% below bf16 in one call on an H200 (633 vs 720 seq/s), HF 1% (2026-11-26); not
         # explained by the first applied update falling in a timed block (HF's did too), which the warm-up now passes
         ("large512_fp16", [*LARGE, "--precision", "fp16", *profile("large512_fp16")], 220),
@@ -321,6 +334,8 @@ class Report:
                 lines += _bench_table(result)
                 if result.get("profile"):
                     lines += ["", format_profile(result["profile"])]
+            elif result and "variants" in result:
+                lines += layer_bench.format_layer(result)
             elif result:
                 lines += ["```", json.dumps(result, indent=1)[:4000], "```"]
             if section.get("log"):
@@ -420,7 +435,8 @@ def main(argv=None) -> int:
              ("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                             "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
                             "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150),
-             ("train", [*me, "--section", "train"], 90), ("lamb", [*me, "--section", "lamb"], 120), *benches[1:]]
+             ("train", [*me, "--section", "train"], 90), ("lamb", [*me, "--section", "lamb"], 120),
+             ("layer", [*me, "--section", "layer"], 180), *benches[1:]]
     experiments = [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
     if args.sections:  # any sections of both plans, in the order given
         known = {entry[0]: entry for entry in check + experiments}
