@@ -255,6 +255,7 @@ LARGE = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", 
 EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps the first ones
     "baseline": [],  # the headline configuration, for the ratios below
     "eager_lamb": ["--no_compile_optimizer"],  # LAMB's multi-tensor eager update: what compiling it buys
+    "fused_norm": ["--fused_norm"],  # our Triton dropout + residual + LayerNorm kernels instead of Inductor's
     "micro128": ["--batch", "128", "--accumulation", "2"],  # larger GEMMs, fewer launches per update
     "autotune": ["--compile_mode", "max-autotune-no-cudagraphs"],  # Triton GEMM templates with fused epilogues
     # CUDA graphs need few distinct shapes: token counts rounded up to multiples of 512 (one padding segment)
@@ -262,7 +263,7 @@ EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps
     "eager": ["--no_compile"],  # what regional compilation buys
     "micro256": ["--batch", "256", "--accumulation", "1"],  # the whole update in one micro-batch
 }
-GPU_ONLY = ("autotune", "cudagraphs")  # compile modes: the CPU dry run does not compile
+GPU_ONLY = ("autotune", "cudagraphs", "fused_norm")  # compile modes (the CPU dry run does not compile), Triton
 
 
 def _experiment_plan(args) -> list[tuple[str, list[str], int]]:
@@ -373,7 +374,7 @@ def _bench_table(r: dict) -> list[str]:
         return [f"seq/s {cell('seq_per_s')}, TFLOP/s {cell('tflops')}, MFU {cell('mfu')}, peak memory "
                 f"{cell('peak_mem_gb')} GB; model {r['model']}, batch {r['batch']}x{r['accumulation']}, {r['precision']}, "
                 f"attention {r['attention']}, compile {r['compile']} {r.get('compile_mode') or ''}, "
-                f"LAMB compiled {r.get('compile_optimizer')}"]
+                f"LAMB compiled {r.get('compile_optimizer')}, fused norm {r.get('fused_norm')}"]
     rows = ["| measure | bert_pretrain | hf_transformers |", "|---|---:|---:|"]
     rows += [f"| {k} | {cell(k)} | {cell('hf_' + k)} |" for k in keys]
     rows += [f"| ratio (seq/s) | {cell('ratio')} | rounds {[round(x, 2) for x in r.get('ratio_rounds', [])]} |",
@@ -434,7 +435,8 @@ def main(argv=None) -> int:
     check = [benches[0],
              ("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                             "tests/test_attention.py", "tests/test_packing.py", "tests/test_step.py",
-                            "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py"], 150),
+                            "tests/test_train_gpu.py", "tests/test_optim.py", "tests/test_metrics.py",
+                            "tests/test_fused_norm.py"], 170),
              ("train", [*me, "--section", "train"], 90), ("lamb", [*me, "--section", "lamb"], 120),
              ("layer", [*me, "--section", "layer"], 180), *benches[1:]]
     experiments = [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]

@@ -9,6 +9,8 @@ in one call, each variant timed at each token count on the same packed micro-bat
 
 - `compiled_dynamic`: the layer compiled with its token count marked dynamic (what `train` runs);
 - `compiled_static`: compiled once per token count (`dynamic=False`), so Inductor knows the sizes;
+- `fused_norm`: as compiled_dynamic, with this project's Triton kernels for dropout + residual +
+  LayerNorm (fused_norm.py; `--fused_norm`), which Inductor calls as opaque operators;
 - `native_layernorm`: as compiled_dynamic, but both LayerNorms run PyTorch's own CUDA kernels in the
   compute dtype (a region left out of the compilation), the dropout + residual add still compiled;
 - `eager`: no compilation at all.
@@ -35,10 +37,11 @@ from bert_pretrain.attention import resolve_backend
 from bert_pretrain.bench import MODEL_SHAPES
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.data.synthetic import synthetic_rows
+from bert_pretrain.fused_norm import unavailable_reason
 from bert_pretrain.model import BertConfig, BertLayer
 from bert_pretrain.step_profile import profile_steps
 
-VARIANTS = ("compiled_dynamic", "compiled_static", "native_layernorm", "eager")
+VARIANTS = ("compiled_dynamic", "fused_norm", "compiled_static", "native_layernorm", "eager")
 
 
 class NativeLayerNorm(torch.nn.Module):
@@ -62,10 +65,11 @@ def _native_layer_norm(x, weight, bias, eps):
 def _layer(config: BertConfig, variant: str, device: torch.device) -> BertLayer:
     torch.manual_seed(0)
     layer = BertLayer(config).to(device).train()
-    if variant == "native_layernorm":
-        for sublayer in (layer.attention.output, layer.output):
+    for sublayer in (layer.attention.output, layer.output):
+        if variant == "native_layernorm":
             sublayer.LayerNorm = NativeLayerNorm(sublayer.LayerNorm)
-    if variant.startswith("compiled") or variant == "native_layernorm":
+        sublayer.fused = variant == "fused_norm"
+    if variant != "eager":
         layer.compile(dynamic=False if variant == "compiled_static" else None)
     return layer
 
@@ -91,6 +95,9 @@ def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), re
     results = {"model": model, "dtype": str(dtype), "attention": backend,
                "tokens": {size: int(batch.input_ids.shape[0]) for size, batch in batches.items()}, "variants": {}}
     for variant in variants:
+        if variant == "fused_norm" and unavailable_reason(device):
+            results["variants"][variant] = {"skipped": unavailable_reason(device)}
+            continue
         layer = _layer(config, variant, device)
         rows = results["variants"][variant] = {}
         for size, batch in batches.items():
@@ -99,7 +106,7 @@ def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), re
             grad = torch.randn_like(x)
 
             def run():
-                if variant == "compiled_dynamic" or variant == "native_layernorm":
+                if variant != "compiled_static" and variant != "eager":
                     torch._dynamo.maybe_mark_dynamic(x, 0)  # as step.compile_model marks the packed stream
                 with torch.autocast(device.type, dtype=dtype, enabled=cuda):
                     out = layer(x, batch, backend)
@@ -132,12 +139,16 @@ def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), re
 
 def format_layer(result: dict) -> list[str]:
     """Markdown lines: one row per variant and micro-batch size, kernel time by category, the top kernel."""
-    categories = sorted({c for rows in result["variants"].values() for row in rows.values() for c in row["kernel_ms"]})
+    measured = [rows for rows in result["variants"].values() if "skipped" not in rows]
+    categories = sorted({c for rows in measured for row in rows.values() for c in row["kernel_ms"]})
     lines = [f"model {result['model']}, {result['dtype']}, attention {result['attention']}, tokens per micro-batch "
              f"{result['tokens']}", "",
              "| variant | sequences | ms | ms per 1k tokens | " + " | ".join(f"{c} ms" for c in categories)
              + " | top kernel (ms) |", "|---|---:|---:|---:|" + "---:|" * len(categories) + "---|"]
     for variant, rows in result["variants"].items():
+        if "skipped" in rows:
+            lines.append(f"| {variant} | skipped: {rows['skipped']} |" + " |" * (3 + len(categories)))
+            continue
         for size, row in rows.items():
             top = row["top"][0] if row["top"] else ["-", 0.0, 0]
             cells = " | ".join(f"{row['kernel_ms'].get(c, 0.0):.2f}" for c in categories)

@@ -66,6 +66,8 @@ def test_bad_options_are_one_line_errors(tmp_path):
     (tmp_path / "a_file").write_text("")
     result = run_cli("bench", "--profile", str(tmp_path / "a_file"), "--device", "cpu")
     assert result.returncode == 2 and "a_file" in result.stderr and "not a folder" in result.stderr
+    result = run_cli("bench", "--fused_norm", "--device", "cpu", env={"TRITON_INTERPRET": ""})
+    assert result.returncode == 2 and "--fused_norm needs" in result.stderr and "run without" in result.stderr
 
 
 def test_flops_formula_counts_every_multiply_of_a_training_step():

@@ -196,6 +196,12 @@ def test_a_bert_config_that_does_not_match_the_checkpoint_is_named(data, tmp_pat
     assert "mis-shaped" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_fused_norm_without_triton_or_a_gpu_is_named(data, tmp_path):
+    result = train(*train_flags(data, tmp_path / "out", fused_norm=True))  # the tests run without TRITON_INTERPRET
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--fused_norm needs" in result.stderr and "run without --fused_norm" in result.stderr
+
+
 def test_an_eval_set_smaller_than_num_eval_examples_is_named(data, tmp_path):
     result = train(*train_flags(data, tmp_path / "out", num_eval_examples=10000))
     assert result.returncode == 2

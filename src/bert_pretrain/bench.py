@@ -34,6 +34,7 @@ from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError
 from bert_pretrain.flops import batch_flops, peak_tflops
+from bert_pretrain.fused_norm import unavailable_reason
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.power import EnergyMeter
@@ -67,6 +68,7 @@ class BenchOptions:
     attention: str = "auto"
     compile: bool | None = None  # None: on for CUDA, off for the CPU
     compile_optimizer: bool | None = None  # None: as compile
+    fused_norm: bool = False  # fused_norm.py's Triton dropout + residual + LayerNorm kernels
     hf_compile: bool = False
     pad_to_multiple: int = 1
     peak_tflops: float | None = None
@@ -173,7 +175,8 @@ def _contestants(options, config, rows, device, backend: str):
                for j in range(per_step)] for i in range(POOL_STEPS)]
     pin = device.type == "cuda"
     torch.manual_seed(options.seed)
-    model = BertForPreTraining(config, attention_backend=options.attention).to(device).train()
+    model = BertForPreTraining(config, attention_backend=options.attention, fused_norm=options.fused_norm)
+    model = model.to(device).train()
     if compile_enabled(options, device):
         compile_model(model, mode=options.compile_mode)
     optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4,
@@ -266,6 +269,8 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
+    if options.fused_norm and unavailable_reason(device):
+        raise InputError(f"--fused_norm {unavailable_reason(device)}; run without --fused_norm")
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
              f"seq {options.seq} batch {options.batch}x{options.accumulation} {options.precision} on "
              f"{_device_name(device)}; "
@@ -280,7 +285,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
         "attention": backend, "compile": compile_enabled(options, device),
         "compile_mode": options.compile_mode if compile_enabled(options, device) else None,
-        "compile_optimizer": optimizer_compile_enabled(options, device),
+        "compile_optimizer": optimizer_compile_enabled(options, device), "fused_norm": options.fused_norm,
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,

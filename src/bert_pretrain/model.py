@@ -22,6 +22,7 @@ from torch import nn
 
 from bert_pretrain.attention import attention_dtype, packed_attention, padded_attention, resolve_backend
 from bert_pretrain.batch import IGNORE_LABEL, Batch
+from bert_pretrain.fused_norm import dropout_add_layer_norm
 
 # Activation names as written in config files -> the GELU variant they mean.
 # In Google/NVIDIA `bert_config.json`, "gelu" is the tanh approximation (reference.md §2.4);
@@ -129,15 +130,24 @@ class BertEmbeddings(nn.Module):
 
 
 class _DenseNorm(nn.Module):
-    """dense -> dropout -> residual add -> LayerNorm (the post-LN sublayer output)."""
+    """dense -> dropout -> residual add -> LayerNorm (the post-LN sublayer output).
+
+    With `fused` (set by BertForPreTraining(fused_norm=True)) the last three run as fused_norm.py's
+    Triton kernels: the same math, a dropout mask from another random stream.
+    """
 
     def __init__(self, in_size: int, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.fused = False
 
     def forward(self, x, residual):
+        if self.fused:
+            p = self.dropout.p if self.training else 0.0
+            norm = self.LayerNorm
+            return dropout_add_layer_norm(self.dense(x), residual, norm.weight, norm.bias, norm.eps, p)
         # Under autocast the dense output is fp16/bf16 but LayerNorm returns fp32; casting its output back
         # keeps the residual stream between layers in the compute dtype, as NVIDIA's fp16 model does. That
         # halves the bytes of every residual read and write and saves the casts before the next GEMMs. The
@@ -285,7 +295,9 @@ class BertPreTrainingHeads(nn.Module):
 class BertForPreTraining(nn.Module):
     """BERT with the masked-LM and NSP heads; `forward(batch)` returns the loss and metric sums."""
 
-    def __init__(self, config: BertConfig, attention_backend: str = "sdpa"):
+    def __init__(self, config: BertConfig, attention_backend: str = "sdpa", fused_norm: bool = False):
+        """`fused_norm`: each encoder sublayer's dropout + residual + LayerNorm as one Triton kernel
+        each way (fused_norm.py; needs Triton and a CUDA device)."""
         super().__init__()
         self.config = config
         self.attention_backend = attention_backend
@@ -294,6 +306,9 @@ class BertForPreTraining(nn.Module):
         self.criterion = PretrainingLoss()
         self.apply(self._init_weights)
         self.zero_vocab_padding()
+        for module in self.modules():
+            if isinstance(module, _DenseNorm):
+                module.fused = fused_norm
 
     def _init_weights(self, module):
         """The reference initialisation: N(0, initializer_range) weights, zero biases, LayerNorm (1, 0)."""

@@ -1,0 +1,150 @@
+"""The post-LN sublayer's output, LayerNorm(dropout(h) + residual), as one Triton kernel each way.
+
+Why: in the H200 profiles (BERT-large, 512, bf16; benchmarks/results/profile_*_2026-11-26.md) the
+kernels Inductor generates for this (two per layer forward, two backward) moved their bytes at
+1.7-3 TB/s with 16k tokens per micro-batch and far slower with 65k, where a memory-bound kernel should
+run near the memory's 4.8 TB/s at any size. This kernel pair is written to the byte count:
+
+- forward, one row per program: read h and the residual, draw the dropout mask from a counter-based
+  random stream (`tl.rand(seed, element index)`), write z = dropout(h) + residual (rounded to the
+  compute dtype, as the unfused code rounds it) and y = LayerNorm(z) with statistics in fp32;
+  8 bytes per element in bf16, and no mask is stored: the backward draws it again from the seed;
+- backward, each program a strided set of rows: read dy and z, write the gradients of the residual
+  and of h (the residual's times the mask); the weight and bias gradients are summed per program in
+  fp32 registers and the programs' partial sums added by one small reduction (no atomics, so the
+  result does not depend on scheduling). 8 bytes per element in bf16.
+
+The same math as `model._DenseNorm` (mean, variance and normalisation in fp32, output in the input's
+dtype); only the dropout mask comes from another random stream. The two kernels are registered as
+custom operators with their autograd formula, so `torch.compile` treats them as opaque calls.
+Requires Triton (CUDA; `TRITON_INTERPRET=1` runs them on the CPU, slowly, for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+
+import torch
+
+_MAX_ELEMENTS = 2**31 - 1  # the dropout stream's element index is a 32-bit counter
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None when the fused kernels can run on `device`, else why not."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("triton") is None:
+        return "needs the triton package"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "needs a CUDA device (or TRITON_INTERPRET=1)"
+    return None
+
+
+def dropout_add_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float, dropout_p: float) -> torch.Tensor:
+    """LayerNorm(dropout(h, dropout_p) + residual) over the last dimension, in h's dtype."""
+    if h.shape != residual.shape or h.dtype != residual.dtype:
+        raise ValueError(f"h {tuple(h.shape)} {h.dtype} and residual {tuple(residual.shape)} {residual.dtype} "
+                         "must have the same shape and dtype")
+    width = h.shape[-1]
+    if h.numel() > _MAX_ELEMENTS:
+        raise ValueError(f"{h.numel()} elements exceed the dropout stream's 32-bit counter; split the batch")
+    if dropout_p > 0.0:
+        seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
+    else:
+        seed = torch.zeros(1, device=h.device, dtype=torch.int64)
+    y, _, _, _ = _forward(h.reshape(-1, width), residual.reshape(-1, width), weight, bias, seed,
+                          float(dropout_p), float(eps))
+    return y.view(h.shape)
+
+
+@torch.library.custom_op("bert_pretrain::dropout_add_layer_norm", mutates_args=())
+def _forward(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: torch.Tensor,
+             dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, z, mean, rstd) for (N, H) inputs; z, mean and rstd are kept for the backward."""
+    rows, width = h.shape
+    y, z = torch.empty_like(h), torch.empty_like(h)
+    mean = torch.empty(rows, device=h.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    if rows:
+        block = _block(width)
+        _kernels().forward[(rows,)](
+            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, width, dropout_p,
+            _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, BLOCK=block, num_warps=_warps(block))
+    return y, z, mean, rstd
+
+
+@_forward.register_fake
+def _(h, residual, weight, bias, seed, dropout_p, eps):
+    rows = h.shape[0]
+    return (torch.empty_like(h), torch.empty_like(h), h.new_empty((rows,), dtype=torch.float32),
+            h.new_empty((rows,), dtype=torch.float32))
+
+
+@torch.library.custom_op("bert_pretrain::dropout_add_layer_norm_backward", mutates_args=())
+def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+              seed: torch.Tensor, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d residual, d h, d weight, d bias)."""
+    rows, width = z.shape
+    d_residual, d_h = torch.empty_like(z), torch.empty_like(z)
+    programs = max(min(rows, _programs(z.device)), 1)
+    partial_weight = torch.zeros(programs, width, device=z.device, dtype=torch.float32)
+    partial_bias = torch.zeros_like(partial_weight)
+    if rows:
+        block = _block(width)
+        _kernels().backward[(programs,)](
+            dy.contiguous(), z, weight, mean, rstd, seed, d_residual, d_h, partial_weight, partial_bias, rows,
+            width, dropout_p, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, BLOCK=block,
+            num_warps=_warps(block))
+    return d_residual, d_h, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(weight.dtype)
+
+
+@_backward.register_fake
+def _(dy, z, weight, mean, rstd, seed, dropout_p):
+    return torch.empty_like(z), torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, weight, _, seed, dropout_p, _ = inputs
+    _, z, mean, rstd = output
+    ctx.save_for_backward(z, weight, mean, rstd, seed)
+    ctx.dropout_p = dropout_p
+
+
+def _autograd_backward(ctx, dy, _dz, _dmean, _drstd):
+    z, weight, mean, rstd, seed = ctx.saved_tensors
+    d_residual, d_h, d_weight, d_bias = _backward(dy, z, weight, mean, rstd, seed, ctx.dropout_p)
+    return d_h, d_residual, d_weight, d_bias, None, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _keep_scale(dropout_p: float) -> float:
+    return 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
+
+
+def _block(width: int) -> int:
+    return 1 << max(width - 1, 1).bit_length()
+
+
+def _warps(block: int) -> int:
+    return min(max(block // 256, 1), 8)
+
+
+def _programs(device: torch.device) -> int:
+    """Backward programs: a few per multiprocessor, so each sums many rows' weight gradients."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # TRITON_INTERPRET on the CPU: few programs, each looping over many rows
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """fused_norm_kernels, imported on first use: Triton is optional, and reads TRITON_INTERPRET when a
+    kernel is defined (so a cleared cache re-imports the module: tests switch between the two modes)."""
+    name = "bert_pretrain.fused_norm_kernels"
+    return importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
