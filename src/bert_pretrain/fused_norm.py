@@ -6,7 +6,7 @@ kernels Inductor generates for this (two per layer forward, two backward) moved 
 run near the memory's 4.8 TB/s at any size. This kernel pair is written to the byte count:
 
 - forward, one row per program: read h and the residual, draw the dropout mask from a counter-based
-  random stream (`tl.rand(seed, element index)`), write z = dropout(h) + residual (rounded to the
+  random stream (Philox, four numbers per call; fused_norm_kernels._keep), write z = dropout(h) + residual (rounded to the
   compute dtype, as the unfused code rounds it) and y = LayerNorm(z) with statistics in fp32;
   8 bytes per element in bf16, and no mask is stored: the backward draws it again from the seed;
 - backward, each program a strided set of rows: read dy and z, write the gradients of the residual
@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-_MAX_ELEMENTS = 2**31 - 1  # the dropout stream's element index is a 32-bit counter
+_MAX_ELEMENTS = 2**31 - 1  # the kernels index elements with 32-bit integers
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -51,7 +51,7 @@ def dropout_add_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torc
                          "must have the same shape and dtype")
     width = h.shape[-1]
     if h.numel() > _MAX_ELEMENTS:
-        raise ValueError(f"{h.numel()} elements exceed the dropout stream's 32-bit counter; split the batch")
+        raise ValueError(f"{h.numel()} elements exceed the fused kernels' 32-bit element index; use smaller micro-batches")
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
     else:
@@ -138,7 +138,7 @@ def _warps(block: int) -> int:
 def _programs(device: torch.device) -> int:
     """Backward programs: a few per multiprocessor, so each sums many rows' weight gradients."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 8 * torch.cuda.get_device_properties(device).multi_processor_count
     return 8  # TRITON_INTERPRET on the CPU: few programs, each looping over many rows
 
 
