@@ -108,6 +108,7 @@ def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), re
             def run():
                 if variant != "compiled_static" and variant != "eager":
                     torch._dynamo.maybe_mark_dynamic(x, 0)  # as step.compile_model marks the packed stream
+                    torch._dynamo.maybe_mark_dynamic(batch.cu_seqlens, 0)  # B changes here, not in training
                 with torch.autocast(device.type, dtype=dtype, enabled=cuda):
                     out = layer(x, batch, backend)
                 out.backward(grad)
