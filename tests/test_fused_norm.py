@@ -38,7 +38,7 @@ def test_interpreted():
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interpreted",
                             str(Path(__file__))], env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
-    assert "8 passed" in child.stdout, child.stdout[-1000:]
+    assert "9 passed" in child.stdout, child.stdout[-1000:]
 
 
 def _inputs(device, shape=(37, 96), dtype=torch.float32, seed=0):
@@ -65,7 +65,7 @@ def _relative(actual, expected):
     return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
 
 
-@pytest.mark.parametrize("shape", [(37, 96), (3, 5, 64), (1, 1024)])
+@pytest.mark.parametrize("shape", [(37, 96), (3, 5, 64), (1, 1024), (300, 64)])  # (300, 64): programs loop over tiles
 def test_without_dropout_matches_the_reference(device, shape):
     h, residual, weight, bias = _inputs(device, shape)
     y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.0)
@@ -83,12 +83,12 @@ def test_dropout_forward_and_backward_use_one_mask(device):
     """The backward draws the mask again from the seed: the forward's output must equal the reference
     built from the backward's mask (d_h = d_residual * keep / (1 - p)), and about p of it is dropped."""
     p = 0.25
-    h, residual, weight, bias = _inputs(device, (64, 128))
+    h, residual, weight, bias = _inputs(device, (200, 128))
     y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, p)
     grad = torch.randn_like(y)
     y.backward(grad)
     keep = h.grad != 0
-    assert abs(keep.double().mean().item() - (1 - p)) < 0.02  # 8,192 draws: 5 standard deviations
+    assert abs(keep.double().mean().item() - (1 - p)) < 0.01  # 25,600 draws: 0.0027 is one standard deviation
     torch.testing.assert_close(h.grad, torch.where(keep, residual.grad / (1 - p), 0.0))
     expected, leaves = _reference(h, residual, weight, bias, keep.cpu(), p)
     expected.backward(grad.double().cpu())

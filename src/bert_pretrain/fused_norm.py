@@ -70,10 +70,11 @@ def _forward(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias
     mean = torch.empty(rows, device=h.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if rows:
-        block = _block(width)
-        _kernels().forward[(rows,)](
-            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, width, dropout_p,
-            _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, BLOCK=block, num_warps=_warps(block))
+        tile_rows, block, warps = _tile(width)
+        _kernels().forward[(_cdiv(rows, tile_rows),)](
+            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, rows, width, dropout_p,
+            _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
+            num_warps=warps)
     return y, z, mean, rstd
 
 
@@ -90,15 +91,15 @@ def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: tor
     """(d residual, d h, d weight, d bias)."""
     rows, width = z.shape
     d_residual, d_h = torch.empty_like(z), torch.empty_like(z)
-    programs = max(min(rows, _programs(z.device)), 1)
+    tile_rows, block, warps = _tile(width)
+    programs = max(min(_cdiv(rows, tile_rows), _programs(z.device)), 1)
     partial_weight = torch.zeros(programs, width, device=z.device, dtype=torch.float32)
     partial_bias = torch.zeros_like(partial_weight)
     if rows:
-        block = _block(width)
         _kernels().backward[(programs,)](
             dy.contiguous(), z, weight, mean, rstd, seed, d_residual, d_h, partial_weight, partial_bias, rows,
-            width, dropout_p, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, BLOCK=block,
-            num_warps=_warps(block))
+            width, dropout_p, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
+            num_warps=warps)
     return d_residual, d_h, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(weight.dtype)
 
 
@@ -127,16 +128,20 @@ def _keep_scale(dropout_p: float) -> float:
     return 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
 
 
-def _block(width: int) -> int:
-    return 1 << max(width - 1, 1).bit_length()
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def _warps(block: int) -> int:
-    return min(max(block // 256, 1), 8)
+def _tile(width: int) -> tuple[int, int, int]:
+    """(rows per tile, BLOCK, warps): BLOCK is the width rounded up to a power of two (at least 16, so
+    the dropout draws come in fours), tiles of about 4,096 elements, 16 of them per thread."""
+    block = max(1 << (width - 1).bit_length(), 16)
+    rows = max(1, min(16, 4096 // block))
+    return rows, block, min(8, max(1, rows * block // 512))
 
 
 def _programs(device: torch.device) -> int:
-    """Backward programs: a few per multiprocessor, so each sums many rows' weight gradients."""
+    """Backward programs (at most): a few per multiprocessor, so each sums many tiles' weight gradients."""
     if device.type == "cuda":
         return 8 * torch.cuda.get_device_properties(device).multi_processor_count
     return 8  # TRITON_INTERPRET on the CPU: few programs, each looping over many rows

@@ -1,7 +1,9 @@
 """The Triton kernels of fused_norm.py (see there for what they compute and why); imported only when used.
 
-Module-level functions on purpose: Triton's interpreter (TRITON_INTERPRET=1) swaps `tl` in a
-kernel's globals, which it cannot do for a name captured in a closure.
+Both kernels work on tiles of ROWS rows x BLOCK columns (BLOCK: the row width rounded up to a power
+of two), so that a program loads the LayerNorm weight once per ROWS rows and keeps several rows'
+loads in flight. Module-level functions on purpose: Triton's interpreter (TRITON_INTERPRET=1) swaps
+`tl` in a kernel's globals, which it cannot do for a name captured in a closure.
 """
 
 import triton
@@ -9,8 +11,8 @@ import triton.language as tl
 
 
 @triton.jit
-def _keep(seed_ptr, row, dropout_p, BLOCK: tl.constexpr):
-    """The dropout keep mask of one row's BLOCK elements, the same in the forward and the backward.
+def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
+    """The dropout keep mask of the given rows' BLOCK elements each, the same in forward and backward.
 
     One Philox call gives four numbers (`rand4x`), so a row takes BLOCK / 4 calls at counters
     row * BLOCK / 4 + j (unique per element); element 4j + m takes the m-th number of call j.
@@ -18,59 +20,66 @@ def _keep(seed_ptr, row, dropout_p, BLOCK: tl.constexpr):
     which at BERT-large's sizes costs about as much as the kernel's memory traffic.
     """
     quarter: tl.constexpr = BLOCK // 4
-    u0, u1, u2, u3 = tl.rand4x(tl.load(seed_ptr), row * quarter + tl.arange(0, quarter))
-    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK,))
+    counters = rows[:, None] * quarter + tl.arange(0, quarter)[None, :]
+    u0, u1, u2, u3 = tl.rand4x(tl.load(seed_ptr), counters)
+    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (rows.shape[0], BLOCK))
     return uniform >= dropout_p
 
 
 @triton.jit
 def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr,
-            width, dropout_p, keep_scale, eps, APPLY_DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+            n_rows, width, dropout_p, keep_scale, eps,
+            APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    inside = cols < width
-    index = row * width + cols  # < 2**31, checked by the caller
+    inside = (rows < n_rows)[:, None] & (cols < width)[None, :]
+    index = rows[:, None] * width + cols[None, :]  # < 2**31, checked by the caller
     h = tl.load(h_ptr + index, mask=inside, other=0.0).to(tl.float32)
     if APPLY_DROPOUT:
-        h = tl.where(_keep(seed_ptr, row, dropout_p, BLOCK), h * keep_scale, 0.0)
+        h = tl.where(_keep(seed_ptr, rows, dropout_p, BLOCK), h * keep_scale, 0.0)
     residual = tl.load(residual_ptr + index, mask=inside, other=0.0).to(tl.float32)
     z = (h + residual).to(z_ptr.dtype.element_ty)  # rounded as the unfused code's sum is
     tl.store(z_ptr + index, z, mask=inside)
     z = z.to(tl.float32)
-    mean = tl.sum(z, axis=0) / width
-    centred = tl.where(inside, z - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / width + eps)
-    weight = tl.load(weight_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    y = centred * rstd * weight + bias
+    mean = tl.sum(z, axis=1) / width
+    centred = tl.where(inside, z - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / width + eps)
+    weight = tl.load(weight_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+    y = centred * rstd[:, None] * weight[None, :] + bias[None, :]
     tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=inside)
-    tl.store(mean_ptr + row, mean)
-    tl.store(rstd_ptr + row, rstd)
+    tl.store(mean_ptr + rows, mean, mask=rows < n_rows)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+
 
 @triton.jit
 def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, seed_ptr, d_residual_ptr, d_h_ptr,
-             partial_weight_ptr, partial_bias_ptr, rows, width, dropout_p, keep_scale,
-             APPLY_DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
+             partial_weight_ptr, partial_bias_ptr, n_rows, width, dropout_p, keep_scale,
+             APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Each program takes every num_programs-th tile and sums its rows' weight and bias gradients."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    inside = cols < width
-    weight = tl.load(weight_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
     d_weight = tl.zeros([BLOCK], dtype=tl.float32)
     d_bias = tl.zeros([BLOCK], dtype=tl.float32)
-    for row in range(program, rows, tl.num_programs(0)):
-        index = row * width + cols
+    for tile in range(program, tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
+        rows = tile * ROWS + tl.arange(0, ROWS)
+        inside = (rows < n_rows)[:, None] & (cols < width)[None, :]
+        index = rows[:, None] * width + cols[None, :]
         dy = tl.load(dy_ptr + index, mask=inside, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + index, mask=inside, other=0.0).to(tl.float32)
-        normalized = tl.where(inside, (z - tl.load(mean_ptr + row)) * tl.load(rstd_ptr + row), 0.0)
-        weighted = dy * weight
-        c_normalized = tl.sum(normalized * weighted, axis=0) / width
-        c_mean = tl.sum(weighted, axis=0) / width
-        dz = (weighted - normalized * c_normalized - c_mean) * tl.load(rstd_ptr + row)
-        d_weight += dy * normalized
-        d_bias += dy
+        mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
+        normalized = tl.where(inside, (z - mean[:, None]) * rstd[:, None], 0.0)
+        weighted = dy * weight[None, :]
+        c_normalized = tl.sum(normalized * weighted, axis=1) / width
+        c_mean = tl.sum(weighted, axis=1) / width
+        dz = (weighted - normalized * c_normalized[:, None] - c_mean[:, None]) * rstd[:, None]
+        d_weight += tl.sum(dy * normalized, axis=0)
+        d_bias += tl.sum(dy, axis=0)
         tl.store(d_residual_ptr + index, dz.to(d_residual_ptr.dtype.element_ty), mask=inside)
         if APPLY_DROPOUT:
-            dz = tl.where(_keep(seed_ptr, row, dropout_p, BLOCK), dz * keep_scale, 0.0)
+            dz = tl.where(_keep(seed_ptr, rows, dropout_p, BLOCK), dz * keep_scale, 0.0)
         tl.store(d_h_ptr + index, dz.to(d_h_ptr.dtype.element_ty), mask=inside)
-    tl.store(partial_weight_ptr + program * width + cols, d_weight, mask=inside)
-    tl.store(partial_bias_ptr + program * width + cols, d_bias, mask=inside)
+    tl.store(partial_weight_ptr + program * width + cols, d_weight, mask=cols < width)
+    tl.store(partial_bias_ptr + program * width + cols, d_bias, mask=cols < width)
