@@ -80,8 +80,8 @@ def test_without_dropout_matches_the_reference(device, shape):
 
 
 def test_dropout_forward_and_backward_use_one_mask(device):
-    """The backward draws the mask again from the seed: the forward's output must equal the reference
-    built from the backward's mask (d_h = d_residual * keep / (1 - p)), and about p of it is dropped."""
+    """The backward applies the forward's mask: the forward's output must equal the reference built
+    from the backward's mask (d_h = d_residual * keep / (1 - p)), and about p of it is dropped."""
     p = 0.25
     h, residual, weight, bias = _inputs(device, (200, 128))
     y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, p)

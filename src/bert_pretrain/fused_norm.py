@@ -1,19 +1,22 @@
 """The post-LN sublayer's output, LayerNorm(dropout(h) + residual), as one Triton kernel each way.
 
 Why: in the H200 profiles (BERT-large, 512, bf16; benchmarks/results/profile_*_2026-11-26.md) the
-kernels Inductor generates for this (two per layer forward, two backward) moved their bytes at
-1.7-3 TB/s with 16k tokens per micro-batch and far slower with 65k, where a memory-bound kernel should
-run near the memory's 4.8 TB/s at any size. This kernel pair is written to the byte count:
+kernels Inductor generates for this (two per layer forward, two backward) took 0.08 ms per call with
+16k tokens per micro-batch, about 2 TB/s if they move 9 bytes per element, and 1.33 ms for the backward
+with 65k tokens, 4x more per token, where a memory-bound kernel should run near the memory's 4.8 TB/s
+at any size. This kernel pair is written to the byte count:
 
-- forward, one row per program: read h and the residual, draw the dropout mask from a counter-based
-  random stream (Philox, four numbers per call; fused_norm_kernels._keep), write z = dropout(h) + residual (rounded to the
-  compute dtype, as the unfused code rounds it) and y = LayerNorm(z) with statistics in fp32;
-  8 bytes per element in bf16, and no mask is stored: the backward draws it again from the seed;
-- backward, each program a strided set of rows: read dy and z, write the gradients of the residual
-  and of h (the residual's times the mask); the weight and bias gradients are summed per program in
-  fp32 registers and the programs' partial sums added by one small reduction (no atomics, so the
-  result does not depend on scheduling). 8 bytes per element in bf16.
+- forward, tiles of a few rows: read h and the residual, draw the dropout mask from a counter-based
+  random stream (Philox, four numbers per call: fused_norm_kernels._keep), write z = dropout(h) +
+  residual (rounded to the compute dtype, as the unfused code rounds it), y = LayerNorm(z) with
+  statistics in fp32, and the mask as one byte per element: 9 bytes per element in bf16;
+- backward, each program a strided set of tiles: read dy, z and the mask, write the gradients of the
+  residual and of h (the residual's times the mask); the weight and bias gradients are summed per
+  program in fp32 registers and the programs' partial sums added by one small reduction (no atomics,
+  so the result does not depend on scheduling). 9 bytes per element in bf16.
 
+Storing the mask costs 2 bytes per element over both passes; drawing it again in the backward would
+cost a second round of Philox, whose integer work per element we estimate at about the memory time.
 The same math as `model._DenseNorm` (mean, variance and normalisation in fp32, output in the input's
 dtype); only the dropout mask comes from another random stream. The two kernels are registered as
 custom operators with their autograd formula, so `torch.compile` treats them as opaque calls.
@@ -56,38 +59,43 @@ def dropout_add_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torc
         seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
     else:
         seed = torch.zeros(1, device=h.device, dtype=torch.int64)
-    y, _, _, _ = _forward(h.reshape(-1, width), residual.reshape(-1, width), weight, bias, seed,
-                          float(dropout_p), float(eps))
+    y = _forward(h.reshape(-1, width), residual.reshape(-1, width), weight, bias, seed, float(dropout_p),
+                 float(eps))[0]
     return y.view(h.shape)
 
 
 @torch.library.custom_op("bert_pretrain::dropout_add_layer_norm", mutates_args=())
 def _forward(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: torch.Tensor,
-             dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, z, mean, rstd) for (N, H) inputs; z, mean and rstd are kept for the backward."""
+             dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, z, mean, rstd, keep) for (N, H) inputs; the rest is kept for the backward. keep: the dropout
+    mask as (N, H) uint8, or an empty tensor without dropout."""
     rows, width = h.shape
-    y, z = torch.empty_like(h), torch.empty_like(h)
+    y, z, keep = torch.empty_like(h), torch.empty_like(h), _empty_mask(h, dropout_p)
     mean = torch.empty(rows, device=h.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if rows:
         tile_rows, block, warps = _tile(width)
         _kernels().forward[(_cdiv(rows, tile_rows),)](
-            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, rows, width, dropout_p,
-            _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
+            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
+            dropout_p, _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
             num_warps=warps)
-    return y, z, mean, rstd
+    return y, z, mean, rstd, keep
 
 
 @_forward.register_fake
 def _(h, residual, weight, bias, seed, dropout_p, eps):
     rows = h.shape[0]
     return (torch.empty_like(h), torch.empty_like(h), h.new_empty((rows,), dtype=torch.float32),
-            h.new_empty((rows,), dtype=torch.float32))
+            h.new_empty((rows,), dtype=torch.float32), _empty_mask(h, dropout_p))
+
+
+def _empty_mask(h: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    return torch.empty(h.shape if dropout_p > 0.0 else (0,), device=h.device, dtype=torch.uint8)
 
 
 @torch.library.custom_op("bert_pretrain::dropout_add_layer_norm_backward", mutates_args=())
 def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-              seed: torch.Tensor, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              keep: torch.Tensor, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d residual, d h, d weight, d bias)."""
     rows, width = z.shape
     d_residual, d_h = torch.empty_like(z), torch.empty_like(z)
@@ -97,27 +105,27 @@ def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: tor
     partial_bias = torch.zeros_like(partial_weight)
     if rows:
         _kernels().backward[(programs,)](
-            dy.contiguous(), z, weight, mean, rstd, seed, d_residual, d_h, partial_weight, partial_bias, rows,
-            width, dropout_p, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
+            dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, partial_weight, partial_bias, rows,
+            width, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
             num_warps=warps)
     return d_residual, d_h, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(weight.dtype)
 
 
 @_backward.register_fake
-def _(dy, z, weight, mean, rstd, seed, dropout_p):
+def _(dy, z, weight, mean, rstd, keep, dropout_p):
     return torch.empty_like(z), torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight)
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, weight, _, seed, dropout_p, _ = inputs
-    _, z, mean, rstd = output
-    ctx.save_for_backward(z, weight, mean, rstd, seed)
+    _, _, weight, _, _, dropout_p, _ = inputs
+    _, z, mean, rstd, keep = output
+    ctx.save_for_backward(z, weight, mean, rstd, keep)
     ctx.dropout_p = dropout_p
 
 
-def _autograd_backward(ctx, dy, _dz, _dmean, _drstd):
-    z, weight, mean, rstd, seed = ctx.saved_tensors
-    d_residual, d_h, d_weight, d_bias = _backward(dy, z, weight, mean, rstd, seed, ctx.dropout_p)
+def _autograd_backward(ctx, dy, _dz, _dmean, _drstd, _dkeep):
+    z, weight, mean, rstd, keep = ctx.saved_tensors
+    d_residual, d_h, d_weight, d_bias = _backward(dy, z, weight, mean, rstd, keep, ctx.dropout_p)
     return d_h, d_residual, d_weight, d_bias, None, None, None
 
 

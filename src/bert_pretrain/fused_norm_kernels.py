@@ -12,7 +12,7 @@ import triton.language as tl
 
 @triton.jit
 def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
-    """The dropout keep mask of the given rows' BLOCK elements each, the same in forward and backward.
+    """The dropout keep mask of the given rows' BLOCK elements each.
 
     One Philox call gives four numbers (`rand4x`), so a row takes BLOCK / 4 calls at counters
     row * BLOCK / 4 + j (unique per element); element 4j + m takes the m-th number of call j.
@@ -27,7 +27,7 @@ def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr,
+def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
             n_rows, width, dropout_p, keep_scale, eps,
             APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -36,7 +36,9 @@ def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, r
     index = rows[:, None] * width + cols[None, :]  # < 2**31, checked by the caller
     h = tl.load(h_ptr + index, mask=inside, other=0.0).to(tl.float32)
     if APPLY_DROPOUT:
-        h = tl.where(_keep(seed_ptr, rows, dropout_p, BLOCK), h * keep_scale, 0.0)
+        keep = _keep(seed_ptr, rows, dropout_p, BLOCK)
+        tl.store(keep_ptr + index, keep.to(tl.uint8), mask=inside)
+        h = tl.where(keep, h * keep_scale, 0.0)
     residual = tl.load(residual_ptr + index, mask=inside, other=0.0).to(tl.float32)
     z = (h + residual).to(z_ptr.dtype.element_ty)  # rounded as the unfused code's sum is
     tl.store(z_ptr + index, z, mask=inside)
@@ -53,8 +55,8 @@ def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, r
 
 
 @triton.jit
-def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, seed_ptr, d_residual_ptr, d_h_ptr,
-             partial_weight_ptr, partial_bias_ptr, n_rows, width, dropout_p, keep_scale,
+def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr,
+             partial_weight_ptr, partial_bias_ptr, n_rows, width, keep_scale,
              APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """Each program takes every num_programs-th tile and sums its rows' weight and bias gradients."""
     program = tl.program_id(0)
@@ -79,7 +81,8 @@ def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, seed_ptr, d_residual
         d_bias += tl.sum(dy, axis=0)
         tl.store(d_residual_ptr + index, dz.to(d_residual_ptr.dtype.element_ty), mask=inside)
         if APPLY_DROPOUT:
-            dz = tl.where(_keep(seed_ptr, rows, dropout_p, BLOCK), dz * keep_scale, 0.0)
+            keep = tl.load(keep_ptr + index, mask=inside, other=0)
+            dz = tl.where(keep != 0, dz * keep_scale, 0.0)
         tl.store(d_h_ptr + index, dz.to(d_h_ptr.dtype.element_ty), mask=inside)
     tl.store(partial_weight_ptr + program * width + cols, d_weight, mask=cols < width)
     tl.store(partial_bias_ptr + program * width + cols, d_bias, mask=cols < width)
