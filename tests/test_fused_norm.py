@@ -42,19 +42,22 @@ def test_interpreted():
 
 
 def _inputs(device, shape=(37, 96), dtype=torch.float32, seed=0):
+    """h, h_bias, residual, LayerNorm weight, LayerNorm bias (the vectors in fp32, as parameters are)."""
     generator = torch.Generator().manual_seed(seed)
     width = shape[-1]
     h, residual = (torch.randn(shape, generator=generator).to(device, dtype).requires_grad_() for _ in range(2))
+    h_bias = (0.5 * torch.randn(width, generator=generator)).to(device).requires_grad_()
     weight = (1 + 0.1 * torch.randn(width, generator=generator)).to(device).requires_grad_()
     bias = (0.1 * torch.randn(width, generator=generator)).to(device).requires_grad_()
-    return h, residual, weight, bias
+    return h, h_bias, residual, weight, bias
 
 
-def _reference(h, residual, weight, bias, keep, dropout_p, eps=1e-12):
-    """float64 LayerNorm(dropout(h) + residual) with the given keep mask; returns the leaf copies too."""
-    leaves = [t.detach().double().requires_grad_() for t in (h, residual, weight, bias)]
-    h64, residual64, weight64, bias64 = leaves
-    dropped = torch.where(keep, h64 / (1 - dropout_p), 0.0) if dropout_p else h64
+def _reference(h, h_bias, residual, weight, bias, keep, dropout_p, eps=1e-12):
+    """float64 LayerNorm(dropout(h + h_bias) + residual) with the given keep mask; the leaf copies too."""
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (h, h_bias, residual, weight, bias)]
+    h64, h_bias64, residual64, weight64, bias64 = leaves
+    h64 = h64 + h_bias64
+    dropped = torch.where(keep.cpu(), h64 / (1 - dropout_p), 0.0) if dropout_p else h64
     z = dropped + residual64
     if h.dtype != torch.float32:  # the kernel rounds the sum to the compute dtype, as the unfused code does
         z = z + (z.detach().to(h.dtype).double() - z.detach())
@@ -67,63 +70,64 @@ def _relative(actual, expected):
 
 @pytest.mark.parametrize("shape", [(37, 96), (3, 5, 64), (1, 1024), (300, 64)])  # (300, 64): programs loop over tiles
 def test_without_dropout_matches_the_reference(device, shape):
-    h, residual, weight, bias = _inputs(device, shape)
-    y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.0)
+    inputs = _inputs(device, shape)
+    y = dropout_add_layer_norm(*inputs, 1e-12, 0.0)
     grad = torch.randn_like(y)
     y.backward(grad)
-    expected, leaves = _reference(h, residual, weight, bias, None, 0.0)
-    expected.backward(grad.double())
-    assert y.shape == h.shape and y.dtype == h.dtype
-    assert _relative(y, expected) < 1e-5
-    for tensor, leaf in zip((h, residual, weight, bias), leaves):
-        assert _relative(tensor.grad, leaf.grad) < 1e-5
+    expected, leaves = _reference(*inputs, None, 0.0)
+    expected.backward(grad.double().cpu())
+    assert y.shape == inputs[0].shape and y.dtype == inputs[0].dtype
+    assert _relative(y.cpu(), expected) < 1e-5
+    for tensor, leaf in zip(inputs, leaves):
+        assert _relative(tensor.grad.cpu(), leaf.grad) < 1e-5
 
 
 def test_dropout_forward_and_backward_use_one_mask(device):
     """The backward applies the forward's mask: the forward's output must equal the reference built
     from the backward's mask (d_h = d_residual * keep / (1 - p)), and about p of it is dropped."""
     p = 0.25
-    h, residual, weight, bias = _inputs(device, (200, 128))
-    y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, p)
+    inputs = _inputs(device, (200, 128))
+    h, _, residual, _, _ = inputs
+    y = dropout_add_layer_norm(*inputs, 1e-12, p)
     grad = torch.randn_like(y)
     y.backward(grad)
     keep = h.grad != 0
     assert abs(keep.double().mean().item() - (1 - p)) < 0.01  # 25,600 draws: 0.0027 is one standard deviation
     torch.testing.assert_close(h.grad, torch.where(keep, residual.grad / (1 - p), 0.0))
-    expected, leaves = _reference(h, residual, weight, bias, keep.cpu(), p)
+    expected, leaves = _reference(*inputs, keep, p)
     expected.backward(grad.double().cpu())
     assert _relative(y.cpu(), expected) < 1e-5
-    for tensor, leaf in zip((h, residual, weight, bias), leaves):
+    for tensor, leaf in zip(inputs, leaves):
         assert _relative(tensor.grad.cpu(), leaf.grad) < 1e-5
 
 
 def test_the_mask_follows_torch_random_state(device):
-    h, residual, weight, bias = _inputs(device)
+    inputs = _inputs(device)
     torch.manual_seed(3)
-    first = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.1)
-    second = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.1)
+    first = dropout_add_layer_norm(*inputs, 1e-12, 0.1)
+    second = dropout_add_layer_norm(*inputs, 1e-12, 0.1)
     torch.manual_seed(3)
-    again = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.1)
+    again = dropout_add_layer_norm(*inputs, 1e-12, 0.1)
     assert torch.equal(first, again) and not torch.equal(first, second)
 
 
 def test_bf16_matches_the_reference_to_bf16_rounding(device):
-    h, residual, weight, bias = _inputs(device, (40, 256), dtype=torch.bfloat16)
-    y = dropout_add_layer_norm(h, residual, weight, bias, 1e-12, 0.0)
+    inputs = _inputs(device, (40, 256), dtype=torch.bfloat16)
+    y = dropout_add_layer_norm(*inputs, 1e-12, 0.0)
     grad = torch.randn_like(y)
     y.backward(grad)
-    expected, leaves = _reference(h, residual, weight, bias, None, 0.0)
-    expected.backward(grad.double())
-    assert y.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
-    assert _relative(y, expected) < 1e-2  # bf16 keeps 8 bits: outputs are rounded to about 0.4%
-    for tensor, leaf in zip((h, residual, weight, bias), leaves):
-        assert _relative(tensor.grad, leaf.grad) < 1e-2
+    expected, leaves = _reference(*inputs, None, 0.0)
+    expected.backward(grad.double().cpu())
+    assert y.dtype == torch.bfloat16 and all(t.grad.dtype == t.dtype for t in inputs)
+    assert _relative(y.cpu(), expected) < 1e-2  # bf16 keeps 8 bits: outputs are rounded to about 0.4%
+    for tensor, leaf in zip(inputs, leaves):
+        assert _relative(tensor.grad.cpu(), leaf.grad) < 1e-2
 
 
 def test_mismatched_inputs_are_rejected():
-    h, residual, weight, bias = _inputs(torch.device("cpu"))
+    h, h_bias, residual, weight, bias = _inputs(torch.device("cpu"))
     with pytest.raises(ValueError, match="same shape and dtype"):
-        dropout_add_layer_norm(h, residual.double(), weight, bias, 1e-12, 0.0)
+        dropout_add_layer_norm(h, h_bias, residual.double(), weight, bias, 1e-12, 0.0)
 
 
 def _tiny_packed(device, dropout):

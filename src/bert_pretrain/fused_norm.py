@@ -1,4 +1,5 @@
-"""The post-LN sublayer's output, LayerNorm(dropout(h) + residual), as one Triton kernel each way.
+"""The post-LN sublayer's output, LayerNorm(dropout(h + h_bias) + residual), as one Triton kernel each way
+(h: the sublayer's dense output without its bias).
 
 Why: in the H200 profiles (BERT-large, 512, bf16; benchmarks/results/profile_*_2026-11-26.md) the
 kernels Inductor generates for this (two per layer forward, two backward) took 0.08 ms per call with
@@ -6,14 +7,15 @@ kernels Inductor generates for this (two per layer forward, two backward) took 0
 with 65k tokens, 4x more per token, where a memory-bound kernel should run near the memory's 4.8 TB/s
 at any size. This kernel pair is written to the byte count:
 
-- forward, tiles of a few rows: read h and the residual, draw the dropout mask from a counter-based
+- forward, tiles of a few rows: read h and the residual, add the bias, draw the dropout mask from a counter-based
   random stream (Philox, four numbers per call: fused_norm_kernels._keep), write z = dropout(h) +
   residual (rounded to the compute dtype, as the unfused code rounds it), y = LayerNorm(z) with
   statistics in fp32, and the mask as one byte per element: 9 bytes per element in bf16;
 - backward, each program a strided set of tiles: read dy, z and the mask, write the gradients of the
-  residual and of h (the residual's times the mask); the weight and bias gradients are summed per
-  program in fp32 registers and the programs' partial sums added by one small reduction (no atomics,
-  so the result does not depend on scheduling). 9 bytes per element in bf16.
+  residual and of h (the residual's times the mask); the gradients of the LayerNorm's weight and bias
+  and of h's bias (sums over rows, which the unfused backward reads the gradients again for) are summed
+  per program in fp32 registers and the programs' partial sums added by one small reduction (no
+  atomics, so the result does not depend on scheduling). 9 bytes per element in bf16.
 
 Storing the mask costs 2 bytes per element over both passes; drawing it again in the backward would
 cost a second round of Philox, whose integer work per element we estimate at about the memory time.
@@ -46,9 +48,12 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def dropout_add_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                           eps: float, dropout_p: float) -> torch.Tensor:
-    """LayerNorm(dropout(h, dropout_p) + residual) over the last dimension, in h's dtype."""
+def dropout_add_layer_norm(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           bias: torch.Tensor, eps: float, dropout_p: float) -> torch.Tensor:
+    """LayerNorm(dropout(h + h_bias, dropout_p) + residual) over the last dimension, in h's dtype.
+
+    h_bias is the bias of the dense layer that made h (computed without it): added here, and its
+    gradient summed in the backward kernel, it costs no pass of its own."""
     if h.shape != residual.shape or h.dtype != residual.dtype:
         raise ValueError(f"h {tuple(h.shape)} {h.dtype} and residual {tuple(residual.shape)} {residual.dtype} "
                          "must have the same shape and dtype")
@@ -59,14 +64,14 @@ def dropout_add_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torc
         seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
     else:
         seed = torch.zeros(1, device=h.device, dtype=torch.int64)
-    y = _forward(h.reshape(-1, width), residual.reshape(-1, width), weight, bias, seed, float(dropout_p),
-                 float(eps))[0]
+    y = _forward(h.reshape(-1, width), h_bias, residual.reshape(-1, width), weight, bias, seed,
+                 float(dropout_p), float(eps))[0]
     return y.view(h.shape)
 
 
 @torch.library.custom_op("bert_pretrain::dropout_add_layer_norm", mutates_args=())
-def _forward(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: torch.Tensor,
-             dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+             seed: torch.Tensor, dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, z, mean, rstd, keep) for (N, H) inputs; the rest is kept for the backward. keep: the dropout
     mask as (N, H) uint8, or an empty tensor without dropout."""
     rows, width = h.shape
@@ -76,14 +81,14 @@ def _forward(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias
     if rows:
         tile_rows, block, warps = _tile(width)
         _kernels().forward[(_cdiv(rows, tile_rows),)](
-            h.contiguous(), residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
+            h.contiguous(), h_bias, residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
             dropout_p, _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
             num_warps=warps)
     return y, z, mean, rstd, keep
 
 
 @_forward.register_fake
-def _(h, residual, weight, bias, seed, dropout_p, eps):
+def _(h, h_bias, residual, weight, bias, seed, dropout_p, eps):
     rows = h.shape[0]
     return (torch.empty_like(h), torch.empty_like(h), h.new_empty((rows,), dtype=torch.float32),
             h.new_empty((rows,), dtype=torch.float32), _empty_mask(h, dropout_p))
@@ -95,38 +100,40 @@ def _empty_mask(h: torch.Tensor, dropout_p: float) -> torch.Tensor:
 
 @torch.library.custom_op("bert_pretrain::dropout_add_layer_norm_backward", mutates_args=())
 def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-              keep: torch.Tensor, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d residual, d h, d weight, d bias)."""
+              keep: torch.Tensor, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor, torch.Tensor]:
+    """(d residual, d h, d h_bias, d weight, d bias)."""
     rows, width = z.shape
     d_residual, d_h = torch.empty_like(z), torch.empty_like(z)
     tile_rows, block, warps = _tile(width)
     programs = max(min(_cdiv(rows, tile_rows), _programs(z.device)), 1)
-    partial_weight = torch.zeros(programs, width, device=z.device, dtype=torch.float32)
-    partial_bias = torch.zeros_like(partial_weight)
+    # Each program's sums over its rows of the gradients of weight, bias and h_bias, added up below.
+    partials = torch.zeros(3, programs, width, device=z.device, dtype=torch.float32)
     if rows:
         _kernels().backward[(programs,)](
-            dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, partial_weight, partial_bias, rows,
-            width, _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
-            num_warps=warps)
-    return d_residual, d_h, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(weight.dtype)
+            dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, partials, rows, width,
+            _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block, num_warps=warps)
+    d_weight, d_bias, d_h_bias = (part.sum(0).to(weight.dtype) for part in partials)  # three tensors, no views
+    return d_residual, d_h, d_h_bias, d_weight, d_bias
 
 
 @_backward.register_fake
 def _(dy, z, weight, mean, rstd, keep, dropout_p):
-    return torch.empty_like(z), torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight)
+    return (torch.empty_like(z), torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight),
+            torch.empty_like(weight))
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, weight, _, _, dropout_p, _ = inputs
+    _, h_bias, _, weight, _, _, dropout_p, _ = inputs
     _, z, mean, rstd, keep = output
     ctx.save_for_backward(z, weight, mean, rstd, keep)
-    ctx.dropout_p = dropout_p
+    ctx.dropout_p, ctx.h_bias_dtype = dropout_p, h_bias.dtype
 
 
 def _autograd_backward(ctx, dy, _dz, _dmean, _drstd, _dkeep):
     z, weight, mean, rstd, keep = ctx.saved_tensors
-    d_residual, d_h, d_weight, d_bias = _backward(dy, z, weight, mean, rstd, keep, ctx.dropout_p)
-    return d_h, d_residual, d_weight, d_bias, None, None, None
+    d_residual, d_h, d_h_bias, d_weight, d_bias = _backward(dy, z, weight, mean, rstd, keep, ctx.dropout_p)
+    return d_h, d_h_bias.to(ctx.h_bias_dtype), d_residual, d_weight, d_bias, None, None, None
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)

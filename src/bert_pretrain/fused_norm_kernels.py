@@ -27,14 +27,15 @@ def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
+def forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
             n_rows, width, dropout_p, keep_scale, eps,
             APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     inside = (rows < n_rows)[:, None] & (cols < width)[None, :]
     index = rows[:, None] * width + cols[None, :]  # < 2**31, checked by the caller
-    h = tl.load(h_ptr + index, mask=inside, other=0.0).to(tl.float32)
+    h_bias = tl.load(h_bias_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + index, mask=inside, other=0.0).to(tl.float32) + h_bias[None, :]
     if APPLY_DROPOUT:
         keep = _keep(seed_ptr, rows, dropout_p, BLOCK)
         tl.store(keep_ptr + index, keep.to(tl.uint8), mask=inside)
@@ -55,15 +56,17 @@ def forward(h_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, r
 
 
 @triton.jit
-def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr,
-             partial_weight_ptr, partial_bias_ptr, n_rows, width, keep_scale,
+def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr, partials_ptr,
+             n_rows, width, keep_scale,
              APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """Each program takes every num_programs-th tile and sums its rows' weight and bias gradients."""
+    """Each program takes every num_programs-th tile and sums its rows' gradients of the LayerNorm weight
+    and bias and of h's bias into partials[0], [1] and [2] at its own row."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     weight = tl.load(weight_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
     d_weight = tl.zeros([BLOCK], dtype=tl.float32)
     d_bias = tl.zeros([BLOCK], dtype=tl.float32)
+    d_h_bias = tl.zeros([BLOCK], dtype=tl.float32)
     for tile in range(program, tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
         rows = tile * ROWS + tl.arange(0, ROWS)
         inside = (rows < n_rows)[:, None] & (cols < width)[None, :]
@@ -83,6 +86,10 @@ def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual
         if APPLY_DROPOUT:
             keep = tl.load(keep_ptr + index, mask=inside, other=0)
             dz = tl.where(keep != 0, dz * keep_scale, 0.0)
+        d_h_bias += tl.sum(dz, axis=0)
         tl.store(d_h_ptr + index, dz.to(d_h_ptr.dtype.element_ty), mask=inside)
-    tl.store(partial_weight_ptr + program * width + cols, d_weight, mask=cols < width)
-    tl.store(partial_bias_ptr + program * width + cols, d_bias, mask=cols < width)
+    at = partials_ptr + program * width + cols
+    stride = tl.num_programs(0) * width
+    tl.store(at, d_weight, mask=cols < width)
+    tl.store(at + stride, d_bias, mask=cols < width)
+    tl.store(at + 2 * stride, d_h_bias, mask=cols < width)

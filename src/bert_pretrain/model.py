@@ -132,8 +132,9 @@ class BertEmbeddings(nn.Module):
 class _DenseNorm(nn.Module):
     """dense -> dropout -> residual add -> LayerNorm (the post-LN sublayer output).
 
-    With `fused` (set by BertForPreTraining(fused_norm=True)) the last three run as fused_norm.py's
-    Triton kernels: the same math, a dropout mask from another random stream.
+    With `fused` (set by BertForPreTraining(fused_norm=True)) the dense layer's bias, the dropout, the
+    residual add and the LayerNorm run as fused_norm.py's Triton kernels: the same math, a dropout mask
+    from another random stream.
     """
 
     def __init__(self, in_size: int, config: BertConfig):
@@ -144,10 +145,10 @@ class _DenseNorm(nn.Module):
         self.fused = False
 
     def forward(self, x, residual):
-        if self.fused:
-            p = self.dropout.p if self.training else 0.0
-            norm = self.LayerNorm
-            return dropout_add_layer_norm(self.dense(x), residual, norm.weight, norm.bias, norm.eps, p)
+        if self.fused:  # the dense layer's bias is added (and its gradient summed) inside the kernels
+            p, norm = self.dropout.p if self.training else 0.0, self.LayerNorm
+            return dropout_add_layer_norm(F.linear(x, self.dense.weight), self.dense.bias, residual, norm.weight,
+                                          norm.bias, norm.eps, p)
         # Under autocast the dense output is fp16/bf16 but LayerNorm returns fp32; casting its output back
         # keeps the residual stream between layers in the compute dtype, as NVIDIA's fp16 model does. That
         # halves the bytes of every residual read and write and saves the casts before the next GEMMs. The
