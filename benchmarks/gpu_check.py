@@ -211,7 +211,9 @@ def _section_layer(args) -> dict:
     import torch
 
     sizes = (64, 128, 256) if args.device == "cuda" else (4, 8)
-    return layer_bench.measure(torch.device(args.device), args.model, sizes)
+    # A JSON line after every variant: should the section run out of time, the report keeps the last one.
+    return layer_bench.measure(torch.device(args.device), args.model, sizes,
+                               report=lambda results: print(json.dumps(results), flush=True))
 
 
 SECTIONS = {"environment": _section_environment, "probe": _section_probe, "train": _section_train,

@@ -84,8 +84,11 @@ def _micro_batches(config: BertConfig, sizes, device: torch.device) -> dict:
 
 
 def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), repeats: int = 5,
-            variants=VARIANTS) -> dict:
-    """The variants' times at each micro-batch size; a JSON-ready dict (see the module docstring)."""
+            variants=VARIANTS, report=lambda results: None) -> dict:
+    """The variants' times at each micro-batch size; a JSON-ready dict (see the module docstring).
+
+    A variant that fails is recorded with its error and the next one runs; `report(results)` is called
+    after each variant, so a caller can keep what was measured should the whole run be cut short."""
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     config = BertConfig(vocab_size=30522, **MODEL_SHAPES[model])
@@ -98,44 +101,49 @@ def measure(device: torch.device, model: str = "large", sizes=(64, 128, 256), re
         if variant == "fused_norm" and unavailable_reason(device):
             results["variants"][variant] = {"skipped": unavailable_reason(device)}
             continue
-        layer = _layer(config, variant, device)
         rows = results["variants"][variant] = {}
-        for size, batch in batches.items():
-            tokens = batch.input_ids.shape[0]
-            x = torch.randn(tokens, config.hidden_size, device=device, dtype=dtype, requires_grad=True)
-            grad = torch.randn_like(x)
-
-            def run():
-                if variant != "compiled_static" and variant != "eager":
-                    torch._dynamo.maybe_mark_dynamic(x, 0)  # as step.compile_model marks the packed stream
-                    torch._dynamo.maybe_mark_dynamic(batch.cu_seqlens, 0)  # B changes here, not in training
-                with torch.autocast(device.type, dtype=dtype, enabled=cuda):
-                    out = layer(x, batch, backend)
-                out.backward(grad)
-                layer.zero_grad(set_to_none=True)
-                x.grad = None
-
-            started = time.perf_counter()
-            run()  # compilation, autotuning
-            _sync(device)
-            first_s = time.perf_counter() - started
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                run()
-                _sync(device)
-                times.append(time.perf_counter() - started)
-            ms = statistics.median(times) * 1e3
-            profile = profile_steps(run, 1, device, top=4)
-            rows[size] = {"ms": round(ms, 3), "ms_per_1k_tokens": round(ms / tokens * 1e3, 4),
-                          "first_s": round(first_s, 1),
-                          "kernel_ms": {k: round(v * 1e3, 3) for k, v in profile["categories"].items()},
-                          "top": [[name[:110], round(seconds * 1e3, 3), calls] for name, seconds, calls in profile["top"]]}
-            print(f"layer_bench: {variant} {size} sequences ({tokens} tokens): {ms:.2f} ms "
-                  f"({ms / tokens * 1e3:.4f} ms per 1k tokens; first call {first_s:.1f} s)", flush=True)
-        del layer
+        try:
+            layer = _layer(config, variant, device)
+            for size, batch in batches.items():
+                rows[size] = _time_layer(layer, variant, batch, backend, config.hidden_size, dtype, device, repeats)
+                print(f"layer_bench: {variant} {size} sequences: {rows[size]['ms']:.2f} ms "
+                      f"({rows[size]['ms_per_1k_tokens']:.4f} ms per 1k tokens; first call {rows[size]['first_s']} s)",
+                      flush=True)
+        except Exception as err:  # noqa: BLE001  (the other variants' numbers are worth keeping)
+            results["variants"][variant] = {"skipped": f"failed: {type(err).__name__}: {str(err)[:300]}"}
         torch._dynamo.reset()
+        report(results)
     return results
+
+
+def _time_layer(layer, variant: str, batch, backend: str, hidden: int, dtype, device: torch.device,
+                repeats: int) -> dict:
+    """One micro-batch size: the first call (compilation), the median of `repeats` timed calls, one profiled."""
+    tokens = batch.input_ids.shape[0]
+    x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    def run():
+        if variant != "compiled_static" and variant != "eager":
+            torch._dynamo.maybe_mark_dynamic(x, 0)  # as step.compile_model marks the packed stream
+            torch._dynamo.maybe_mark_dynamic(batch.cu_seqlens, 0)  # B changes here, not in training
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            out = layer(x, batch, backend)
+        out.backward(grad)
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+
+    seconds = []
+    for _ in range(repeats + 1):  # the first: compilation, autotuning
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        seconds.append(time.perf_counter() - started)
+    ms = statistics.median(seconds[1:]) * 1e3
+    profile = profile_steps(run, 1, device, top=4)
+    return {"ms": round(ms, 3), "ms_per_1k_tokens": round(ms / tokens * 1e3, 4), "first_s": round(seconds[0], 1),
+            "kernel_ms": {k: round(v * 1e3, 3) for k, v in profile["categories"].items()},
+            "top": [[name[:110], round(seconds * 1e3, 3), calls] for name, seconds, calls in profile["top"]]}
 
 
 def format_layer(result: dict) -> list[str]:
