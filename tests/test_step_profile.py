@@ -26,6 +26,7 @@ from conftest import mlperf_arrays, tiny_config
     ("triton_per_fused_add_native_dropout_native_layer_norm_0", "compiled (triton)"),
     ("triton_per_fused_native_layer_norm_native_layer_norm_backward_rsqrt_3", "compiled (triton)"),
     ("triton_red_fused_add_div_linalg_vector_norm_mul_sqrt_0", "optimizer"),  # lamb_compiled's units
+    ("fused_norm_backward", "fused norm (triton)"), ("bert_pretrain::dropout_add_layer_norm", "fused norm (triton)"),
     ("triton_poi_fused_add_div_mul_sqrt_sub_2", "optimizer"),
     ("Memcpy HtoD (Pinned -> Device)", "copy / fill"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copy / fill"),

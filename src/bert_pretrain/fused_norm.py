@@ -80,7 +80,7 @@ def _forward(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weig
     rstd = torch.empty_like(mean)
     if rows:
         tile_rows, block, warps = _tile(width)
-        _kernels().forward[(_cdiv(rows, tile_rows),)](
+        _kernels().fused_norm_forward[(_cdiv(rows, tile_rows),)](
             h.contiguous(), h_bias, residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
             dropout_p, _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
             num_warps=warps)
@@ -110,7 +110,7 @@ def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: tor
     # Each program's sums over its rows of the gradients of weight, bias and h_bias, added up below.
     partials = torch.zeros(3, programs, width, device=z.device, dtype=torch.float32)
     if rows:
-        _kernels().backward[(programs,)](
+        _kernels().fused_norm_backward[(programs,)](
             dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, partials, rows, width,
             _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block, num_warps=warps)
     d_weight, d_bias, d_h_bias = (part.sum(0).to(weight.dtype) for part in partials)  # three tensors, no views

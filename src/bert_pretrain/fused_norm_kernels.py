@@ -1,6 +1,7 @@
 """The Triton kernels of fused_norm.py (see there for what they compute and why); imported only when used.
 
-Both kernels work on tiles of ROWS rows x BLOCK columns (BLOCK: the row width rounded up to a power
+Named fused_norm_* so that profiles tell them apart (step_profile counts them on their own). Both
+kernels work on tiles of ROWS rows x BLOCK columns (BLOCK: the row width rounded up to a power
 of two), so that a program loads the LayerNorm weight once per ROWS rows and keeps several rows'
 loads in flight. Module-level functions on purpose: Triton's interpreter (TRITON_INTERPRET=1) swaps
 `tl` in a kernel's globals, which it cannot do for a name captured in a closure.
@@ -27,7 +28,7 @@ def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
+def fused_norm_forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
             n_rows, width, dropout_p, keep_scale, eps,
             APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -56,7 +57,7 @@ def forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr,
 
 
 @triton.jit
-def backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr, partials_ptr,
+def fused_norm_backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr, partials_ptr,
              n_rows, width, keep_scale,
              APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """Each program takes every num_programs-th tile and sums its rows' gradients of the LayerNorm weight

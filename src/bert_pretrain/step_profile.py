@@ -21,10 +21,12 @@ import torch
 
 from bert_pretrain.atomic import atomic_path
 
-# First match wins, so attention (flash kernels can carry "gemm"-like names) is tested before GEMMs,
-# and the compiled LAMB's Triton kernels (named after the ops they fuse: sqrt(v), the trust ratio's
-# norms; no compiled model kernel has these, LayerNorm's show up as native_layer_norm) before the others.
+# First match wins, so this project's fused LayerNorm kernels (fused_norm.py) are told apart from
+# Inductor's, attention (flash kernels can carry "gemm"-like names) is tested before GEMMs, and the
+# compiled LAMB's Triton kernels (named after the ops they fuse: sqrt(v), the trust ratio's norms; no
+# compiled model kernel has these, LayerNorm's show up as native_layer_norm) before the others.
 CATEGORIES = (
+    ("fused norm (triton)", re.compile(r"^fused_norm_|dropout_add_layer_norm")),  # fused_norm.py's kernels and ops
     ("attention", re.compile(r"flash|fmha|attention|attn", re.I)),
     ("optimizer", re.compile(r"multi_tensor|foreach|lamb|amp_update_scale|non_finite|Optimizer\.|"
                              r"^triton_\w*_(sqrt|linalg_vector_norm)(_|$)", re.I)),
