@@ -178,3 +178,16 @@ def test_compiled_model_with_fused_norm_trains(device):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fused.parameters())
     fused.eval(), unfused.eval()
     torch.testing.assert_close(fused(batch).loss, unfused(batch).loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_backward_grid_is_what_the_gpu_holds_at_once():
+    """The persistent backward's grid comes from the compiled kernel's registers (not the fallback guess)."""
+    from bert_pretrain import fused_norm
+
+    inputs = _inputs(torch.device("cuda"), (4096, 1024), dtype=torch.bfloat16)
+    dropout_add_layer_norm(*inputs, 1e-12, 0.1).sum().backward()
+    multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
+    programs, source = next(v for k, v in fused_norm._RESIDENT.items() if k[1] == torch.bfloat16)
+    assert source == "compiled kernel" and programs % multiprocessors == 0 and programs >= multiprocessors

@@ -79,7 +79,7 @@ def _forward(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weig
     mean = torch.empty(rows, device=h.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if rows:
-        tile_rows, block, warps = _tile(width)
+        tile_rows, block, warps = _tile(width, elements=2048)
         _kernels().fused_norm_forward[(_cdiv(rows, tile_rows),)](
             h.contiguous(), h_bias, residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
             dropout_p, _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
@@ -105,14 +105,16 @@ def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: tor
     """(d residual, d h, d h_bias, d weight, d bias)."""
     rows, width = z.shape
     d_residual, d_h = torch.empty_like(z), torch.empty_like(z)
-    tile_rows, block, warps = _tile(width)
-    programs = max(min(_cdiv(rows, tile_rows), _programs(z.device)), 1)
+    tile_rows, block, warps = _tile(width, elements=1024)
+    kernel = _kernels().fused_norm_backward
+    # args[8], the partial sums, is sized by the grid: `mean` (fp32 too) stands in while the grid is found.
+    args = [dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, mean, rows, width, _keep_scale(dropout_p)]
+    options = dict(APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block, num_warps=warps)
+    programs = max(min(_cdiv(rows, tile_rows), _resident_programs(kernel, args, z.device, options)), 1)
     # Each program's sums over its rows of the gradients of weight, bias and h_bias, added up below.
-    partials = torch.zeros(3, programs, width, device=z.device, dtype=torch.float32)
+    args[8] = partials = torch.zeros(3, programs, width, device=z.device, dtype=torch.float32)
     if rows:
-        _kernels().fused_norm_backward[(programs,)](
-            dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, partials, rows, width,
-            _keep_scale(dropout_p), APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block, num_warps=warps)
+        kernel[(programs,)](*args, **options)
     d_weight, d_bias, d_h_bias = (part.sum(0).to(weight.dtype) for part in partials)  # three tensors, no views
     return d_residual, d_h, d_h_bias, d_weight, d_bias
 
@@ -147,19 +149,46 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _tile(width: int) -> tuple[int, int, int]:
-    """(rows per tile, BLOCK, warps): BLOCK is the width rounded up to a power of two (at least 16, so
-    the dropout draws come in fours), tiles of about 4,096 elements, 16 of them per thread."""
+def _tile(width: int, elements: int) -> tuple[int, int, int]:
+    """(rows per tile, BLOCK, warps) for tiles of about `elements`, 8 per thread (one 16-byte load of
+    bf16 each). BLOCK is the width rounded up to a power of two, at least 16 (the dropout draws come in
+    fours). For BERT's 1024: 2 x 1024 forward (the weight loaded once per 2 rows), 1 x 1024 backward
+    (fewer registers per program, so more programs per multiprocessor; ptxas for sm_90: 96 registers
+    at 4 warps, against 146 for 4 x 1024 at 8 warps)."""
     block = max(1 << (width - 1).bit_length(), 16)
-    rows = max(1, min(16, 4096 // block))
-    return rows, block, min(8, max(1, rows * block // 512))
+    rows = max(1, elements // block)
+    return rows, block, min(16, max(1, rows * block // 256))
 
 
-def _programs(device: torch.device) -> int:
-    """Backward programs (at most): a few per multiprocessor, so each sums many tiles' weight gradients."""
-    if device.type == "cuda":
-        return 8 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8  # TRITON_INTERPRET on the CPU: few programs, each looping over many rows
+# (device, dtype, options) -> (backward programs that fit at once, "compiled kernel" or "guess")
+_RESIDENT: dict[tuple, tuple[int, str]] = {}
+
+
+def _resident_programs(kernel, args: list, device: torch.device, options: dict) -> int:
+    """How many backward programs the GPU holds at once: the grid of a persistent kernel, so that all
+    start together and end together (one more round for a few programs would take as long as a full
+    one). From the compiled kernel's registers and shared memory, as Triton's fused-softmax tutorial
+    sizes its persistent grid (`args`: the launch's arguments, any fp32 tensor standing in for the
+    partial sums); 4 per multiprocessor should that API differ; 8 under TRITON_INTERPRET."""
+    if device.type != "cuda":
+        return 8
+    key = (device.index, args[1].dtype, tuple(sorted(options.items())))
+    if key not in _RESIDENT:
+        import triton
+
+        properties = triton.runtime.driver.active.utils.get_device_properties(device.index)
+        try:
+            compiled = kernel.warmup(*args, grid=(1,), **options)  # compiles, launches nothing
+            compiled._init_handles()
+            threads = 32 * options["num_warps"]
+            fits = min(properties["max_num_regs"] // (compiled.n_regs * threads), 2048 // threads)
+            if compiled.metadata.shared:
+                fits = min(fits, properties["max_shared_mem"] // compiled.metadata.shared)
+            source = "compiled kernel"
+        except Exception:  # noqa: BLE001  another Triton's API: a guess (the launch itself still checks)
+            fits, source = 4, "guess"
+        _RESIDENT[key] = (max(fits, 1) * properties["multiprocessor_count"], source)
+    return _RESIDENT[key][0]
 
 
 @functools.lru_cache(maxsize=None)
