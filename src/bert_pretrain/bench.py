@@ -68,7 +68,7 @@ class BenchOptions:
     attention: str = "auto"
     compile: bool | None = None  # None: on for CUDA, off for the CPU
     compile_optimizer: bool | None = None  # None: as compile
-    fused_norm: bool = False  # fused_norm.py's Triton dropout + residual + LayerNorm kernels
+    fused_norm: bool = False  # fused_norm.py's Triton bias + dropout + residual + LayerNorm kernels
     hf_compile: bool = False
     pad_to_multiple: int = 1
     peak_tflops: float | None = None

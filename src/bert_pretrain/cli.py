@@ -162,8 +162,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     optimizer_group.add_argument("--no_compile_optimizer", dest="compile_optimizer", action="store_false",
                                  help="run LAMB's multi-tensor eager update")
     p.add_argument("--fused_norm", action="store_true",
-                   help="this project's model with fused_norm.py's Triton dropout + residual + LayerNorm kernels "
-                        "(needs Triton and a GPU)")
+                   help="this project's model with fused_norm.py's Triton kernels for each sublayer's dense bias "
+                        "+ dropout + residual + LayerNorm (needs Triton and a GPU)")
     p.add_argument("--compile_mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode for this project's model (reduce-overhead adds CUDA graphs; "
                         "max-autotune also tunes the GEMM kernels, slow to compile)")

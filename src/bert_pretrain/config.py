@@ -145,9 +145,9 @@ class SystemOptions:
     attention: str = option("auto", "attention kernel: auto picks the fastest that keeps attention dropout "
                                     "(flash variable-length on CUDA, SDPA elsewhere); math is the written-out "
                                     "reference", choices=ATTENTION_BACKENDS)
-    fused_norm: bool = option(False, "run each encoder sublayer's dropout + residual add + LayerNorm as one Triton "
-                                     "kernel each way (needs Triton and a GPU; the same math, a dropout mask from "
-                                     "another random stream; experimental: not yet timed on a GPU)")
+    fused_norm: bool = option(False, "run each encoder sublayer's dense bias + dropout + residual add + LayerNorm "
+                                     "as one Triton kernel each way (needs Triton and a GPU; the same math, a "
+                                     "dropout mask from another random stream; experimental: not yet timed on a GPU)")
     compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
                                         "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
     compile_optimizer: bool | None = option(None, "torch.compile LAMB's update as well, one unit per encoder "

@@ -7,10 +7,11 @@ kernels Inductor generates for this (two per layer forward, two backward) took 0
 with 65k tokens, 4x more per token, where a memory-bound kernel should run near the memory's 4.8 TB/s
 at any size. This kernel pair is written to the byte count:
 
-- forward, tiles of a few rows: read h and the residual, add the bias, draw the dropout mask from a counter-based
-  random stream (Philox, four numbers per call: fused_norm_kernels._keep), write z = dropout(h) +
-  residual (rounded to the compute dtype, as the unfused code rounds it), y = LayerNorm(z) with
-  statistics in fp32, and the mask as one byte per element: 9 bytes per element in bf16;
+- forward, tiles of a few rows: read h and the residual, add the bias, draw the dropout mask from a
+  counter-based random stream (Philox, four numbers per call: fused_norm_kernels._keep), write
+  z = dropout(h + h_bias) + residual (rounded to the compute dtype, as the unfused code rounds it),
+  y = LayerNorm(z) with statistics in fp32, and the mask as one byte per element: 9 bytes per element
+  in bf16;
 - backward, each program a strided set of tiles: read dy, z and the mask, write the gradients of the
   residual and of h (the residual's times the mask); the gradients of the LayerNorm's weight and bias
   and of h's bias (sums over rows, which the unfused backward reads the gradients again for) are summed
@@ -59,21 +60,24 @@ def dropout_add_layer_norm(h: torch.Tensor, h_bias: torch.Tensor, residual: torc
                          "must have the same shape and dtype")
     width = h.shape[-1]
     if h.numel() > _MAX_ELEMENTS:
-        raise ValueError(f"{h.numel()} elements exceed the fused kernels' 32-bit element index; use smaller micro-batches")
+        raise ValueError(f"{h.numel()} elements exceed the fused kernels' 32-bit element index; "
+                         "use smaller micro-batches")
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
     else:
         seed = torch.zeros(1, device=h.device, dtype=torch.int64)
-    y = _forward(h.reshape(-1, width), h_bias, residual.reshape(-1, width), weight, bias, seed,
-                 float(dropout_p), float(eps))[0]
+    # contiguous: the kernels index rows as row * width (a no-op for a dense layer's output)
+    y = _forward(h.reshape(-1, width).contiguous(), h_bias.contiguous(), residual.reshape(-1, width).contiguous(),
+                 weight.contiguous(), bias.contiguous(), seed, float(dropout_p), float(eps))[0]
     return y.view(h.shape)
 
 
 @torch.library.custom_op("bert_pretrain::dropout_add_layer_norm", mutates_args=())
 def _forward(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-             seed: torch.Tensor, dropout_p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, z, mean, rstd, keep) for (N, H) inputs; the rest is kept for the backward. keep: the dropout
-    mask as (N, H) uint8, or an empty tensor without dropout."""
+             seed: torch.Tensor, dropout_p: float,
+             eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, z, mean, rstd, keep) for contiguous (N, H) inputs; the rest is kept for the backward. keep:
+    the dropout mask as (N, H) uint8, or an empty tensor without dropout."""
     rows, width = h.shape
     y, z, keep = torch.empty_like(h), torch.empty_like(h), _empty_mask(h, dropout_p)
     mean = torch.empty(rows, device=h.device, dtype=torch.float32)
@@ -81,7 +85,7 @@ def _forward(h: torch.Tensor, h_bias: torch.Tensor, residual: torch.Tensor, weig
     if rows:
         tile_rows, block, warps = _tile(width, elements=2048)
         _kernels().fused_norm_forward[(_cdiv(rows, tile_rows),)](
-            h.contiguous(), h_bias, residual.contiguous(), weight, bias, y, z, mean, rstd, seed, keep, rows, width,
+            h, h_bias, residual, weight, bias, y, z, mean, rstd, seed, keep, rows, width,
             dropout_p, _keep_scale(dropout_p), eps, APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block,
             num_warps=warps)
     return y, z, mean, rstd, keep

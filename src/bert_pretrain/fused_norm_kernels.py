@@ -1,10 +1,10 @@
 """The Triton kernels of fused_norm.py (see there for what they compute and why); imported only when used.
 
 Named fused_norm_* so that profiles tell them apart (step_profile counts them on their own). Both
-kernels work on tiles of ROWS rows x BLOCK columns (BLOCK: the row width rounded up to a power
-of two), so that a program loads the LayerNorm weight once per ROWS rows and keeps several rows'
-loads in flight. Module-level functions on purpose: Triton's interpreter (TRITON_INTERPRET=1) swaps
-`tl` in a kernel's globals, which it cannot do for a name captured in a closure.
+kernels work on tiles of ROWS rows x BLOCK columns (BLOCK: the row width rounded up to a power of
+two; fused_norm._tile picks the shapes). Module-level functions on purpose: Triton's interpreter
+(TRITON_INTERPRET=1) swaps `tl` in a kernel's globals, which it cannot do for a name captured in a
+closure.
 """
 
 import triton
@@ -18,7 +18,7 @@ def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
     One Philox call gives four numbers (`rand4x`), so a row takes BLOCK / 4 calls at counters
     row * BLOCK / 4 + j (unique per element); element 4j + m takes the m-th number of call j.
     `tl.rand` would make one call per element and use a quarter of it: four times the integer work,
-    which at BERT-large's sizes costs about as much as the kernel's memory traffic.
+    which by our estimate would take about as long as the kernel's memory traffic.
     """
     quarter: tl.constexpr = BLOCK // 4
     counters = rows[:, None] * quarter + tl.arange(0, quarter)[None, :]
@@ -28,9 +28,9 @@ def _keep(seed_ptr, rows, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def fused_norm_forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr, seed_ptr, keep_ptr,
-            n_rows, width, dropout_p, keep_scale, eps,
-            APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def fused_norm_forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, z_ptr, mean_ptr, rstd_ptr,
+                       seed_ptr, keep_ptr, n_rows, width, dropout_p, keep_scale, eps,
+                       APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     inside = (rows < n_rows)[:, None] & (cols < width)[None, :]
@@ -57,9 +57,9 @@ def fused_norm_forward(h_ptr, h_bias_ptr, residual_ptr, weight_ptr, bias_ptr, y_
 
 
 @triton.jit
-def fused_norm_backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr, partials_ptr,
-             n_rows, width, keep_scale,
-             APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def fused_norm_backward(dy_ptr, z_ptr, weight_ptr, mean_ptr, rstd_ptr, keep_ptr, d_residual_ptr, d_h_ptr,
+                        partials_ptr, n_rows, width, keep_scale,
+                        APPLY_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """Each program takes every num_programs-th tile and sums its rows' gradients of the LayerNorm weight
     and bias and of h's bias into partials[0], [1] and [2] at its own row."""
     program = tl.program_id(0)
