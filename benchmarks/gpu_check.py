@@ -15,8 +15,8 @@ update alone (multi-tensor vs compiled, section `lamb`), one encoder layer at th
 compiled several ways (section `layer`, layer_bench.py), then the other benches (128 x 2 and fp16
 profiled too).
 `--experiments` runs, instead of the check, variants of the headline bench (EXPERIMENTS: eager LAMB,
-larger micro-batches, eager model, max-autotune compilation, CUDA graphs) against a baseline in the
-same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
+the fused LayerNorm kernels, larger micro-batches, eager model, max-autotune compilation, CUDA graphs)
+against a baseline in the same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
 
 Every section runs in its own process with a timeout taken from one overall budget (default
 480 s); a failure or timeout is recorded in the report and the next section runs. The report
@@ -257,7 +257,7 @@ LARGE = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", 
 EXPERIMENTS = {  # in the order of their expected value, so a short budget keeps the first ones
     "baseline": [],  # the headline configuration, for the ratios below
     "eager_lamb": ["--no_compile_optimizer"],  # LAMB's multi-tensor eager update: what compiling it buys
-    "fused_norm": ["--fused_norm"],  # our Triton dropout + residual + LayerNorm kernels instead of Inductor's
+    "fused_norm": ["--fused_norm"],  # our Triton bias + dropout + residual + LayerNorm kernels, not Inductor's
     "micro128": ["--batch", "128", "--accumulation", "2"],  # larger GEMMs, fewer launches per update
     "autotune": ["--compile_mode", "max-autotune-no-cudagraphs"],  # Triton GEMM templates with fused epilogues
     # CUDA graphs need few distinct shapes: token counts rounded up to multiples of 512 (one padding segment)

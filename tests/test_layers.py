@@ -15,8 +15,8 @@ LAYERS = [
     {"errors", "atomic"},
     # 1: leaves, one concept each (torch / numpy / h5py / tokenizers / triton only). `model` uses the batch,
     # attention and fused_norm leaves that exist to keep it architecture-only.
-    {"batch", "attention", "fused_norm", "fused_norm_kernels", "model", "tokenization", "data.shards", "optim", "lamb_compiled", "distributed", "mlperf",
-     "metrics", "flops", "power", "step_profile"},
+    {"batch", "attention", "fused_norm", "fused_norm_kernels", "model", "tokenization", "data.shards", "optim",
+     "lamb_compiled", "distributed", "mlperf", "metrics", "flops", "power", "step_profile"},
     # 2: data and state built from the leaves
     {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
      "data.packing", "data.partition", "data.tasks", "data.prepare_options", "data.synthetic",

@@ -197,7 +197,8 @@ def test_a_bert_config_that_does_not_match_the_checkpoint_is_named(data, tmp_pat
 
 
 def test_fused_norm_without_triton_or_a_gpu_is_named(data, tmp_path):
-    result = train(*train_flags(data, tmp_path / "out", fused_norm=True))  # the tests run without TRITON_INTERPRET
+    result = run_cli("train", *train_flags(data, tmp_path / "out", fused_norm=True),
+                     env={**SUBPROCESS_ENV, "TRITON_INTERPRET": ""})  # the CPU, without Triton's interpreter
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--fused_norm needs" in result.stderr and "run without --fused_norm" in result.stderr
 
