@@ -16,7 +16,8 @@ compiled several ways (section `layer`, layer_bench.py), then the other benches 
 profiled too).
 `--experiments` runs, instead of the check, variants of the headline bench (EXPERIMENTS: eager LAMB,
 the fused LayerNorm kernels, larger micro-batches, eager model, max-autotune compilation, CUDA graphs)
-against a baseline in the same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes on an H100/H200).
+against a baseline in the same call and writes `<out>/experiments_<device>_<date>.md` (about 8 minutes
+on an H100/H200).
 
 Every section runs in its own process with a timeout taken from one overall budget (default
 480 s); a failure or timeout is recorded in the report and the next section runs. The report
