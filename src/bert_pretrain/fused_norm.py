@@ -115,8 +115,10 @@ def _backward(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: tor
     args = [dy.contiguous(), z, weight, mean, rstd, keep, d_residual, d_h, mean, rows, width, _keep_scale(dropout_p)]
     options = dict(APPLY_DROPOUT=dropout_p > 0.0, ROWS=tile_rows, BLOCK=block, num_warps=warps)
     programs = max(min(_cdiv(rows, tile_rows), _resident_programs(kernel, args, z.device, options)), 1)
-    # Each program's sums over its rows of the gradients of weight, bias and h_bias, added up below.
-    args[8] = partials = torch.zeros(3, programs, width, device=z.device, dtype=torch.float32)
+    # Each program's sums over its rows of the gradients of weight, bias and h_bias (every program writes
+    # its three rows whole, so no zeroing pass), added up below.
+    allocate = torch.empty if rows else torch.zeros
+    args[8] = partials = allocate(3, programs, width, device=z.device, dtype=torch.float32)
     if rows:
         kernel[(programs,)](*args, **options)
     d_weight, d_bias, d_h_bias = (part.sum(0).to(weight.dtype) for part in partials)  # three tensors, no views
