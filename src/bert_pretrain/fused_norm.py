@@ -18,7 +18,9 @@ at any size. This kernel pair is written to the byte count:
   per program in fp32 registers and the programs' partial sums added by one small reduction (no
   atomics, so the result does not depend on scheduling). 9 bytes per element in bf16.
 
-Storing the mask costs 2 bytes per element over both passes; drawing it again in the backward would
+One cost the fusion adds: y feeds both the next dense layer and the next residual, so autograd sums
+their two gradients with an add kernel of its own (6 bytes per element), which Inductor's unfused
+backward folds into its LayerNorm kernel. Storing the mask costs 2 bytes per element over both passes; drawing it again in the backward would
 cost a second round of Philox, whose integer work per element we estimate at about the memory time.
 The same math as `model._DenseNorm` (mean, variance and normalisation in fp32, output in the input's
 dtype); only the dropout mask comes from another random stream. The two kernels are registered as
