@@ -41,6 +41,7 @@ from bert_pretrain.fused_norm import unavailable_reason
 from bert_pretrain.model import BertConfig, BertLayer
 from bert_pretrain.step_profile import profile_steps
 
+FUSED_NORM_BYTES = 18  # per element, forward + backward, in bf16 (fused_norm.py's docstring)
 VARIANTS = ("compiled_dynamic", "fused_norm", "compiled_static", "native_layernorm", "eager")
 
 
@@ -141,9 +142,13 @@ def _time_layer(layer, variant: str, batch, backend: str, hidden: int, dtype, de
         seconds.append(time.perf_counter() - started)
     ms = statistics.median(seconds[1:]) * 1e3
     profile = profile_steps(run, 1, device, top=4)
-    return {"ms": round(ms, 3), "ms_per_1k_tokens": round(ms / tokens * 1e3, 4), "first_s": round(seconds[0], 1),
-            "kernel_ms": {k: round(v * 1e3, 3) for k, v in profile["categories"].items()},
-            "top": [[name[:110], round(seconds * 1e3, 3), calls] for name, seconds, calls in profile["top"]]}
+    row = {"ms": round(ms, 3), "ms_per_1k_tokens": round(ms / tokens * 1e3, 4), "first_s": round(seconds[0], 1),
+           "kernel_ms": {k: round(v * 1e3, 3) for k, v in profile["categories"].items()},
+           "top": [[name[:110], round(seconds * 1e3, 3), calls] for name, seconds, calls in profile["top"]]}
+    fused_s = profile["categories"].get("fused norm (triton)")
+    if fused_s:  # the rate our kernels reach: two sublayers, 9 bytes per element each way in bf16
+        row["fused_norm_tb_per_s"] = round(2 * FUSED_NORM_BYTES * tokens * hidden / fused_s / 1e12, 2)
+    return row
 
 
 def format_layer(result: dict) -> list[str]:
@@ -163,6 +168,10 @@ def format_layer(result: dict) -> list[str]:
             cells = " | ".join(f"{row['kernel_ms'].get(c, 0.0):.2f}" for c in categories)
             lines.append(f"| {variant} | {size} | {row['ms']:.2f} | {row['ms_per_1k_tokens']:.4f} | {cells} "
                          f"| `{top[0][:70]}` ({top[1]:.2f}) |")
+    rates = [f"{size} sequences {row['fused_norm_tb_per_s']} TB/s" for rows in measured for size, row in rows.items()
+             if "fused_norm_tb_per_s" in row]
+    if rates:
+        lines += ["", f"fused_norm kernels, {FUSED_NORM_BYTES} bytes per element forward + backward: " + ", ".join(rates)]
     return lines
 
 
