@@ -37,11 +37,10 @@ from bert_pretrain.attention import resolve_backend
 from bert_pretrain.bench import MODEL_SHAPES
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.data.synthetic import synthetic_rows
-from bert_pretrain.fused_norm import unavailable_reason
+from bert_pretrain.fused_norm import BYTES_PER_ELEMENT as FUSED_NORM_BYTES, unavailable_reason
 from bert_pretrain.model import BertConfig, BertLayer
 from bert_pretrain.step_profile import profile_steps
 
-FUSED_NORM_BYTES = 18  # per element, forward + backward, in bf16 (fused_norm.py's docstring)
 VARIANTS = ("compiled_dynamic", "fused_norm", "compiled_static", "native_layernorm", "eager")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_pretrain import bench_hf
+from bert_pretrain import bench_hf, fused_norm
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench_timing import Runner, time_contestants
@@ -34,7 +34,6 @@ from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError
 from bert_pretrain.flops import batch_flops, peak_tflops
-from bert_pretrain.fused_norm import unavailable_reason
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.power import EnergyMeter
@@ -269,8 +268,8 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
-    if options.fused_norm and unavailable_reason(device):
-        raise InputError(f"--fused_norm {unavailable_reason(device)}; run without --fused_norm")
+    if options.fused_norm:
+        fused_norm.require(device)
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
              f"seq {options.seq} batch {options.batch}x{options.accumulation} {options.precision} on "
              f"{_device_name(device)}; "

@@ -36,7 +36,17 @@ import sys
 
 import torch
 
+from bert_pretrain.errors import InputError
+
 _MAX_ELEMENTS = 2**31 - 1  # the kernels index elements with 32-bit integers
+BYTES_PER_ELEMENT = 18  # both kernels together in bf16 (9 bytes each, see above), for the rate they reach
+
+
+def require(device: torch.device) -> None:
+    """Raise the user-facing error for `--fused_norm` where the kernels cannot run on `device`."""
+    reason = unavailable_reason(device)
+    if reason:
+        raise InputError(f"--fused_norm {reason}; run without --fused_norm")
 
 
 def unavailable_reason(device: torch.device) -> str | None:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from bert_pretrain import fused_norm
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
 from bert_pretrain.config import RunConfig
@@ -30,7 +31,6 @@ from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
-from bert_pretrain.fused_norm import unavailable_reason as fused_norm_unavailable
 from bert_pretrain.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
@@ -157,8 +157,8 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
 
 def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
     torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
-    if config.system.fused_norm and fused_norm_unavailable(info.device):
-        raise InputError(f"--fused_norm {fused_norm_unavailable(info.device)}; run without --fused_norm")
+    if config.system.fused_norm:
+        fused_norm.require(info.device)
     model = BertForPreTraining(bert_config, attention_backend=config.system.attention,
                                fused_norm=config.system.fused_norm)
     if load_init and config.checkpoint.init_checkpoint:
