@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bert_pretrain.cli import COMMANDS
+from bert_pretrain.cli import COMMANDS, build_parser
 from conftest import run_cli
 
 
@@ -32,3 +32,25 @@ def test_a_flag_mistake_gets_one_line_and_a_pointer_to_help():
         "bert-pretrain prepare: error: argument --vocab_size: not allowed with argument --vocab_file",
         "(`bert-pretrain prepare --help` lists every option)"]
     assert "usage:" not in proc.stdout + proc.stderr
+
+
+def test_an_unknown_flag_points_to_the_subcommand_help():
+    proc = run_cli("prepare", "--input_file", "x", "--vocab_file", "v.txt", "--output_dir", "o", "--bogus", "1")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["bert-pretrain prepare: error: unrecognized arguments: --bogus 1",
+                                        "(`bert-pretrain prepare --help` lists every option)"]
+
+
+def test_create_pretraining_data_spellings_are_understood():
+    """--do_lower_case=False and --do_whole_word_mask=True as google-research/bert's script takes them;
+    its --output_file (one TFRecord) gets an error that names --output_dir."""
+    base = ["prepare", "--input_file", "x", "--vocab_file", "v.txt", "--output_dir", "o"]
+    parse = build_parser().parse_args
+    assert parse(base).lower_case and not parse(base).whole_word_mask
+    args = parse(base + ["--do_lower_case=False", "--do_whole_word_mask=True"])
+    assert not args.lower_case and args.whole_word_mask
+    assert parse(base + ["--do_lower_case"]).lower_case and parse(base + ["--whole_word_mask"]).whole_word_mask
+    proc = run_cli(*base, "--output_file=/tmp/tf_examples.tfrecord")
+    assert proc.returncode == 2 and "--output_file: prepare writes a folder of HDF5 shards" in proc.stderr
+    bad = run_cli(*base, "--do_lower_case=maybe")
+    assert bad.returncode == 2 and "expected True or False, got 'maybe'" in bad.stderr

@@ -1,7 +1,10 @@
 """`bert-pretrain inspect`: statistics computed from known rows, decoding with masks visible, CLI errors."""
 
 import json
+import subprocess
+import sys
 
+import h5py
 import numpy as np
 
 from bert_pretrain.data import shards
@@ -65,3 +68,27 @@ def test_cli_on_padded_and_varlength_shards(tmp_path):
     write_vocab(tmp_path / "small.txt", VOCAB[:5])
     wrong = run_cli("inspect", str(tmp_path / "part_0.hdf5"), "--vocab_file", str(tmp_path / "small.txt"))
     assert wrong.returncode == 2 and "outside the 5-token vocab" in wrong.stderr
+
+
+def test_a_folder_or_a_file_with_groups_for_datasets_is_a_one_line_error(tmp_path):
+    with h5py.File(tmp_path / "groups.hdf5", "w") as f:
+        f.create_group("input_ids")
+    for path, expected in ((tmp_path / "groups.hdf5", "groups.hdf5: missing key 'input_ids'; not a pretraining shard"),
+                           (tmp_path, "is a folder; pass one HDF5 shard file in it")):
+        out = run_cli("inspect", str(path))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.splitlines()) == 1 and expected in out.stderr, out.stderr
+    shards.write_padded(tmp_path / "part_0.hdf5", one_row())
+    missing_vocab = run_cli("inspect", str(tmp_path / "part_0.hdf5"), "--vocab_file", str(tmp_path / "none.txt"))
+    assert "no such vocab file" in missing_vocab.stderr and "--vocab_size" not in missing_vocab.stderr  # not inspect's
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path):
+    """`bert-pretrain inspect SHARD | head -1`: the closed pipe ends the command quietly."""
+    shards.write_padded(tmp_path / "part_0.hdf5", mlperf_arrays(np.random.default_rng(0), 500, 128, 20, len(VOCAB)))
+    write_vocab(tmp_path / "vocab.txt", VOCAB)
+    # 500 decoded rows: far more than a pipe holds, so the writer meets the closed pipe
+    command = (f"{sys.executable} -m bert_pretrain inspect {tmp_path / 'part_0.hdf5'} --vocab_file "
+               f"{tmp_path / 'vocab.txt'} --num_examples 500 | head -c 1")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert out.stderr == "" and out.returncode in (0, 141), out.stderr

@@ -147,6 +147,32 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     assert not run(options).shards_written
     with pytest.raises(InputError, match="other settings.*max_seq_length: 64 then, 128 now"):
         run(PrepareOptions(**{**options.__dict__, "max_seq_length": 128}))
+    # Other settings that write to other folders share the manifest: refused too, creating nothing.
+    for change in ({"num_shards": 2}, {"format": "varlength"}):
+        with pytest.raises(InputError, match="other settings"):
+            run(PrepareOptions(**{**options.__dict__, **change}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3_shards_uncompressed", "prepare_manifest.json"]
+    assert not run(options).shards_written  # the folder's own settings still run
+
+
+def test_outputs_inside_the_input_folder_are_not_read_as_input(shared_data, tmp_path):
+    """An input folder that also holds the output folder (or is it), and the vocab: reruns skip the shards."""
+    for name, output in (("same", ""), ("nested", "out")):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(shared_data / "google_bert" / "sample_text.txt", folder)
+        options = PrepareOptions(input_files=str(folder), vocab_size=300, output_dir=str(folder / output), workers=1,
+                                 num_eval_examples=5, num_eval_documents=1, **SMALL)
+        first = run(options)
+        assert len(first.shards_written) == 1 and first.documents == 3  # the text alone
+        again = run(options)
+        assert not again.shards_written and len(again.shards_skipped) == 1 and again.eval_instances == 0
+    (tmp_path / "text").mkdir()
+    shutil.copy(shared_data / "google_bert" / "sample_text.txt", tmp_path / "text")
+    shutil.copy(tmp_path / "same" / "vocab.txt", tmp_path / "text")
+    given_vocab = PrepareOptions(input_files=str(tmp_path / "text"), vocab_file=str(tmp_path / "text" / "vocab.txt"),
+                                 output_dir=str(tmp_path / "out"), workers=1, **SMALL)
+    assert run(given_vocab).documents == 3  # the vocab beside the text is not read as a document
 
 
 def test_a_rerun_cleans_up_after_a_killed_or_failed_run(shared_data, vocab, tmp_path):
@@ -203,14 +229,18 @@ def test_bad_text_inputs_are_counted_and_reported(tmp_path, vocab):
     assert str(corpus / "d_long_line.txt") + ":2" in report
 
 
-@pytest.mark.parametrize("problem", ["vocab", "unwritable", "truncated", "laughs", "shards", "eval", "nothing"])
+@pytest.mark.parametrize("problem", ["vocab", "not xml", "unwritable", "truncated", "laughs", "shards", "eval",
+                                     "nothing"])
 def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, vocab, shared_data, problem):
     text = shared_data / "google_bert" / "sample_text.txt"
     args = {"input": str(text), "vocab": vocab, "out": str(tmp_path / "out"), "extra": []}
     if problem == "vocab":
         bad = tmp_path / "my_vocab.txt"
         bad.write_text("[PAD]\n[UNK]\nhello\n")
-        args["vocab"], expected = str(bad), r"my_vocab\.txt: the vocab lacks \[CLS\], \[SEP\], \[MASK\]"
+        args["vocab"] = str(bad)
+        expected = r"my_vocab\.txt: the vocab lacks \[CLS\], \[SEP\], \[MASK\].*or pass --vocab_size N instead"
+    elif problem == "not xml":
+        args["extra"], expected = ["--input_format", "wikidump"], r"sample_text\.txt: not well-formed XML.*--input_format"
     elif problem == "unwritable":
         (tmp_path / "a_file").write_text("x")
         args["out"], expected = str(tmp_path / "a_file" / "out"), r"a_file/out: cannot write the output folder"
@@ -306,6 +336,8 @@ def test_a_shard_too_large_for_one_worker_is_refused_early(shared_data, vocab, t
     ({"input_format": "pdf"}, r"--input_format must be one of auto, wikidump, wikiextractor, text"),
     ({"format": "csv"}, r"--format must be one of padded, varlength"),
     ({"workers": 0}, r"--workers must be at least 1"),
+    ({"random_seed": -1}, r"--random_seed must be 0 or more, got -1"),
+    ({"input_files": [""]}, r"--input_file is required and may not be empty"),
 ])
 def test_options_are_checked_before_anything_is_read(tmp_path, change, message):
     options = dict(input_files=str(tmp_path / "missing.txt"), vocab_file="vocab.txt", output_dir=str(tmp_path / "out"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from bert_pretrain.errors import InputError
@@ -33,6 +34,25 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
+
+
+class _Refuse(argparse.Action):
+    """A flag of the reference's scripts that means something else here: an error that says what to use."""
+
+    def __init__(self, option_strings, dest, message: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.message = message
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.message}")
+
+
+def _truth(text: str) -> bool:
+    """An absl-style boolean flag value (the reference scripts' --do_lower_case=True)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return value in ("true", "1", "yes")
 
 
 # The demo's defaults (measured on 2 CPU cores: see README "The demo").
@@ -209,6 +229,11 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
                        help="train a WordPiece vocab of this size on the input, written to OUTPUT_DIR/vocab.txt")
     p.add_argument("--no_lower_case", dest="lower_case", action="store_false",
                    help="keep case and accents (for cased vocabs); the default lower-cases as uncased BERT does")
+    p.add_argument("--do_lower_case", dest="lower_case", type=_truth, nargs="?", const=True, metavar="BOOL",
+                   help="create_pretraining_data.py's spelling: --do_lower_case=False is --no_lower_case")
+    p.add_argument("--output_file", action=_Refuse, help=argparse.SUPPRESS,
+                   message="prepare writes a folder of HDF5 shards (the MLPerf layout), not one file: "
+                           "pass --output_dir DIR")
     inst = p.add_argument_group("instances (create_pretraining_data.py flags, MLPerf values)")
     inst.add_argument("--max_seq_length", type=int, default=512, help="tokens per instance, [CLS] and [SEP]s included")
     inst.add_argument("--max_predictions_per_seq", type=int, default=76, help="masked-LM slots per instance")
@@ -219,7 +244,8 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     inst.add_argument("--dupe_factor", type=int, default=10, help="passes over the documents, each masked anew")
     inst.add_argument("--random_seed", type=int, default=12345,
                       help="seed of the document shuffle, pairing and masking: same seed, same shards")
-    inst.add_argument("--whole_word_mask", action="store_true", help="mask whole words, not single WordPieces")
+    inst.add_argument("--whole_word_mask", "--do_whole_word_mask", type=_truth, nargs="?", const=True, default=False,
+                      metavar="BOOL", help="mask whole words, not single WordPieces")
     out = p.add_argument_group("shards and eval set")
     out.add_argument("--num_shards", type=int, default=1, help="training shards (MLPerf: 2048)")
     out.add_argument("--num_eval_examples", type=int, default=0,
@@ -346,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bert-pretrain", description=DESCRIPTION, formatter_class=_Formatter)
     _common(parser, dest="debug_anywhere")  # a subcommand's own default would overwrite a shared dest
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    parser.subcommands = {}
     for name, (summary, add_arguments, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary, formatter_class=_Formatter)
+        p = parser.subcommands[name] = sub.add_parser(name, help=summary, description=summary,
+                                                      formatter_class=_Formatter)
         add_arguments(p)
         _common(p)
         p.set_defaults(handler=handler)
@@ -355,9 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own error, so that the hint names its --help
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args) or 0
+    except BrokenPipeError:  # stdout went to `head` or similar, which stopped reading: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # as a process killed by SIGPIPE
     except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         if args.debug or args.debug_anywhere:
             raise

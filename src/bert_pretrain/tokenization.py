@@ -50,7 +50,7 @@ def read_vocab(path: str | Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such vocab file; pass --vocab_file PATH or --vocab_size N to train one") from None
+        raise InputError(f"{path}: no such vocab file; pass the path of a WordPiece vocab.txt") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: the vocab file is not UTF-8 ({err.reason} at byte {err.start})") from None
     # Lines end at "\n" only, as the reference's load_vocab reads them (str.splitlines would also
@@ -65,8 +65,7 @@ def read_vocab(path: str | Path) -> list[str]:
     for i, token in enumerate(tokens):
         if " " in token or "\t" in token:  # how a text file looks, never a WordPiece token
             raise InputError(f"{path}: line {i + 1} holds several words ({token[:50]!r}); a WordPiece vocab has "
-                             "one token per line. Is this a text file? Pass the model's vocab.txt as "
-                             "--vocab_file, or --vocab_size N to train a vocab on the input")
+                             "one token per line. Is this a text file? Pass the model's vocab.txt")
         if token in seen:
             raise InputError(f"{path}: token {token!r} appears on lines {seen[token] + 1} and {i + 1}; "
                              "a WordPiece vocab lists each token once")
@@ -80,7 +79,7 @@ def check_pretraining_vocab(tokens: list[str], source: str | Path) -> None:
     missing = [t for t in SPECIAL_TOKENS if t not in tokens]
     if missing:
         raise InputError(f"{source}: the vocab lacks {', '.join(missing)}; BERT pretraining needs "
-                         f"{', '.join(SPECIAL_TOKENS)} (use a BERT vocab.txt or --vocab_size N to train one)")
+                         f"{', '.join(SPECIAL_TOKENS)} (use a BERT vocab.txt)")
     if tokens[0] != PAD:
         raise InputError(f"{source}: line 1 is {tokens[0]!r}, but [PAD] must have id 0 (the shard format pads "
                          "with 0 and reads label 0 as 'not masked')")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import shutil
+import signal
 import sys
 import time
 from collections import deque
@@ -52,18 +53,18 @@ def run(options: PrepareOptions) -> PrepareSummary:
     started = time.perf_counter()
     options.check()
     first, end = options.shard_bounds()
-    files = _input_files(options)
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
-    layout.prepare_folders(with_eval=options.num_eval_examples > 0 and first == 0)
+    files = _input_files(options, layout)
+    layout.prepare_folders(shards=False, with_eval=False)  # the vocab and the manifest go here
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
         layout.vocab_corpus_path.unlink(missing_ok=True)
     with _Workers(options.workers) as workers:
         vocab_file, notes = _vocab_file(options, files, layout, workers, first)
-        vocab_tokens = read_vocab(vocab_file)
-        check_pretraining_vocab(vocab_tokens, vocab_file)
+        vocab_tokens = _read_pretraining_vocab(vocab_file, trained=options.vocab_file is None)
         vocab_sha256 = _sha256(vocab_file)
         layout.check_manifest(options.manifest([path for path, _ in files], vocab_sha256))
         wants_eval = options.num_eval_examples > 0 and first == 0
+        layout.prepare_folders(with_eval=wants_eval)  # after the manifest check: a refused run creates nothing
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
                                  vocab_file, notes=notes)
         for path in [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else []):
@@ -86,10 +87,28 @@ def run(options: PrepareOptions) -> PrepareSummary:
     return summary
 
 
-def _input_files(options: PrepareOptions) -> list[tuple[Path, str]]:
-    files = find_input_files(options.input_list())
+def _input_files(options: PrepareOptions, layout: OutputLayout) -> list[tuple[Path, str]]:
+    """The input files, less what prepare itself wrote or reads as the vocab: an output folder inside an
+    input folder would otherwise be read as text by the next run."""
+    vocab = Path(options.vocab_file).resolve() if options.vocab_file else None
+    files = [path for path in find_input_files(options.input_list())
+             if not layout.is_output(path) and path.resolve() != vocab]
+    if not files:
+        raise InputError(f"--input_file {' '.join(options.input_list())}: holds no input besides the vocab and "
+                         f"prepare's own outputs in {layout.output_dir}")
     return [(path, detect_format(path) if options.input_format == "auto" else options.input_format)
             for path in files]
+
+
+def _read_pretraining_vocab(path: Path, trained: bool) -> list[str]:
+    try:
+        tokens = read_vocab(path)
+        check_pretraining_vocab(tokens, path)
+    except InputError as err:
+        if trained:
+            raise
+        raise InputError(f"{err}; or pass --vocab_size N instead of --vocab_file to train a vocab on the input") from None
+    return tokens
 
 
 def _sha256(path: Path) -> str:
@@ -109,6 +128,12 @@ def _start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
+def _ignore_interrupts() -> None:
+    """In each worker: Ctrl-C reaches the whole process group, and the parent alone ends the run (it
+    terminates the pool), so a worker prints no traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Workers:
     """Runs tasks in `count` processes (a pool), or in this process when count is 1."""
 
@@ -118,7 +143,7 @@ class _Workers:
 
     def __enter__(self) -> "_Workers":
         if self.count > 1:
-            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count)
+            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count, initializer=_ignore_interrupts)
         return self
 
     def __exit__(self, error_type, *_) -> None:

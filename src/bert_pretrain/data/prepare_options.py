@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bert_pretrain.errors import InputError
 OUTPUT_FORMATS = ("padded", "varlength")
 MANIFEST = "prepare_manifest.json"
 EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
+_SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
 
 
 def default_workers() -> int:
@@ -74,7 +76,9 @@ class PrepareOptions:
     def check(self) -> None:
         """Raise InputError naming the first option that makes no sense."""
         rules = [
-            (bool(self.input_list()), "--input_file is required"),
+            (bool(self.input_list()) and all(self.input_list()), "--input_file is required and may not be empty"),
+            (bool(str(self.output_dir)), "--output_dir may not be empty"),
+            (self.vocab_file != "", "--vocab_file may not be empty"),
             (self.vocab_file is not None or self.vocab_size is not None, "pass --vocab_file PATH or --vocab_size N"),
             (self.vocab_file is None or self.vocab_size is None, "pass --vocab_file or --vocab_size, not both"),
             (self.input_format in FORMATS, f"--input_format must be one of {', '.join(FORMATS)}"),
@@ -86,6 +90,7 @@ class PrepareOptions:
             (0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}"),
             (0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}"),
             (self.dupe_factor >= 1, f"--dupe_factor must be at least 1, got {self.dupe_factor}"),
+            (self.random_seed >= 0, f"--random_seed must be 0 or more, got {self.random_seed}"),
             (self.num_eval_examples >= 0, "--num_eval_examples must be 0 (no eval set) or more"),
             (self.num_eval_examples == 0 or self.num_eval_documents >= 1,
              "--num_eval_documents must be at least 1 when --num_eval_examples > 0"),
@@ -140,22 +145,39 @@ class OutputLayout:
         width = max(5, len(str(self.num_shards)))
         return self.shard_dir / f"part_{index:0{width}d}_of_{self.num_shards:0{width}d}.hdf5"
 
-    def prepare_folders(self, with_eval: bool = True) -> None:
-        """Create the folders (the eval folder only when an eval set is written: an empty one would look
-        like a DATA folder's eval set); raise InputError if the output folder cannot be written."""
+    def prepare_folders(self, shards: bool = True, with_eval: bool = True) -> None:
+        """Create the output folder, and the shard and eval folders (the eval folder only when an eval set
+        is written: an empty one would look like a DATA folder's eval set); raise InputError if the output
+        folder cannot be written."""
         try:
-            for folder in (self.output_dir, self.shard_dir) + ((self.eval_dir,) if with_eval else ()):
+            for folder in (self.output_dir,) + ((self.shard_dir,) if shards else ()) + (
+                    (self.eval_dir,) if with_eval else ()):
                 folder.mkdir(parents=True, exist_ok=True)
-            probe = self.shard_dir / f".write-test-{os.getpid()}"
+            probe = self.output_dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
             raise InputError(f"{self.output_dir}: cannot write the output folder ({err.strerror or err}); "
                              "pick a writable --output_dir") from None
 
+    def is_output(self, path: Path) -> bool:
+        """Whether `path` is something prepare writes in this output folder, for any settings."""
+        try:
+            relative = path.resolve().relative_to(self.output_dir.resolve())
+        except ValueError:
+            return False
+        top = relative.parts[0] if relative.parts else ""
+        return (top in (MANIFEST, self.vocab_path.name, "eval_set_uncompressed", "eval_varlength")
+                or (len(relative.parts) > 1 and _SHARD_FOLDER.fullmatch(top) is not None))
+
     def has_outputs(self) -> bool:
-        """Whether any shard or the eval set sits here under its final name."""
-        return self.eval_path.exists() or any(self.shard_dir.glob("part_*.hdf5"))
+        """Whether any shard or eval set sits here under its final name, for any settings (the manifest
+        is one per output folder: shards of other settings beside these would make it lie)."""
+        if not self.output_dir.is_dir():
+            return False
+        return any(_SHARD_FOLDER.fullmatch(folder.name) and any(folder.glob("part_*.hdf5"))
+                   for folder in self.output_dir.iterdir() if folder.is_dir()) or any(
+            (self.output_dir / name / EVAL_FILE).exists() for name in ("eval_set_uncompressed", "eval_varlength"))
 
     def check_manifest(self, manifest: dict) -> None:
         """Refuse to mix outputs of different settings; record the settings for later runs.

@@ -57,6 +57,8 @@ def list_shards(directory: str | Path) -> list[Path]:
 
 @contextmanager
 def _open_for_reading(path: Path):
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -67,11 +69,16 @@ def _open_for_reading(path: Path):
         yield handle
 
 
+def _missing(f, keys) -> list[str]:
+    """The keys that are not datasets in the open file `f` (absent, or groups)."""
+    return [k for k in keys if not isinstance(f.get(k), h5py.Dataset)]
+
+
 def shard_format(path: str | Path) -> str:
     """'padded' or 'varlength', from the keys and dtypes in the file."""
     path = Path(path)
     with _open_for_reading(path) as f:
-        if "input_ids" not in f:
+        if _missing(f, ["input_ids"]):
             raise InputError(f"{path}: missing key 'input_ids'; not a pretraining shard")
         return "varlength" if h5py.check_vlen_dtype(f["input_ids"].dtype) is not None else "padded"
 
@@ -79,7 +86,7 @@ def shard_format(path: str | Path) -> str:
 def num_samples(path: str | Path) -> int:
     path = Path(path)
     with _open_for_reading(path) as f:
-        if "next_sentence_labels" not in f:
+        if _missing(f, ["next_sentence_labels"]):
             raise InputError(f"{path}: missing key 'next_sentence_labels'; not a pretraining shard")
         return int(f["next_sentence_labels"].shape[0])
 
@@ -98,7 +105,7 @@ def read_padded(
         arrays = varlength_to_padded(read_varlength(path), max_seq_length, max_predictions_per_seq)
     else:
         with _open_for_reading(path) as f:
-            missing = [k for k in PADDED_DTYPES if k not in f]
+            missing = _missing(f, PADDED_DTYPES)
             if missing:
                 raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
             arrays = {k: np.asarray(f[k][:]) for k in PADDED_DTYPES}
@@ -226,7 +233,7 @@ def read_varlength(path: str | Path) -> dict[str, list[np.ndarray] | np.ndarray]
     """The rows of a variable-length shard: lists of per-row arrays, plus the NSP labels."""
     path = Path(path)
     with _open_for_reading(path) as f:
-        missing = [k for k in (*VARLENGTH_DTYPES, "next_sentence_labels") if k not in f]
+        missing = _missing(f, (*VARLENGTH_DTYPES, "next_sentence_labels"))
         if missing:
             raise InputError(f"{path}: missing keys {missing}; not a variable-length shard")
         rows = {k: list(f[k][:]) for k in VARLENGTH_DTYPES}

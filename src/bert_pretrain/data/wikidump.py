@@ -82,7 +82,8 @@ def iter_articles(path: Path, tally: Tally) -> Iterator[str]:
         raise InputError(f"{path}: refused: the XML uses a DOCTYPE, entity or external reference ({err!r}); "
                          "a Wikipedia dump never does, so the file is not a dump or was tampered with") from None
     except ElementTree.ParseError as err:
-        raise InputError(f"{path}: not well-formed XML ({err}); if the dump is truncated, download it again") from None
+        raise InputError(f"{path}: not well-formed XML ({err}); if the dump is truncated, download it again; if the "
+                         "file is not a Wikipedia XML dump, leave --input_format at auto") from None
     except (EOFError, OSError) as err:
         raise read_error(path, err) from None
     if pages == 0:
