@@ -85,7 +85,9 @@ fi
 # The recipe's flags, except its fixed --eval_iter_start_samples/--eval_iter_samples 150000: left out,
 # the eval cadence follows the MLPerf rule for the global batch (150,000 samples up to 26 GPUs x 81
 # sequences, more above), as compliance requires.
-exec "$PYTHON" -m torch.distributed.run "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --nproc_per_node "$NPROC" \
+# bert_pretrain.launch is torchrun exiting with the failed worker's code (2 for bad input), without
+# torchrun's traceback.
+exec "$PYTHON" -m bert_pretrain.launch "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --nproc_per_node "$NPROC" \
     -m bert_pretrain train \
     --init_checkpoint "$DATA/model.ckpt-28252.apex.pt" --input_dir "$SHARDS" \
     --bert_config_path "$DATA/bert_config.json" --eval_dir "$DATA/eval_set_uncompressed" \

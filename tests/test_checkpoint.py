@@ -42,6 +42,9 @@ def test_nvidia_file_round_trip_with_padded_or_unpadded_vocab(tmp_path):
         load_reference_state(target, state, "test")
         for name, tensor in source.state_dict().items():
             assert torch.equal(target.state_dict()[name], tensor), name
+    # a smaller vocab is not padded up to the config's: that would load a model that knows few of its words
+    with pytest.raises(InputError, match=r"mis-shaped: .*word_embeddings.weight \(104, 32\) \(expected \(200, 32\)\)"):
+        load_reference_state(BertForPreTraining(tiny_config(vocab_size=200)), loaded["model"], "small_vocab.pt")
 
 
 def test_hf_export_gives_the_same_logits(tmp_path):

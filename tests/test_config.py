@@ -126,6 +126,9 @@ def test_required_paths_and_folders(paths, tmp_path):
         load([*paths, "--input_dir", str(tmp_path / "missing")])
     with pytest.raises(InputError, match="--target_mlm_accuracy needs --eval_dir"):
         load([*paths[:2], *paths[4:], "--target_mlm_accuracy", "0.72"])
+    with pytest.raises(InputError, match="--eval_iter_samples -1 turns them off"):
+        load([*paths, "--target_mlm_accuracy", "0.72", "--eval_iter_samples", "-1"])
+    assert load([*paths, "--eval_iter_samples", "-1"]).run.eval_iter_samples == -1  # no target: no evals is fine
 
 
 def test_fp16_without_a_gpu_falls_back_to_fp32_with_a_note(paths):

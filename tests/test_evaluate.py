@@ -182,3 +182,45 @@ def test_training_evaluates_in_its_own_precision(precision, dtype):
     result = evaluate(model, [pack_padded_rows({k: arrays[k] for k in keys})], torch.device("cpu"),
                       precision=precision)
     assert seen == [dtype] and result.samples == 6
+
+
+def test_num_eval_examples_below_one_is_a_short_error(hf_setup):
+    root, _, _ = hf_setup
+    _assert_clean_failure(run_cli(*_evaluate_args(root, "--num_eval_examples", "0")), "--num_eval_examples",
+                          "must be at least 1, got 0")
+
+
+def test_convert_to_hf_and_back_keeps_the_model(hf_setup, tmp_path):
+    """NVIDIA .pt -> HF folder that transformers loads with the same logits -> .pt with the same weights."""
+    root, hf, arrays = hf_setup
+    checkpoint, config = str(root / "model.ckpt-28252.apex.pt"), str(root / "bert_config.json")
+    to_hf = run_cli("convert", "--input", checkpoint, "--bert_config_path", config, "--output", str(tmp_path / "hf"))
+    assert to_hf.returncode == 0, to_hf.stderr
+    loaded = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.from_numpy(arrays["input_ids"][:4]).long()
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).prediction_logits, hf(input_ids=ids).prediction_logits, atol=1e-5)
+    back = run_cli("convert", "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "back.pt"))
+    assert back.returncode == 0, back.stderr
+    original = torch.load(checkpoint, weights_only=True)["model"]
+    again = torch.load(tmp_path / "back.pt", weights_only=True)["model"]
+    # every tensor of the 2-layer model (5 embedding, 16 per layer, 2 pooler, 8 head); HF's copies of tied
+    # weights (cls.predictions.decoder.bias) are not written again
+    assert len(again) == 47 and all(torch.equal(original[k], again[k]) for k in again)
+
+
+@pytest.mark.parametrize("output, fragment", [
+    ("a_file", "is a file; an HF export is a folder"),
+    ("busy", "a folder with other files in it"),
+    ("model.safetensors", "not a bare weights file"),
+    ("nowhere/model.pt", "the folder"),
+])
+def test_convert_refuses_outputs_it_would_misuse(hf_setup, tmp_path, output, fragment):
+    root, _, _ = hf_setup
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    proc = run_cli("convert", "--input", str(root / "model.ckpt-28252.apex.pt"), "--bert_config_path",
+                   str(root / "bert_config.json"), "--output", str(tmp_path / output))
+    _assert_clean_failure(proc, str(tmp_path / output), fragment)
+    assert (tmp_path / "a_file").read_text() == "mine" and (tmp_path / "busy" / "notes.txt").read_text() == "mine"

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,33 @@ def test_missing_data_pieces_are_all_named(tmp_path):
     assert not_a_folder.returncode == 2 and "is not a folder" in not_a_folder.stderr
 
 
+def test_bad_input_ends_with_the_workers_line_and_exit_code_not_a_torchrun_traceback(data, tmp_path):
+    result = launch(data, *tiny_overrides(data, tmp_path / "out", train_batch_size=8, gradient_accumulation_steps=3))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
+    assert "--train_batch_size 8" in result.stderr and "--gradient_accumulation_steps 3" in result.stderr
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_exits_143(data, tmp_path):
+    """A scheduler stops the job: torchrun forwards the signal, the worker writes its checkpoint and
+    exits 143, and so does the launcher, without torchrun's SignalException traceback."""
+    out = tmp_path / "out"
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, "DATA": str(data)}
+    flags = tiny_overrides(data, out, max_steps=100_000, target_mlm_accuracy=0.999, log_freq=1,
+                           gradient_accumulation_steps=1)
+    process = subprocess.Popen(["bash", str(LAUNCHER), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output[-3000:]
+    assert "Traceback" not in output and "stopped by SIGTERM" in output, output[-3000:]
+    assert len(list(out.glob("phase2_ckpt_*.pt"))) == 1
+
+
 @pytest.fixture
 def recording_python(tmp_path) -> tuple[Path, Path]:
     """A stand-in for python that reports 8 GPUs and records how it was called."""
@@ -111,7 +140,7 @@ def test_one_process_per_gpu_reference_defaults_then_user_flags(data, recording_
     assert result.returncode == 0, result.stderr
     argv = record.read_text().splitlines()
     assert argv[0] == "INIT_LOSS_SCALE=1024"
-    assert argv[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in argv
+    assert argv[1:3] == ["-m", "bert_pretrain.launch"] and "--standalone" in argv
     assert argv[argv.index("--nproc_per_node") + 1] == "8"
     assert argv[argv.index("-m", 3):][:3] == ["-m", "bert_pretrain", "train"]
     assert argv[-4:] == ["--max_steps", "100", "--train_batch_size", "56"]  # after the defaults: they win

@@ -26,7 +26,7 @@ LAYERS = [
     # 4: wiring
     {"train", "train_setup", "train_observers", "bench", "bench_hf", "bench_timing", "demo"},
     # 5: entry
-    {"cli", "__main__", ""},
+    {"cli", "__main__", "launch", ""},
 ]
 
 

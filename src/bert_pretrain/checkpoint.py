@@ -67,8 +67,10 @@ def from_reference_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _pad_vocab(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    if tensor.shape[0] >= rows:
+def _pad_vocab(tensor: torch.Tensor, vocab_size: int, rows: int) -> torch.Tensor:
+    """A vocab-sized tensor padded to the model's `rows` (30522 -> 30528); any other size is left for
+    the shape check to report (padding a smaller vocab would load a model that knows few of its words)."""
+    if tensor.shape[0] != vocab_size or vocab_size == rows:
         return tensor
     padding = tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))
     return torch.cat([tensor, padding], dim=0)
@@ -90,7 +92,8 @@ def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tenso
     """Load reference-named weights into `model`, strictly; the vocab may be padded or not."""
     state = {k: v for k, v in state.items() if k not in _REDUNDANT}
     padded_rows = model.config.padded_vocab_size
-    state = {k: _pad_vocab(v, padded_rows) if k in _VOCAB_ROWS else v for k, v in state.items()}
+    state = {k: _pad_vocab(v, model.config.vocab_size, padded_rows) if k in _VOCAB_ROWS else v
+             for k, v in state.items()}
     _check_tied_decoder(state, model.config.vocab_size, source)
     state.setdefault(_TIED_DECODER, state.get("bert.embeddings.word_embeddings.weight"))
     state = from_reference_names({k: v for k, v in state.items() if v is not None})

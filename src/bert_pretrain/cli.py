@@ -139,14 +139,34 @@ def _convert(args) -> int:
         config, state = read_bert_config(args.bert_config_path), read_weights_file(source)
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
-    if args.output.endswith(".pt"):
-        save_reference_checkpoint(model, args.output)
-        print(f"wrote {args.output} (NVIDIA format, vocab {config.padded_vocab_size})")
-    else:
-        export_hf(model, args.output)
-        print(f"wrote {str(args.output).rstrip('/')}/ (HF transformers BertForPreTraining: config.json + "
-              "model.safetensors)")
+    output = Path(args.output)
+    _check_convert_output(output)
+    try:
+        if output.suffix == ".pt":
+            save_reference_checkpoint(model, output)
+            print(f"wrote {output} (NVIDIA format, vocab {config.padded_vocab_size})")
+        else:
+            export_hf(model, output)
+            print(f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)")
+    except OSError as err:
+        raise InputError(f"--output {output}: cannot write it ({err.strerror or err}); pick a writable path") from None
     return 0
+
+
+def _check_convert_output(output) -> None:
+    """A .pt path is a file, anything else an HF folder: refuse what would be read another way."""
+    if output.suffix == ".pt":
+        if not output.parent.is_dir():
+            raise InputError(f"--output {output}: the folder {output.parent} does not exist; create it first")
+    elif output.suffix in (".safetensors", ".bin", ".pth", ".ckpt", ".json"):
+        raise InputError(f"--output {output}: writes a .pt file (NVIDIA format) or an HF folder (config.json + "
+                         "model.safetensors), not a bare weights file; end the path in .pt or give a folder name")
+    elif output.exists() and not output.is_dir():
+        raise InputError(f"--output {output}: is a file; an HF export is a folder (or end the path in .pt for "
+                         "the NVIDIA format)")
+    elif output.is_dir() and not {p.name for p in output.iterdir()} <= {"config.json", "model.safetensors"}:
+        raise InputError(f"--output {output}: a folder with other files in it; the export replaces the folder "
+                         "whole, so name a new folder (or an earlier export's)")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:

@@ -356,6 +356,9 @@ def validate(config: RunConfig) -> None:
         _require(Path(data.eval_dir).is_dir(), f"--eval_dir {data.eval_dir}: no such folder of eval shards")
     _require(run.target_mlm_accuracy == 0 or data.eval_dir is not None,
              "--target_mlm_accuracy needs --eval_dir (the accuracy is measured on the eval set)")
+    _require(run.target_mlm_accuracy == 0 or run.eval_iter_samples is None or run.eval_iter_samples > 0,
+             f"--target_mlm_accuracy needs evals, and --eval_iter_samples {run.eval_iter_samples} turns them off; "
+             "leave it out for the MLPerf cadence, or pass --target_mlm_accuracy 0")
     positive = {
         "train_batch_size": batch.train_batch_size, "gradient_accumulation_steps": batch.gradient_accumulation_steps,
         "eval_batch_size": batch.eval_batch_size, "max_seq_length": data.max_seq_length,

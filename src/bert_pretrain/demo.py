@@ -78,6 +78,9 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     print(f"demo 2/4 prepare: vocab of {vocab_size} WordPieces, {summary.instances:,} training and "
           f"{summary.eval_instances:,} eval instances -> {data_dir}", flush=True)
 
+    if results.is_dir():  # a rerun of the demo trains anew: its last run's checkpoints would refuse that
+        for earlier in checkpoints_in(results, phase2=False):
+            earlier.unlink()
     flags = _train_flags(data_dir, results, target_accuracy, max_steps, eval_every_samples, learning_rate)
     print("demo 3/4 train: bert-pretrain train " + " ".join(flags), flush=True)
     parser = argparse.ArgumentParser()

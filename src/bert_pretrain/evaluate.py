@@ -45,6 +45,9 @@ def load_eval_set(
     vocab_size: int,
 ) -> dict[str, np.ndarray]:
     """The first `num_examples` rows (all when None) of the eval folder's shards, validated."""
+    if num_examples is not None and num_examples < 1:
+        raise InputError(f"--num_eval_examples must be at least 1, got {num_examples} (leave it out to use "
+                         f"every row of {eval_dir})")
     parts, have = [], 0
     for path in list_shards(eval_dir):
         if num_examples is not None and have >= num_examples:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from bert_pretrain.config import RunConfig
-from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
+from bert_pretrain.distributed import init_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.evaluate import evaluate
 from bert_pretrain.metrics import peak_memory_gb
@@ -259,8 +259,8 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
     run.observers.run_stop("success" if status == "success" else "aborted", progress.samples,
                            run.config.data.num_eval_examples)
     memory = _collective(run, lambda: _gather(peak_memory_gb(info.device)))
-    skipped_shards = int(_collective(run, lambda: all_reduce_sum(
-        torch.tensor(float(len(run.stream.skipped_shards)), device=info.device))).item())
+    # distinct shards: a bad shard is met again every epoch, maybe by another process
+    skipped_shards = len(set().union(*_collective(run, lambda: _gather(sorted(set(run.stream.skipped_shards))))))
     loop_seconds = time.time() - loop_started
     trained = progress.samples - run.samples_at_start
     summary = {
@@ -288,7 +288,8 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
                       + f"  ({run.schedule.output_dir}/summary.json)")
 
 
-def _gather(value: float) -> list[float]:
+def _gather(value):
+    """Every process's `value` (picklable), in rank order."""
     if not (dist.is_available() and dist.is_initialized()):
         return [value]
     everyone = [None] * dist.get_world_size()

@@ -98,7 +98,11 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
+    if schedule.output_dir.exists() and not schedule.output_dir.is_dir():
+        raise InputError(f"--output_dir {schedule.output_dir}: is a file; pass a folder (it is created if missing)")
     resume_path, resume_note = _resume_path(config, info, schedule)
+    if resume_path is None:
+        _refuse_an_earlier_runs_folder(info, schedule)
     log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
                              resumed=resume_path is not None, progress_bar=config.system.progress,
@@ -153,6 +157,16 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
         return None, (f"note: --resume_from_checkpoint found no {schedule.prefix}*.pt in {schedule.output_dir}; "
                       "starting a new run")
     return Path(latest), ""
+
+
+def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule) -> None:
+    """A new run in a folder that holds another run's checkpoints would mix its logs with that run's and,
+    keeping --keep_n_most_recent_checkpoints, delete its own newer checkpoints as the older ones."""
+    found = schedule.latest() if info.is_main else None
+    earlier = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process raises
+    if earlier is not None:
+        raise InputError(f"{schedule.output_dir}: holds checkpoints of an earlier run ({Path(earlier).name}); "
+                         "pass --resume_from_checkpoint to continue it, or another --output_dir for a new run")
 
 
 def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
