@@ -40,7 +40,7 @@ missing=()
 [ -n "$SHARDS" ] || missing+=("2048_shards_uncompressed/ (or another <N>_shards_uncompressed/) of training shards part_*.hdf5")
 [ -d "$DATA/eval_set_uncompressed" ] || missing+=("eval_set_uncompressed/ (the eval shard part_eval_10k.hdf5)")
 [ -f "$DATA/bert_config.json" ] || missing+=("bert_config.json (the model config)")
-[ -f "$DATA/model.ckpt-28252.apex.pt" ] || missing+=("model.ckpt-28252.apex.pt (the MLPerf initial checkpoint)")
+[ -f "$DATA/model.ckpt-28252.apex.pt" ] || missing+=("model.ckpt-28252.apex.pt (the MLPerf initial checkpoint; to train from scratch, call bert-pretrain train without --init_checkpoint)")
 if [ ${#missing[@]} -gt 0 ]; then
     echo "$NAME: error: DATA=$DATA lacks:" >&2
     printf '  %s\n' "${missing[@]}" >&2

@@ -7,7 +7,7 @@ nvidia-ml-py for power; the package need not be installed; give the call about 5
 
 Dry run on a CPU (same sections, tiny sizes):
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --model tiny --out /tmp/gpu_check
 
 The check: the headline bench (BERT-large, 512, bf16, profiled: `<out>/profile_large512_bf16/` holds
 profile.md and a Perfetto trace), the GPU tests, a short training run whose loss must fall, LAMB's

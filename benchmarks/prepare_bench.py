@@ -1,6 +1,6 @@
 """Data-preparation throughput: `bert-pretrain prepare` vs a reference-style single-process peer, same run.
 
-    python benchmarks/prepare_bench.py [--corpus DIR] [--vocab FILE] [--repeats 3] [--report PATH]
+    .venv/bin/python benchmarks/prepare_bench.py [--corpus DIR] [--vocab FILE] [--repeats 3] [--report PATH]
 
 On ../shared/data/corpus/mlperf_wiki_sample (MLPerf's WikiExtractor sample, 4 MB) at the MLPerf shapes
 512/76, dupe factor 2, seed 12345, it times, each as a fresh process with the wall clock of the whole

@@ -2,10 +2,11 @@
 first command; its measured result is in the README)."""
 
 import json
+import shlex
 
 import transformers
 
-from bert_pretrain import demo
+from bert_pretrain import cli, demo
 
 
 def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
@@ -26,3 +27,13 @@ def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     assert (tmp_path / "data" / "4_shards_uncompressed").is_dir()
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf_model")
     assert hf.config.vocab_size == len((tmp_path / "data" / "vocab.txt").read_text().splitlines())
+
+    # The printed commands are what ran: prepare's finds its shards complete under the same settings (the
+    # manifest refuses any other), convert writes the same export again.
+    commands = {line.split(": ", 1)[0]: shlex.split(line.split(": ", 1)[1]) for line in printed.splitlines()
+                if line.startswith(("demo 2/4 prepare: bert-pretrain", "demo 4/4 export: bert-pretrain"))}
+    assert cli.main(commands["demo 2/4 prepare"][1:]) == 0
+    assert "0 shards written, 4 already complete" in capsys.readouterr().out
+    exported = (tmp_path / "hf_model" / "model.safetensors").read_bytes()
+    assert cli.main(commands["demo 4/4 export"][1:]) == 0
+    assert (tmp_path / "hf_model" / "model.safetensors").read_bytes() == exported

@@ -345,3 +345,14 @@ def test_options_are_checked_before_anything_is_read(tmp_path, change, message):
     with pytest.raises(InputError, match=message):
         run(PrepareOptions(**{**options, **change}))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_printed_command_line_parses_back_to_the_same_options():
+    options = PrepareOptions(input_files=["a.txt", "b/"], output_dir="out", vocab_size=500, lower_case=False,
+                             whole_word_mask=True, num_shards=8, masked_lm_prob=0.2, num_eval_examples=10,
+                             format="varlength", workers=3, shard_range="0:4", progress=False)
+    args = cli.build_parser().parse_args(["prepare", *options.command_line()])
+    assert args.input_file == ["a.txt", "b/"] and args.output_dir == "out" and args.vocab_size == 500
+    assert (not args.lower_case, args.whole_word_mask, args.progress) == (True, True, False)
+    assert (args.num_shards, args.masked_lm_prob, args.num_eval_examples) == (8, 0.2, 10)
+    assert (args.format, args.workers, args.shard_range, args.max_seq_length) == ("varlength", 3, "0:4", 512)

@@ -7,13 +7,14 @@
 4. export   the final checkpoint as an HF transformers folder
 
 Nothing is downloaded. The output folder is laid out like an MLPerf DATA folder plus a results folder,
-so every step can be rerun by hand with the commands it prints.
+so the prepare, train and export steps can be rerun by hand with the commands it prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
@@ -71,18 +72,21 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     print(f"demo 1/4 corpus: {stats.documents} documents, {stats.words:,} words from this Python's "
           f"documentation -> {corpus}", flush=True)
 
-    summary = prepare(_prepare_options(corpus, data_dir, workers))
+    options = _prepare_options(corpus, data_dir, workers)
+    print("demo 2/4 prepare: " + shlex.join(["bert-pretrain", "prepare", *options.command_line()]), flush=True)
+    summary = prepare(options)
     vocab_size = len(Path(summary.vocab_file).read_text(encoding="utf-8").splitlines())
     bert_config = {**(model or DEMO_MODEL), "vocab_size": vocab_size}
     (data_dir / "bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
     print(f"demo 2/4 prepare: vocab of {vocab_size} WordPieces, {summary.instances:,} training and "
-          f"{summary.eval_instances:,} eval instances -> {data_dir}", flush=True)
+          f"{summary.eval_instances:,} eval instances -> {data_dir} (bert_config.json written beside them)",
+          flush=True)
 
     if results.is_dir():  # a rerun of the demo trains anew: its last run's checkpoints would refuse that
         for earlier in checkpoints_in(results, phase2=False):
             earlier.unlink()
     flags = _train_flags(data_dir, results, target_accuracy, max_steps, eval_every_samples, learning_rate)
-    print("demo 3/4 train: bert-pretrain train " + " ".join(flags), flush=True)
+    print("demo 3/4 train: " + shlex.join(["bert-pretrain", "train", *flags]), flush=True)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     code = train(load_config(parser.parse_args(flags)))
@@ -95,7 +99,9 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     load_weights(trained, checkpoint)
     export_hf(trained, hf_dir)
     run_summary = json.loads((results / "summary.json").read_text())
-    print(f"demo 4/4 export: HF transformers folder -> {hf_dir}")
+    convert = ["bert-pretrain", "convert", "--input", str(checkpoint), "--bert_config_path",
+               str(data_dir / "bert_config.json"), "--output", str(hf_dir)]
+    print(f"demo 4/4 export: {shlex.join(convert)}\ndemo 4/4 export: HF transformers folder -> {hf_dir}")
     if "final_mlm_accuracy" in run_summary:
         verdict = "reached" if run_summary["status"] == "success" else "did NOT reach"
         print(f"\nThe demo {verdict} its target: masked-LM accuracy {run_summary['final_mlm_accuracy']:.4f} on the "

@@ -95,7 +95,8 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+    # disable=None: a bar on a terminal only, so a log file gets no carriage-return updates
+    for batch in tqdm(batches, desc="eval", unit="batch", disable=None if progress else True, leave=False):
         with autocast(device, precision):
             out = model(batch.to(device, non_blocking=True))
         sums += torch.stack([

@@ -101,6 +101,19 @@ class PrepareOptions:
                 raise InputError(message)
         self.shard_bounds()
 
+    def command_line(self) -> list[str]:
+        """`bert-pretrain prepare` flags that ask for these options (defaults left out), to print."""
+        flags = ["--input_file", *self.input_list(), "--output_dir", str(self.output_dir)]
+        defaults = PrepareOptions(input_files=[], output_dir="")
+        for name, value in asdict(self).items():
+            if name in ("input_files", "output_dir", "workers") or value == getattr(defaults, name) or value is None:
+                continue
+            if isinstance(value, bool):  # the switches: --no_lower_case, --whole_word_mask, --no_progress
+                flags.append({"lower_case": "--no_lower_case", "progress": "--no_progress"}.get(name, f"--{name}"))
+            else:
+                flags += [f"--{name}", str(value)]
+        return flags + ["--workers", str(self.workers)]
+
     def manifest(self, input_files: list[Path], vocab_sha256: str) -> dict:
         """What determines the output's content (not the workers or the shard range)."""
         values = asdict(self)
