@@ -23,4 +23,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 # torch is a dependency with no upper bound, so pip keeps the one that is there.
 .venv/bin/python -m pip install -q -e ".[test]"
+# The Triton kernels (--fused_norm) are tested on any CPU in Triton's interpreter. A GPU torch brings its
+# own triton (CUDA's, or ROCm's under another package name): an importable one is never replaced.
+if ! .venv/bin/python -c "import triton" 2>/dev/null && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+    echo "init.sh: installing triton for the tests of the Triton kernels (run in its interpreter on the CPU)"
+    .venv/bin/python -m pip install -q triton
+fi
 echo "init.sh: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')); commands: .venv/bin/bert-pretrain --help"

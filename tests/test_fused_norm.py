@@ -3,7 +3,8 @@
 On a CUDA device the kernels run compiled (tests marked gpu). On the CPU they run in Triton's
 interpreter, which must be switched on before triton is first imported: `test_interpreted` runs this
 file's CPU cases in a child process with TRITON_INTERPRET=1. Both need the triton package and are
-skipped without it (the CPU build of torch does not bring it).
+skipped without it (the CPU build of torch does not bring it; init.sh installs it on Linux x86_64, so
+the README's test command runs them).
 """
 
 import importlib.util
