@@ -12,7 +12,7 @@
 # One process per GPU (torch.cuda.device_count(); set CUDA_VISIBLE_DEVICES to choose), or one CPU
 # process without GPUs. Several nodes: run this on each with NNODES, MASTER_ADDR and MASTER_PORT set
 # (torchrun's c10d rendezvous; node ranks are assigned when the nodes meet). With DATA unset it runs
-# the built-in demo, which needs no download.
+# the built-in demo, which needs no download. CLEAR_CACHES=1 drops the OS page cache first (root).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME="train_bert_pretraining_amp_dist.sh"
@@ -75,6 +75,17 @@ for arg in "$@"; do
             if [ -n "$newest" ]; then OUTPUT_DIR="$newest"; fi ;;
     esac
 done
+# CLEAR_CACHES=1 drops this node's OS page cache first, as MLPerf submissions do before each run, and
+# the MLPerf log says so (cache_clear true).
+CACHE_FLAGS=()
+if [ "${CLEAR_CACHES:-0}" = "1" ]; then
+    if ! { sync && echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
+        echo "$NAME: error: CLEAR_CACHES=1 could not write /proc/sys/vm/drop_caches; run as root, or drop" \
+             "the caches yourself and pass --cache_cleared" >&2
+        exit 2
+    fi
+    CACHE_FLAGS=(--cache_cleared)
+fi
 # torchrun gives workers 30 s between SIGTERM and SIGKILL by default: too little for BERT-large to reach
 # its next sync point and write a final checkpoint (older torchruns lack the option and keep their 30 s).
 SHUTDOWN=()
@@ -102,4 +113,4 @@ exec "$PYTHON" -m bert_pretrain.launch "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --npr
     --fp16 --fused_mha --distributed_lamb --dist_backend nccl --exchange_padding \
     --target_mlm_accuracy 0.720 --seed=17103 --skip_checkpoint \
     --train_batch_size 81 --learning_rate=3.6e-4 --max_steps 7400 --eval_batch_size 52 \
-    --gradient_accumulation_steps=3 "$@"
+    --gradient_accumulation_steps=3 "${CACHE_FLAGS[@]}" "$@"

@@ -46,7 +46,7 @@ def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_complian
     out = tmp_path / "results"
     # 700 samples between evals is not a multiple of the global batch (16): evals round up to whole steps
     result = launch(data, *tiny_overrides(data, out, eval_iter_start_samples=700, eval_iter_samples=700,
-                                          gradient_accumulation_steps=2))
+                                          gradient_accumulation_steps=2), "--cache_cleared")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 node(s) x 1 process(es)" in result.stderr
     assert "--fp16 needs a GPU" in result.stderr and "--distributed_lamb" in result.stderr
@@ -60,6 +60,7 @@ def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_complian
     value = {r["key"]: r["value"] for r in records}
     assert value["global_batch_size"] == 16 and value["gradient_accumulation_steps"] == 2
     assert value["opt_lamb_weight_decay_rate"] == 0.01 and value["seed"] == 42  # ours won over the recipe's 17103
+    assert value["cache_clear"] is True  # --cache_cleared, as CLEAR_CACHES=1 passes it
     assert records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "success"
     for ruleset in ("1.0.0", "5.0.0"):
         check = compliance(log, ruleset)
@@ -146,6 +147,19 @@ def test_one_process_per_gpu_reference_defaults_then_user_flags(data, recording_
     assert argv[-4:] == ["--max_steps", "100", "--train_batch_size", "56"]  # after the defaults: they win
     assert argv.index("--max_steps") < len(argv) - 4 and "--fp16" in argv and "--distributed_lamb" in argv
     assert argv[argv.index("--input_dir") + 1] == str(data / "4_shards_uncompressed")
+
+
+def test_clear_caches_drops_them_and_the_log_says_so(data, recording_python):
+    stub, record = recording_python
+    result = launch(data, extra_env={"PYTHON": str(stub), "CLEAR_CACHES": "1"})
+    if os.access("/proc/sys/vm/drop_caches", os.W_OK):  # root, on a machine that lets it drop the caches
+        assert result.returncode == 0, result.stderr
+        argv = record.read_text().splitlines()
+        assert "--cache_cleared" in argv and argv.index("--cache_cleared") > argv.index("--seed=17103")
+    else:
+        assert result.returncode == 2 and "could not write /proc/sys/vm/drop_caches" in result.stderr
+    assert launch(data, extra_env={"PYTHON": str(stub)}).returncode == 0
+    assert "--cache_cleared" not in record.read_text().splitlines()
 
 
 def test_several_nodes_use_the_c10d_rendezvous(data, recording_python):

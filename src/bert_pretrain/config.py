@@ -170,6 +170,8 @@ class MLPerfOptions:
     submission_division: str = option("closed", "submission_division", choices=("closed", "open"))
     submission_status: str = option("onprem", "submission_status",
                                     choices=("onprem", "cloud", "preview", "research"))
+    cache_cleared: bool = option(False, "the OS page cache was dropped just before this run (the launcher's "
+                                        "CLEAR_CACHES=1 does it and passes this): logged as cache_clear true")
 
 
 @dataclass(frozen=True)

@@ -283,9 +283,9 @@ def lr_at(
     - otherwise: lr = base_lr * (1 - min((last - offset) / total_steps, 1)) ** degree  (decay to 0).
 
     With start_warmup_step == 0 this equals the TF reference at global_step = step (up to the
-    1e-6); with a negative start (the RCP table's -76, -700) NVIDIA's warmup runs one step ahead
-    of TF's. A positive start would make the reference's rate negative before the warmup starts;
-    here it is 0 there.
+    1e-6); with a negative start (the RCP table's -76, -700) the offset is 0, so NVIDIA's warmup and
+    decay both run one step ahead of TF's (1 - (step + 1) / total in the decay). A positive start
+    would make the reference's rate negative before the warmup starts; here it is 0 there.
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")

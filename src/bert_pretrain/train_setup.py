@@ -107,7 +107,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
                              resumed=resume_path is not None, progress_bar=config.system.progress,
                              total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
-    observers.mlperf.init_start()
+    observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared)
     if resume_note:
         observers.say(resume_note)
     if info.is_main:
