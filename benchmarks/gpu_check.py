@@ -54,7 +54,8 @@ def _section_environment(args) -> dict:
 
     device = torch.device(args.device)
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine()}
     for package in ("transformers", "triton", "numpy", "h5py", "pynvml", "flash_attn"):
         try:
             info[package] = getattr(__import__(package), "__version__", "present")
@@ -320,7 +321,11 @@ class Report:
         theme = "experiments" if self.args.experiments or self.args.sections else "throughput"
         stem = f"{theme}_{device or 'unknown'}_{self.started:%Y-%m-%d}"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.path = self.out / f"{stem}.md"
+        if self.path is None:  # named once; an earlier report of the same day is kept, not overwritten
+            self.path = self.out / f"{stem}.md"
+            if self.path.exists():
+                self.path = self.out / f"{stem}_{self.started:%H%M%S}.md"
+        stem = self.path.stem
         for path, text in ((self.path, self.markdown()), (self.out / f"{stem}.json", json.dumps(self.sections, indent=1))):
             partial = path.with_name(path.name + ".partial")
             partial.write_text(text)
@@ -345,7 +350,14 @@ class Report:
             if section.get("log"):
                 lines += ["", "```", section["log"][-1500:], "```"]
             lines.append("")
-        return "\n".join(lines + _experiment_table(self.sections))
+        lines += _experiment_table(self.sections)
+        if self.args.device == "cpu" and any(s["name"].startswith("experiment_") for s in self.sections):
+            lines += [f"On the CPU, bench compiles nothing by default, so `eager` and `eager_lamb` run the "
+                      f"baseline's code; not run here (GPU only): {', '.join(GPU_ONLY)}.", ""]
+        return "\n".join(lines)
+
+    def all_ok(self) -> bool:
+        return all(section["status"].startswith("ok") for section in self.sections)
 
 
 def _experiment_table(sections: list[dict]) -> list[str]:
@@ -414,7 +426,8 @@ def _section(name: str, command: list[str], limit: float, deadline: float, args)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--model", default="large", help="with --device cpu: the model for the dry run (tiny)")
+    parser.add_argument("--model", default="large", choices=("tiny", "base", "large"),
+                        help="with --device cpu: the model for the dry run (tiny)")
     parser.add_argument("--budget_s", type=float, default=480.0, help="hard limit for the whole check (seconds)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the report")
     parser.add_argument("--experiments", action="store_true",
@@ -424,6 +437,10 @@ def main(argv=None) -> int:
                              "environment and the probe); e.g. experiment_baseline,gpu tests,large512_bf16")
     parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)  # internal: run one section
     args = parser.parse_args(argv)
+    if args.budget_s <= 0:
+        parser.error(f"--budget_s must be above 0, got {args.budget_s}")
+    if args.sections is not None and not args.sections.strip(","):
+        parser.error("--sections is empty; name sections, or leave it out for the whole check")
     if args.section:
         print(json.dumps(SECTIONS[args.section](args)))
         return 0
@@ -463,7 +480,7 @@ def main(argv=None) -> int:
             report.add(_section(f"{name}_fallback", [*command, *fallback], limit, deadline, args))
     print(report.markdown())
     print(f"gpu_check: report written to {report.path}", flush=True)
-    return 0
+    return 0 if report.all_ok() else 1  # a failed, timed-out or skipped section: the report says which
 
 
 if __name__ == "__main__":

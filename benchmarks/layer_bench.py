@@ -181,13 +181,22 @@ def _sync(device: torch.device) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--model", default="large", choices=sorted(MODEL_SHAPES))
     parser.add_argument("--sizes", default="64,128,256", help="sequences per micro-batch, comma-separated")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    print(json.dumps(measure(torch.device(args.device), args.model, sizes, variants=args.variants.split(","))))
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: expected whole numbers separated by commas, e.g. 64,128")
+    variants = args.variants.split(",")
+    if min(sizes) < 1 or not set(variants) <= set(VARIANTS):
+        parser.error(f"--sizes must be at least 1 and --variants some of {', '.join(VARIANTS)}; got "
+                     f"{args.sizes!r} and {args.variants!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; pass --device cpu")
+    print(json.dumps(measure(torch.device(args.device), args.model, sizes, variants=variants)))
     return 0
 
 

@@ -63,11 +63,42 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "max_position_embeddings" in result.stderr
     result = run_cli("bench", "--shard", str(tmp_path / "missing.hdf5"), "--device", "cpu")
     assert result.returncode == 2 and "missing.hdf5" in result.stderr
-    (tmp_path / "a_file").write_text("")
-    result = run_cli("bench", "--profile", str(tmp_path / "a_file"), "--device", "cpu")
-    assert result.returncode == 2 and "a_file" in result.stderr and "not a folder" in result.stderr
     result = run_cli("bench", "--fused_norm", "--device", "cpu", env={"TRITON_INTERPRET": ""})
     assert result.returncode == 2 and "--fused_norm needs" in result.stderr and "run without" in result.stderr
+
+
+def _config_file(path, **changes):
+    values = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    values.update(changes)
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["warmup", "predictions", "peak", "profile under a file", "compile_mode", "flex",
+                                  "no config", "config folder", "config not utf-8", "no layers", "one segment"])
+def test_more_bad_options_are_one_line_errors_before_any_timing(tmp_path, case):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "latin1.json").write_bytes('{"hidden_act": "g\xe9lu"}'.encode("latin-1"))
+    args, fragments = {
+        "warmup": (["--warmup", "-1"], ["--warmup must be 0 or more"]),
+        "predictions": (["--max_predictions_per_seq", "0"], ["--max_predictions_per_seq must be at least 1"]),
+        "peak": (["--peak_tflops", "0"], ["--peak_tflops must be above 0"]),
+        "profile under a file": (["--profile", str(tmp_path / "a_file" / "sub")], ["--profile", "cannot make"]),
+        "compile_mode": (["--compile_mode", "reduce-overhead"], ["needs the model compiled", "--compile"]),
+        "flex": (["--attention", "flex", "--bert_config_path", _config_file(tmp_path / "c_flex.json")],
+                 ["--attention flex trains only on CUDA"]),
+        "no config": (["--bert_config_path", str(tmp_path / "none.json")], ["none.json: no such bert_config.json"]),
+        "config folder": (["--bert_config_path", str(tmp_path)], ["is a folder; pass its bert_config.json"]),
+        "config not utf-8": (["--bert_config_path", str(tmp_path / "latin1.json")], ["latin1.json: not a JSON file"]),
+        "no layers": (["--bert_config_path", _config_file(tmp_path / "c_layers.json", num_hidden_layers=0)],
+                      ["c_layers.json: num_hidden_layers must be an integer of at least 1, got 0"]),
+        "one segment": (["--bert_config_path", _config_file(tmp_path / "c_segment.json", type_vocab_size=1)],
+                        ["type_vocab_size must be an integer of at least 2"]),
+    }[case]
+    result = run_cli("bench", "--device", "cpu", "--steps", "2", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert all(f in result.stderr for f in fragments) and "bench: warm-up" not in result.stderr, result.stderr
 
 
 def test_flops_formula_counts_every_multiply_of_a_training_step():

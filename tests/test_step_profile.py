@@ -37,6 +37,7 @@ from conftest import mlperf_arrays, tiny_config
     ("aten::_foreach_mul_", "optimizer"), ("Optimizer.step#Lamb.step", "optimizer"),
     ("aten::scaled_dot_product_attention", "attention"), ("aten::_log_softmax", "loss / softmax"),
     ("aten::bernoulli_", OTHER), ("aten::native_layer_norm", OTHER), ("aten::copy_", "copy / fill"),
+    ("## Call CompiledFxGraph fc3vxq2kzl7rdnnbbf5q ##", "compiled (triton)"),  # compiled code on the CPU
 ])
 def test_names_fall_into_their_kind_of_work(name, expected):
     assert category(name) == expected

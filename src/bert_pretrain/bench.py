@@ -27,12 +27,13 @@ from bert_pretrain import bench_hf, fused_norm
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench_timing import Runner, time_contestants
+from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.flops import batch_flops, peak_tflops
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
@@ -84,10 +85,7 @@ class BenchOptions:
 
 def bench_config(options: BenchOptions) -> BertConfig:
     if options.bert_config_path:
-        try:
-            return BertConfig.from_json_file(options.bert_config_path)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        return read_bert_config(options.bert_config_path)
     if options.model not in MODEL_SHAPES:
         raise InputError(f"--model {options.model!r} is not one of {sorted(MODEL_SHAPES)}")
     return BertConfig(vocab_size=30522, **MODEL_SHAPES[options.model])
@@ -98,12 +96,19 @@ def _validate(options: BenchOptions, config: BertConfig) -> None:
         raise InputError(f"--precision {options.precision!r} is not one of {PRECISIONS}")
     if options.compare not in (None, "hf"):
         raise InputError(f"--compare {options.compare!r}: the only peer is 'hf'")
-    for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple"):
-        if getattr(options, name) < 1:
+    for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple", "max_predictions_per_seq"):
+        if getattr(options, name) is not None and getattr(options, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
-    if options.profile and Path(options.profile).exists() and not Path(options.profile).is_dir():
-        raise InputError(f"--profile {options.profile}: exists and is not a folder; pass a folder for "
-                         f"profile.md and trace.json.gz")
+    if options.warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {options.warmup}")
+    if options.peak_tflops is not None and not options.peak_tflops > 0:
+        raise InputError(f"--peak_tflops must be above 0, got {options.peak_tflops}")
+    if options.profile:  # checked now: failing after the timed blocks would lose the run's result
+        try:
+            Path(options.profile).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--profile {options.profile}: cannot make this folder ({err.strerror or err}); pass "
+                             "a writable folder for profile.md and trace.json.gz") from None
     if options.steps < options.rounds:
         raise InputError(f"--steps {options.steps} is less than --rounds {options.rounds}")
     if options.seq > config.max_position_embeddings:
@@ -116,7 +121,10 @@ def load_rows(options: BenchOptions, config: BertConfig, count: int) -> dict[str
     if options.shard is None:
         rng = np.random.default_rng(options.seed)
         return synthetic_rows(rng, count, options.seq, options.predictions(), config.vocab_size)
-    arrays = shards.read_padded(options.shard, options.seq, options.predictions(), config.vocab_size)
+    try:
+        arrays = shards.read_padded(options.shard, options.seq, options.predictions(), config.vocab_size)
+    except SettingsMismatch as err:  # its fix names train's flag; bench's is --seq
+        raise SettingsMismatch(err.path, err.problem, err.fix.replace("--max_seq_length", "--seq")) from None
     index = np.arange(count) % len(arrays["next_sentence_labels"])
     return {key: value[index] for key, value in arrays.items()}
 
@@ -268,6 +276,12 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
+    if backend == "flex" and device.type != "cuda":
+        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
+                         "use --attention auto")
+    if options.compile_mode != "default" and not compile_enabled(options, device):
+        raise InputError(f"--compile_mode {options.compile_mode} needs the model compiled (the default on CUDA; "
+                         "pass --compile on the CPU)")
     if options.fused_norm:
         fused_norm.require(device)
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
@@ -285,6 +299,9 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "attention": backend, "compile": compile_enabled(options, device),
         "compile_mode": options.compile_mode if compile_enabled(options, device) else None,
         "compile_optimizer": optimizer_compile_enabled(options, device), "fused_norm": options.fused_norm,
+        "hf_compile": options.hf_compile if options.compare else None, "shard": options.shard,
+        "max_predictions_per_seq": options.predictions(), "warmup": options.warmup, "rounds": options.rounds,
+        "pad_to_multiple": options.pad_to_multiple, "seed": options.seed,
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,

@@ -177,12 +177,15 @@ def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra
 def read_bert_config(path: str | Path) -> BertConfig:
     """`bert_config.json` as a BertConfig, with file errors as InputError."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass its bert_config.json as --bert_config_path")
     if not path.is_file():
-        raise InputError(f"{path}: no such bert_config.json; pass --bert_config_path")
+        raise InputError(f"{path}: no such bert_config.json; check --bert_config_path")
     try:
         return BertConfig.from_json_file(path)
     except ValueError as err:
-        raise InputError(str(err)) from None
+        message = str(err)
+        raise InputError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 def hf_config_dict(config: BertConfig) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -227,8 +228,19 @@ def _bench(args) -> int:
     options = BenchOptions(**{name: getattr(args, name) for name in names})
     result = run_bench(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(result))
-    print(json.dumps(result))
+    print(json.dumps(_finite(result), allow_nan=False))  # strict JSON: a NaN or inf (a diverged loss) is null
     return 0
+
+
+def _finite(value):
+    """`value` with every non-finite float (NaN, inf) inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:

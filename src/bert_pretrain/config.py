@@ -330,6 +330,9 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
         notes.append("note: --dist_backend nccl needs GPUs; using gloo on the CPU")
         values["dist_backend"] = "gloo"
     values["precision"] = precision
+    if values.get("attention") == "flex" and not on_gpu:
+        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
+                         "use --attention auto")
     if values.get("compile") is None:
         values["compile"] = on_gpu
     if values.get("compile_optimizer") is None:

@@ -64,6 +64,13 @@ class BertConfig:
                 f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' (tanh approximation, as the "
                 f"reference), one of {_TANH_NAMES}, or an exact form {_ERF_NAMES}"
             )
+        # NSP needs two segment ids; [PAD] [UNK] [CLS] [SEP] [MASK] are five tokens
+        least = dict(vocab_size=5, hidden_size=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
+                     max_position_embeddings=1, type_vocab_size=2)
+        for name, minimum in least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -86,7 +93,7 @@ class BertConfig:
     def from_json_file(cls, path: str | Path, hf_names: bool = False) -> BertConfig:
         try:
             values = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: not a JSON file ({err}); pass a bert_config.json") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object with the BERT config keys")

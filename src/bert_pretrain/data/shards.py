@@ -102,7 +102,11 @@ def read_padded(
     if shard_format(path) == "varlength":
         if max_seq_length is None or max_predictions_per_seq is None:
             raise InputError(f"{path}: a variable-length shard needs max_seq_length and max_predictions_per_seq to pad")
-        arrays = varlength_to_padded(read_varlength(path), max_seq_length, max_predictions_per_seq)
+        rows = read_varlength(path)
+        try:
+            arrays = varlength_to_padded(rows, max_seq_length, max_predictions_per_seq)
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
     else:
         with _open_for_reading(path) as f:
             missing = _missing(f, PADDED_DTYPES)
@@ -218,7 +222,8 @@ def varlength_to_padded(rows: dict, max_seq_length: int, max_predictions_per_seq
         if length > max_seq_length or count > max_predictions_per_seq:
             raise InputError(
                 f"row {i} has {length} tokens and {count} masked slots, more than "
-                f"max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions_per_seq}"
+                f"max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions_per_seq}; "
+                "pass the values the shards were prepared with"
             )
         out["input_ids"][i, :length] = rows["input_ids"][i]
         out["segment_ids"][i, :length] = rows["segment_ids"][i]
