@@ -84,7 +84,8 @@ def tokenizer_rows(corpus: Path, vocab: Path, repeats: int) -> tuple[list[str], 
     calls = 20_000
     call_seconds, _ = best_of(repeats, lambda: [hf.encode("house", add_special_tokens=False) for _ in range(calls)])
     return [
-        f"| `encode_sentences` (memo) | {memo_seconds:.2f} | {len(ids):,} | {'same ids as HF' if same else 'IDS DIFFER'} |",
+        f"| `encode_sentences` (memo) | {memo_seconds:.2f} | {len(ids):,} | "
+        f"{'same ids as HF' if same else 'IDS DIFFER'} |",
         f"| HF `encode_batch` | {hf_seconds:.2f} ({hf_seconds / memo_seconds:.1f}x the memo's) | "
         f"{sum(len(e.ids) for e in encodings):,} | |",
         f"| HF `encode`, one short word | {call_seconds / calls * 1e6:.1f} µs per call | | |",

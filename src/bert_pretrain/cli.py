@@ -131,7 +131,8 @@ def _convert(args) -> int:
                                           read_weights_file, save_reference_checkpoint)
     from bert_pretrain.model import BertForPreTraining
 
-    source = Path(args.input)
+    source, output = Path(args.input), Path(args.output)
+    _check_convert_output(output)  # before the (possibly long) read of the input
     if source.is_dir():
         config, state = read_hf_directory(source)
     elif args.bert_config_path is None:
@@ -140,8 +141,6 @@ def _convert(args) -> int:
         config, state = read_bert_config(args.bert_config_path), read_weights_file(source)
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
-    output = Path(args.output)
-    _check_convert_output(output)
     try:
         if output.suffix == ".pt":
             save_reference_checkpoint(model, output)

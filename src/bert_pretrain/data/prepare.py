@@ -107,7 +107,8 @@ def _read_pretraining_vocab(path: Path, trained: bool) -> list[str]:
     except InputError as err:
         if trained:
             raise
-        raise InputError(f"{err}; or pass --vocab_size N instead of --vocab_file to train a vocab on the input") from None
+        raise InputError(f"{err}; or pass --vocab_size N instead of --vocab_file to train a vocab on the "
+                         "input") from None
     return tokens
 
 
