@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bert_pretrain.bench import json_line
 from bert_pretrain.data.packing import pack_padded_rows
 from bert_pretrain.data.shards import padded_to_varlength, write_padded, write_varlength
 from bert_pretrain.data.synthetic import sample_lengths, synthetic_rows
@@ -159,3 +160,9 @@ def test_warm_up_lasts_until_the_first_applied_update(skipped, warmup, expected_
     assert extra == expected_extra and len(calls) == warmup + extra
     assert bool(optimizer.state) == (warmup > 0 and skipped < warmup + MAX_STEPS_TO_FIRST_UPDATE)
     assert runner.timed_indices == [] and runner.seconds == 0.0
+
+
+def test_the_json_line_is_strict_json():
+    """A diverged loss (NaN) must not make the last line unparsable for strict readers."""
+    line = json_line({"loss": float("nan"), "ratio_rounds": [1.5, float("inf")], "nested": {"x": -float("inf")}})
+    assert line == '{"loss": null, "ratio_rounds": [1.5, null], "nested": {"x": null}}'

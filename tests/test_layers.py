@@ -24,7 +24,7 @@ LAYERS = [
     # 3: composition
     {"config", "reference_flags"},
     # 4: wiring
-    {"train", "train_setup", "train_observers", "bench", "bench_hf", "bench_timing", "demo"},
+    {"train", "train_setup", "train_observers", "bench", "bench_hf", "bench_timing", "convert", "demo"},
     # 5: entry
     {"cli", "__main__", "launch", ""},
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import math
 import platform
 import resource
@@ -338,6 +339,20 @@ def profile_runner(runner: Runner, options: BenchOptions, device: torch.device, 
         tmp.write_text(format_profile(summary) + "\n")
     progress(format_profile(summary))
     return summary
+
+
+def json_line(result: dict) -> str:
+    """The result as one line of strict JSON: a NaN or inf (a diverged loss) becomes null."""
+    def finite(value):
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(result), allow_nan=False)
 
 
 def _fmt(value) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -127,46 +126,10 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
 def _convert(args) -> int:
     from pathlib import Path
 
-    from bert_pretrain.checkpoint import (export_hf, load_reference_state, read_bert_config, read_hf_directory,
-                                          read_weights_file, save_reference_checkpoint)
-    from bert_pretrain.model import BertForPreTraining
+    from bert_pretrain.convert import convert
 
-    source, output = Path(args.input), Path(args.output)
-    _check_convert_output(output)  # before the (possibly long) read of the input
-    if source.is_dir():
-        config, state = read_hf_directory(source)
-    elif args.bert_config_path is None:
-        raise InputError(f"{source}: a checkpoint file needs --bert_config_path to say the model's shape")
-    else:
-        config, state = read_bert_config(args.bert_config_path), read_weights_file(source)
-    model = BertForPreTraining(config)
-    load_reference_state(model, state, str(source))
-    try:
-        if output.suffix == ".pt":
-            save_reference_checkpoint(model, output)
-            print(f"wrote {output} (NVIDIA format, vocab {config.padded_vocab_size})")
-        else:
-            export_hf(model, output)
-            print(f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)")
-    except OSError as err:
-        raise InputError(f"--output {output}: cannot write it ({err.strerror or err}); pick a writable path") from None
+    print(convert(Path(args.input), Path(args.output), args.bert_config_path))
     return 0
-
-
-def _check_convert_output(output) -> None:
-    """A .pt path is a file, anything else an HF folder: refuse what would be read another way."""
-    if output.suffix == ".pt":
-        if not output.parent.is_dir():
-            raise InputError(f"--output {output}: the folder {output.parent} does not exist; create it first")
-    elif output.suffix in (".safetensors", ".bin", ".pth", ".ckpt", ".json"):
-        raise InputError(f"--output {output}: writes a .pt file (NVIDIA format) or an HF folder (config.json + "
-                         "model.safetensors), not a bare weights file; end the path in .pt or give a folder name")
-    elif output.exists() and not output.is_dir():
-        raise InputError(f"--output {output}: is a file; an HF export is a folder (or end the path in .pt for "
-                         "the NVIDIA format)")
-    elif output.is_dir() and not {p.name for p in output.iterdir()} <= {"config.json", "model.safetensors"}:
-        raise InputError(f"--output {output}: a folder with other files in it; the export replaces the folder "
-                         "whole, so name a new folder (or an earlier export's)")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -221,25 +184,14 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args) -> int:
-    from bert_pretrain.bench import BenchOptions, format_table, run_bench
+    from bert_pretrain.bench import BenchOptions, format_table, json_line, run_bench
 
     names = [f for f in BenchOptions.__dataclass_fields__ if hasattr(args, f)]
     options = BenchOptions(**{name: getattr(args, name) for name in names})
     result = run_bench(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(result))
-    print(json.dumps(_finite(result), allow_nan=False))  # strict JSON: a NaN or inf (a diverged loss) is null
+    print(json_line(result))
     return 0
-
-
-def _finite(value):
-    """`value` with every non-finite float (NaN, inf) inside it replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
