@@ -20,7 +20,7 @@ LAYERS = [
     # 2: data and state built from the leaves
     {"data", "data.builtin_corpus", "data.text", "data.wikidump", "data.instances", "data.prepare", "data.loader",
      "data.packing", "data.partition", "data.tasks", "data.prepare_options", "data.synthetic",
-     "checkpoint", "evaluate", "inspect", "step", "training_state"},
+     "checkpoint", "evaluate", "inspect", "inspect_checkpoint", "step", "training_state"},
     # 3: composition
     {"config", "reference_flags"},
     # 4: wiring

@@ -33,6 +33,8 @@ _SPLIT = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.(query|key|
 _REDUNDANT = ("bert.embeddings.position_ids", "cls.predictions.decoder.bias")
 _VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias")
 _TIED_DECODER = "cls.predictions.decoder.weight"
+# Keys that hold no weights of their own (a file's copies of others), left out of a parameter count.
+COPY_KEYS = (*_REDUNDANT, _TIED_DECODER)
 
 
 def to_reference_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

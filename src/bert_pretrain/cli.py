@@ -264,16 +264,26 @@ def _prepare(args) -> int:
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("shard", help="an HDF5 shard (padded or variable-length)")
+    p.add_argument("shard", metavar="PATH", help="an HDF5 shard (padded or variable-length), or a checkpoint: "
+                                                 "a .pt (NVIDIA's or a training checkpoint), .safetensors or an HF "
+                                                 "folder")
     p.add_argument("--vocab_file", default=None, help="the vocab the shard was made with; needed to decode text")
     p.add_argument("--num_examples", type=int, default=3, help="instances to decode (with --vocab_file)")
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
 
 
 def _inspect(args) -> int:
-    from bert_pretrain.inspect import inspect_shard
+    from pathlib import Path
 
-    print(inspect_shard(args.shard, args.vocab_file, args.num_examples, as_json=args.json))
+    path = Path(args.shard)
+    if (path / "config.json").is_file() or path.suffix in (".pt", ".safetensors", ".bin", ".pth"):
+        from bert_pretrain.inspect_checkpoint import inspect_checkpoint
+
+        print(inspect_checkpoint(path, as_json=args.json))
+    else:
+        from bert_pretrain.inspect import inspect_shard
+
+        print(inspect_shard(path, args.vocab_file, args.num_examples, as_json=args.json))
     return 0
 
 
@@ -344,7 +354,8 @@ COMMANDS = {
                 _convert_arguments, _convert),
     "bench": ("training-step throughput of this project vs HF transformers; prints a table and one JSON line",
               _bench_arguments, _bench),
-    "inspect": ("what is in a shard: counts, lengths, masking and NSP statistics, instances decoded",
+    "inspect": ("what is in a shard (counts, lengths, masking and NSP statistics, instances decoded) or a "
+                "checkpoint (the model's shape; for a training checkpoint, where the run stood)",
                 _inspect_arguments, _inspect),
     "demo": ("the whole pipeline on a corpus built from this Python's documentation: prepare, train to a "
              "target, export (a few minutes on 2 CPU cores)", _demo_arguments, _demo),

@@ -1,0 +1,45 @@
+"""`bert-pretrain inspect` on checkpoints: the model's shape from the tensors, a training run's state."""
+
+import json
+
+from bert_pretrain.checkpoint import export_hf, save_reference_checkpoint
+from bert_pretrain.inspect_checkpoint import checkpoint_summary
+from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.training_state import gather_rank_states, save_training_checkpoint
+from conftest import run_cli, tiny_config
+from test_training_state import CPU, trained_state
+
+
+def test_weights_and_an_hf_folder_give_the_models_shape_and_parameter_count(tmp_path):
+    model = BertForPreTraining(tiny_config(vocab_size=100))  # vocab padded to 104 rows in the model
+    save_reference_checkpoint(model, tmp_path / "model.pt")
+    export_hf(model, tmp_path / "hf")
+    own = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    weights = checkpoint_summary(tmp_path / "model.pt")
+    assert weights["kind"] == "weights ({'model': state_dict})" and "training" not in weights
+    assert (weights["layers"], weights["hidden_size"], weights["intermediate_size"], weights["vocab_rows"],
+            weights["max_position_embeddings"], weights["type_vocab_size"]) == (2, 32, 64, 104, 64, 2)
+    assert weights["parameters"] == own
+    hf = checkpoint_summary(tmp_path / "hf")
+    assert hf["kind"] == "HF transformers folder" and hf["vocab_rows"] == 100
+    assert hf["parameters"] == own - 4 * 32 - 4  # HF keeps the 100 real rows of the embeddings and the bias
+    printed = run_cli("inspect", str(tmp_path / "model.pt"))
+    assert printed.returncode == 0, printed.stderr
+    assert f"2 layers, hidden 32, intermediate 64, vocab rows 104, 64 positions, 2 segment types; {own:,} " \
+           "parameters" in printed.stdout
+
+
+def test_a_training_checkpoint_shows_where_the_run_stood(tmp_path):
+    state = trained_state()
+    path = tmp_path / "phase1_ckpt_2.pt"
+    save_training_checkpoint(path, state, gather_rank_states(state, CPU),
+                             run={"train_batch_size": 8, "learning_rate": 0.001, "seed": 7, "unlisted": 1})
+    printed = run_cli("inspect", str(path))
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[0] == f"{path}: training checkpoint (resumable)"
+    assert "run: step 2, 8 samples, 1 skipped steps, 1 process(es), best masked-LM accuracy 0.2500" in lines[2]
+    assert "loss scale" in lines[2] and lines[3] == "  options: train_batch_size 8, learning_rate 0.001, seed 7"
+    assert lines[4] == "  eval at step 1: masked-LM accuracy 0.2500"
+    as_json = json.loads(run_cli("inspect", str(path), "--json").stdout)
+    assert as_json["training"]["run"]["unlisted"] == 1 and as_json["training"]["optimizer_tensors"] > 0
