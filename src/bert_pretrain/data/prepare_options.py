@@ -257,8 +257,9 @@ class PrepareSummary:
                  f"in {self.seconds:.1f} s"]
         if self.documents:
             rate = self.instances / self.seconds if self.seconds else 0.0
-            lines.append(f"  {self.documents:,} documents read, {self.tokens:,} tokens, {self.instances:,} training "
-                         f"instances ({rate:,.0f}/s) in {self.shard_dir}")
+            lines.append(f"  {self.documents:,} documents read, {self.tokens:,} tokens tokenized (for this run's "
+                         f"shards and the eval candidates), {self.instances:,} training instances ({rate:,.0f}/s) in "
+                         f"{self.shard_dir}")
         if self.eval_path is not None and self.eval_instances:
             lines.append(f"  eval set: {self.eval_instances:,} instances from {self.eval_documents:,} held-out "
                          f"documents in {self.eval_path}")
