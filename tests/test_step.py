@@ -77,6 +77,30 @@ def test_compile_model_marks_the_hot_regions_and_keeps_parameter_names():
     assert model.criterion._compiled_call_impl is not None
 
 
+@pytest.mark.slow
+def test_the_encoder_layers_compile_once_for_every_token_count_under_autocast():
+    """The layers' input is marked dynamic before the first call; under autocast it must be that very
+    tensor (the embeddings cast it), or the layer compiles again when the token count first changes
+    (a second BERT-large layer compilation)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+    from bert_pretrain.model import BertLayer
+    from bert_pretrain.step import compile_model
+
+    torch._dynamo.reset()
+    model = compile_model(_model())
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(3):
+        batch = pack_padded_rows(mlperf_arrays(rng, 4, 32, 5, 100), 5, PackingOptions(max_seqlen=32))
+        counts.add(batch.input_ids.shape[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(batch).loss.backward()
+    assert len(counts) == 3  # three token counts
+    assert len(_debug_get_cache_entry_list(BertLayer.forward.__code__)) == 1
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -133,7 +133,9 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids, segment_ids, position_ids):
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         x = x + self.token_type_embeddings(segment_ids)
-        return self.dropout(self.LayerNorm(x))
+        # In the compute dtype under autocast (LayerNorm returns fp32), as every layer's input and output:
+        # cast here, the encoder's input is this very tensor, the one step.compile_model marks dynamic (tests/test_step.py).
+        return self.dropout(self.LayerNorm(x)).to(attention_dtype(x))
 
 
 class _DenseNorm(nn.Module):
