@@ -75,7 +75,9 @@ def dropout_add_layer_norm(h: torch.Tensor, h_bias: torch.Tensor, residual: torc
         raise ValueError(f"{h.numel()} elements exceed the fused kernels' 32-bit element index; "
                          "use smaller micro-batches")
     if dropout_p > 0.0:
-        seed = torch.randint(0, 2**31 - 1, (1,), device=h.device, dtype=torch.int64)
+        # Philox takes a 64-bit key: 62 random bits make two calls sharing a mask (same seed, same shape)
+        # unlikely over any run (31 bits would repeat a seed within about 2**16 calls, ~1,400 steps)
+        seed = torch.randint(0, 2**62, (1,), device=h.device, dtype=torch.int64)
     else:
         seed = torch.zeros(1, device=h.device, dtype=torch.int64)
     # contiguous: the kernels index rows as row * width (a no-op for a dense layer's output)
@@ -199,7 +201,10 @@ def _resident_programs(kernel, args: list, device: torch.device, options: dict) 
             compiled = kernel.warmup(*args, grid=(1,), **options)  # compiles, launches nothing
             compiled._init_handles()
             threads = 32 * options["num_warps"]
-            fits = min(properties["max_num_regs"] // (compiled.n_regs * threads), 2048 // threads)
+            # registers are handed out per warp in units of 256, i.e. per thread in multiples of 8; and a
+            # multiprocessor holds at most 2048 threads and 32 programs
+            registers = -(-compiled.n_regs // 8) * 8
+            fits = min(properties["max_num_regs"] // (registers * threads), 2048 // threads, 32)
             if compiled.metadata.shared:
                 fits = min(fits, properties["max_shared_mem"] // compiled.metadata.shared)
             source = "compiled kernel"
