@@ -203,7 +203,7 @@ def test_a_corrupt_shard_met_mid_run_stops_naming_it_with_checkpoints_intact(dat
     # 40 steps: about three epochs over the three good shards, so the bad one is met three times and counted once
     skipped = train(*flags, "--skip_bad_shards", "--max_steps", "40", "--output_dir", str(tmp_path / "skip"))
     assert skipped.returncode == 0, skipped.stderr
-    assert skipped.stderr.count(f"skipped unreadable training shard {bad}") >= 2
+    assert skipped.stderr.count(f"skipped an unreadable training shard: {bad}: ") == 1  # said once, not per epoch
     assert json.loads((tmp_path / "skip" / "summary.json").read_text())["skipped_shards"] == 1
 
 

@@ -92,7 +92,7 @@ def test_a_different_process_count_restarts_the_slot_with_a_note(tmp_path):
     fresh = make_state()
     notes = restore_training_state(fresh, read_training_checkpoint(path), str(path), rank=1, world_size=2, device=CPU)
     assert fresh.data_position == DataPosition(epoch=2, slot=3, row=0)
-    assert "1 processes" in notes[0] and "not an exact continuation" in notes[0]
+    assert "1 process(es)" in notes[0] and "not an exact continuation" in notes[0]
 
 
 def test_fp32_checkpoint_resumed_under_fp16_notes_the_fresh_scale(tmp_path):

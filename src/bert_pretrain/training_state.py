@@ -144,7 +144,7 @@ def restore_training_state(
     else:
         first = DataPosition.from_dict(rank_states[0]["data_position"])
         state.data_position = DataPosition(first.epoch, first.slot, 0)
-        notes.append(f"note: {source} was written by {len(rank_states)} processes and this run has {world_size}; "
+        notes.append(f"note: {source} was written by {len(rank_states)} process(es) and this run has {world_size}; "
                      f"the data restarts at epoch {first.epoch} slot {first.slot} and the run is not an exact "
                      "continuation")
     return notes

@@ -176,8 +176,9 @@ class ShardStream:
                 if not self._skip_bad_shards:
                     raise InputError(f"{err} (training shard of epoch {epoch}, slot {slot}; pass "
                                      "--skip_bad_shards to skip unreadable shards)") from None
+                if str(path) not in self.skipped_shards:  # said once; met again every epoch
+                    self._on_skip(f"skipped an unreadable training shard: {err}")
                 self.skipped_shards.append(str(path))
-                self._on_skip(f"skipped unreadable training shard {path}: {err}")
                 arrays = None
             if arrays is not None and len(arrays["next_sentence_labels"]):
                 break
