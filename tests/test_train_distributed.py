@@ -75,6 +75,23 @@ def _worker_pids(parent: int) -> dict[int, int]:
     return ranks
 
 
+def test_a_bad_shard_on_one_rank_is_named_before_the_others_lose_contact(data, tmp_path):
+    """The failing rank reports its cause before its process group goes, so the first error line is the
+    cause, not another rank's "lost contact"."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (bad,) = [p for p in copy.glob("*_shards_uncompressed/part_3_of_*.hdf5")]
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated
+    result = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", "-m", "bert_pretrain", "train",
+                             *train_flags(copy, tmp_path / "out", max_steps=60, target_mlm_accuracy=0.999)],
+                            capture_output=True, text=True, env=env(), timeout=240)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bert-pretrain train")]
+    assert errors and f"error: {bad}: not a readable HDF5 file" in errors[0], result.stderr[-3000:]
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through Linux /proc")
 def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(data, tmp_path):
     out = tmp_path / "out"

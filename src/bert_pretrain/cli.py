@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         if args.debug or args.debug_anywhere:
             raise
-        print(f"bert-pretrain {args.command}: error: {err}", file=sys.stderr)
+        if not getattr(err, "reported", False):  # train reports its own under several processes
+            print(f"bert-pretrain {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bert-pretrain {args.command}: interrupted", file=sys.stderr)

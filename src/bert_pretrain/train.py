@@ -53,6 +53,12 @@ def train(config: RunConfig, stream_factory=None) -> int:
         peer_lost = True
         print(f"bert-pretrain train (rank {info.rank}): {err}", file=sys.stderr, flush=True)
         return 1
+    except InputError as err:
+        if info.world_size > 1:  # said before the group is torn down, so the cause comes before the other
+            # processes' "lost contact"; the CLI then prints nothing more for it
+            print(f"bert-pretrain train (rank {info.rank}): error: {err}", file=sys.stderr, flush=True)
+            err.reported = True
+        raise
     finally:
         _restore_signals(previous_handlers)
         if run is not None:
