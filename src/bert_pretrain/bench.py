@@ -29,6 +29,7 @@ from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench_timing import Runner, time_contestants
 from bert_pretrain.checkpoint import read_bert_config
+from bert_pretrain.config import require_trainable_attention
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
@@ -277,9 +278,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
-    if backend == "flex" and device.type != "cuda":
-        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
-                         "use --attention auto")
+    require_trainable_attention(backend, device.type == "cuda")
     if options.compile_mode != "default" and not compile_enabled(options, device):
         raise InputError(f"--compile_mode {options.compile_mode} needs the model compiled (the default on CUDA; "
                          "pass --compile on the CPU)")

@@ -330,14 +330,19 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
         notes.append("note: --dist_backend nccl needs GPUs; using gloo on the CPU")
         values["dist_backend"] = "gloo"
     values["precision"] = precision
-    if values.get("attention") == "flex" and not on_gpu:
-        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
-                         "use --attention auto")
+    require_trainable_attention(values.get("attention", "auto"), on_gpu)
     if values.get("compile") is None:
         values["compile"] = on_gpu
     if values.get("compile_optimizer") is None:
         values["compile_optimizer"] = values["compile"]
     return values, notes
+
+
+def require_trainable_attention(backend: str, on_gpu: bool) -> None:
+    """Raise the user-facing error for an attention backend that cannot train here (train and bench)."""
+    if backend == "flex" and not on_gpu:
+        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
+                         "use --attention auto")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -18,6 +18,7 @@ OUTPUT_FORMATS = ("padded", "varlength")
 MANIFEST = "prepare_manifest.json"
 EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
 _SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
+EVAL_FOLDERS = {"padded": "eval_set_uncompressed", "varlength": "eval_varlength"}  # MLPerf's, DeepSparkHub's
 
 
 def default_workers() -> int:
@@ -142,7 +143,7 @@ class OutputLayout:
 
     @property
     def eval_dir(self) -> Path:
-        return self.output_dir / ("eval_varlength" if self.varlength else "eval_set_uncompressed")
+        return self.output_dir / EVAL_FOLDERS["varlength" if self.varlength else "padded"]
 
     @property
     def eval_path(self) -> Path:
@@ -180,7 +181,7 @@ class OutputLayout:
         except ValueError:
             return False
         top = relative.parts[0] if relative.parts else ""
-        return (top in (MANIFEST, self.vocab_path.name, "eval_set_uncompressed", "eval_varlength")
+        return (top in (MANIFEST, self.vocab_path.name, *EVAL_FOLDERS.values())
                 or (len(relative.parts) > 1 and _SHARD_FOLDER.fullmatch(top) is not None))
 
     def has_outputs(self) -> bool:
@@ -190,7 +191,7 @@ class OutputLayout:
             return False
         return any(_SHARD_FOLDER.fullmatch(folder.name) and any(folder.glob("part_*.hdf5"))
                    for folder in self.output_dir.iterdir() if folder.is_dir()) or any(
-            (self.output_dir / name / EVAL_FILE).exists() for name in ("eval_set_uncompressed", "eval_varlength"))
+            (self.output_dir / name / EVAL_FILE).exists() for name in EVAL_FOLDERS.values())
 
     def check_manifest(self, manifest: dict) -> None:
         """Refuse to mix outputs of different settings; record the settings for later runs.
