@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bert_pretrain.step_profile import format_profile  # noqa: E402  (the package need not be installed)
+from bert_pretrain.bench.step_profile import format_profile  # noqa: E402  (the package need not be installed)
 import layer_bench  # noqa: E402  (beside this script)
 
 
@@ -175,7 +175,7 @@ def _section_lamb(args, rounds: int = 3, updates: int = 5) -> dict:
 
     import torch
 
-    from bert_pretrain.bench import MODEL_SHAPES
+    from bert_pretrain.bench.run import MODEL_SHAPES
     from bert_pretrain.model import BertConfig, BertForPreTraining
     from bert_pretrain.optim import Lamb, parameter_groups
 

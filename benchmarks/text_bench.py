@@ -69,7 +69,7 @@ def splitter_rows(paragraphs: list[str], repeats: int) -> list[str]:
 
 def tokenizer_rows(corpus: Path, vocab: Path, repeats: int) -> tuple[list[str], int]:
     from bert_pretrain.data.text import split_sentences
-    from bert_pretrain.tokenization import WordPieceTokenizer
+    from bert_pretrain.data.tokenization import WordPieceTokenizer
 
     sentences = []
     for path in sorted(corpus.glob("wiki_*")):

@@ -8,7 +8,7 @@ import pytest
 
 from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.cli import build_parser
-from bert_pretrain.config import RunConfig, load_config
+from bert_pretrain.train.config import RunConfig, load_config
 from bert_pretrain.errors import InputError
 from conftest import REPO, run_cli
 
@@ -189,9 +189,9 @@ def test_help_teaches_every_option_and_the_cli_reports_bad_input_in_one_line(pat
 
 
 def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
-    """config.py lists attention backends and compile modes literally (the parser imports no torch)."""
+    """options.py lists attention backends and compile modes literally (the parser imports no torch)."""
     from bert_pretrain.attention import BACKENDS
-    from bert_pretrain.config import ATTENTION_BACKENDS, COMPILE_MODES
+    from bert_pretrain.options import ATTENTION_BACKENDS, COMPILE_MODES
 
     assert ATTENTION_BACKENDS == BACKENDS
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bert_pretrain.fused_norm import dropout_add_layer_norm
+from bert_pretrain.kernels.fused_norm import dropout_add_layer_norm
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -185,7 +185,7 @@ def test_compiled_model_with_fused_norm_trains(device):
 @pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_backward_grid_is_what_the_gpu_holds_at_once():
     """The persistent backward's grid comes from the compiled kernel's registers (not the fallback guess)."""
-    from bert_pretrain import fused_norm
+    from bert_pretrain.kernels import fused_norm
 
     inputs = _inputs(torch.device("cuda"), (4096, 1024), dtype=torch.bfloat16)
     dropout_add_layer_norm(*inputs, 1e-12, 0.1).sum().backward()

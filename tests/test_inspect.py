@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 
 from bert_pretrain.data import shards
-from bert_pretrain.inspect import decode_instance, shard_statistics
-from bert_pretrain.tokenization import write_vocab
+from bert_pretrain.data.inspect_shard import decode_instance, shard_statistics
+from bert_pretrain.data.tokenization import write_vocab
 from conftest import mlperf_arrays, run_cli
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s"]

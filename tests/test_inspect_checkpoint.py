@@ -5,7 +5,7 @@ import json
 from bert_pretrain.checkpoint import export_hf, save_reference_checkpoint
 from bert_pretrain.inspect_checkpoint import checkpoint_summary
 from bert_pretrain.model import BertForPreTraining
-from bert_pretrain.training_state import gather_rank_states, save_training_checkpoint
+from bert_pretrain.train.state import gather_rank_states, save_training_checkpoint
 from conftest import run_cli, tiny_config
 from test_training_state import CPU, trained_state
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from bert_pretrain.metrics import MetricsWriter, peak_memory_gb
+from bert_pretrain.train.metrics import MetricsWriter, peak_memory_gb
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

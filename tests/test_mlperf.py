@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_pretrain.mlperf import MLPerfLogger, eval_interval_samples, eval_steps
+from bert_pretrain.train.mlperf import MLPerfLogger, eval_interval_samples, eval_steps
 
 RULESETS = ("1.0.0", "5.0.0")
 HYPERPARAMETERS = dict(

@@ -11,7 +11,7 @@ from bert_pretrain.data.packing import pack_padded_rows
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.step import make_grad_scaler, train_step
-from bert_pretrain.step_profile import OTHER, category, format_profile, profile_steps
+from bert_pretrain.bench.step_profile import OTHER, category, format_profile, profile_steps
 from conftest import mlperf_arrays, tiny_config
 
 
@@ -77,7 +77,7 @@ def test_gpu_time_is_read_from_the_kernel_rows():
     """Kernel rows (device time, no CPU time) make the GPU profile; operators' self device time is the fallback."""
     from types import SimpleNamespace
 
-    from bert_pretrain.step_profile import _device_rows
+    from bert_pretrain.bench.step_profile import _device_rows
 
     def row(key, cpu_us, device_us, count=1):
         return SimpleNamespace(key=key, self_cpu_time_total=cpu_us, self_device_time_total=device_us, count=count)

@@ -8,7 +8,7 @@ import pytest
 
 from bert_pretrain.data.text import split_sentences
 from bert_pretrain.errors import InputError
-from bert_pretrain.tokenization import (SPECIAL_TOKENS, WordPieceTokenizer, check_pretraining_vocab, read_vocab,
+from bert_pretrain.data.tokenization import (SPECIAL_TOKENS, WordPieceTokenizer, check_pretraining_vocab, read_vocab,
                                         train_vocab, write_vocab)
 
 

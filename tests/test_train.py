@@ -15,7 +15,7 @@ import torch
 
 from bert_pretrain.data.loader import epoch_files, shard_index
 from bert_pretrain.data.shards import list_shards
-from bert_pretrain.training_state import read_training_checkpoint
+from bert_pretrain.train.state import read_training_checkpoint
 from conftest import REPO, SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
 
 
@@ -126,7 +126,7 @@ def test_a_repeated_sigterm_waits_for_the_checkpoint_but_a_second_sigint_acts_at
     before its final checkpoint. Ctrl-C pressed twice still stops at once."""
     script = (
         "import os, signal, time\n"
-        "from bert_pretrain.train import _catch_signals\n"
+        "from bert_pretrain.train.loop import _catch_signals\n"
         "signals = []\n"
         "_catch_signals(signals)\n"
         "for _ in range(2):\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_pretrain.training_state import read_training_checkpoint
+from bert_pretrain.train.state import read_training_checkpoint
 from conftest import REPO, SUBPROCESS_ENV, tiny_config, train_flags, write_data_folder
 
 DRIVER = REPO / "tests" / "fixed_batches_train.py"

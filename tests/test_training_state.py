@@ -13,7 +13,7 @@ from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.step import make_grad_scaler, train_step
-from bert_pretrain.training_state import (CheckpointSchedule, Progress, TrainingState, gather_rank_states,
+from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, gather_rank_states,
                                           read_training_checkpoint, restore_training_state, save_training_checkpoint)
 from conftest import mlperf_arrays, tiny_config
 

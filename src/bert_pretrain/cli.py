@@ -133,7 +133,7 @@ def _convert(args) -> int:
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    from bert_pretrain.config import ATTENTION_BACKENDS, COMPILE_MODES
+    from bert_pretrain.options import ATTENTION_BACKENDS, COMPILE_MODES
 
     p.add_argument("--model", default="tiny", choices=("tiny", "base", "large"),
                    help="model shape (tiny: 2 layers, hidden 128); ignored with --bert_config_path")
@@ -184,7 +184,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args) -> int:
-    from bert_pretrain.bench import BenchOptions, format_table, json_line, run_bench
+    from bert_pretrain.bench.run import BenchOptions, format_table, json_line, run_bench
 
     names = [f for f in BenchOptions.__dataclass_fields__ if hasattr(args, f)]
     options = BenchOptions(**{name: getattr(args, name) for name in names})
@@ -281,14 +281,14 @@ def _inspect(args) -> int:
 
         print(inspect_checkpoint(path, as_json=args.json))
     else:
-        from bert_pretrain.inspect import inspect_shard
+        from bert_pretrain.data.inspect_shard import inspect_shard
 
         print(inspect_shard(path, args.vocab_file, args.num_examples, as_json=args.json))
     return 0
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from bert_pretrain.config import add_arguments
+    from bert_pretrain.train.config import add_arguments
 
     p.description = TRAIN_DESCRIPTION
     p.usage = "%(prog)s [--config RUN.toml] [options]   (every option below; reference names and meanings)"
@@ -296,13 +296,13 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
-    from bert_pretrain.config import is_main_process, load_config
+    from bert_pretrain.train.config import is_main_process, load_config
 
     config = load_config(args)
     if is_main_process():
         for note in config.notes:
             print(note, file=sys.stderr)
-    from bert_pretrain.train import train
+    from bert_pretrain.train.loop import train
 
     return train(config)
 

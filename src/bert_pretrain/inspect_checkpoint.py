@@ -17,7 +17,7 @@ import torch
 
 from bert_pretrain.checkpoint import COPY_KEYS, read_hf_directory, read_weights_file
 from bert_pretrain.errors import InputError
-from bert_pretrain.training_state import read_training_checkpoint
+from bert_pretrain.train.state import read_training_checkpoint
 
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 # The options of a training run worth a line of their own (all of them are in --json).

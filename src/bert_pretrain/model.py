@@ -22,7 +22,7 @@ from torch import nn
 
 from bert_pretrain.attention import attention_dtype, packed_attention, padded_attention, resolve_backend
 from bert_pretrain.batch import IGNORE_LABEL, Batch
-from bert_pretrain.fused_norm import dropout_add_layer_norm
+from bert_pretrain.kernels.fused_norm import dropout_add_layer_norm
 
 # Activation names as written in config files -> the GELU variant they mean.
 # In Google/NVIDIA `bert_config.json`, "gelu" is the tanh approximation (reference.md §2.4);

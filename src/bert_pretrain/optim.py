@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from bert_pretrain.lamb_compiled import TensorPlan, compiled_unit, trust_ratio, unit_key
+from bert_pretrain.kernels.lamb_compiled import TensorPlan, compiled_unit, trust_ratio, unit_key
 
 # A parameter whose name contains any of these gets no weight decay (and no trust ratio).
 NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")

@@ -1,1 +1,1 @@
-"""Data: the HDF5 shard schema, text to instances, and the training/eval loaders."""
+"""Data: tokenization, text to instances, the HDF5 shard schema, and the training/eval loaders."""

@@ -37,7 +37,7 @@ from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, Pre
 from bert_pretrain.data.text import Tally, detect_format, find_input_files, text_documents, wikiextractor_documents
 from bert_pretrain.data.wikidump import iter_articles
 from bert_pretrain.errors import InputError
-from bert_pretrain.tokenization import CLS, MASK, SEP, check_pretraining_vocab, read_vocab, write_vocab
+from bert_pretrain.data.tokenization import CLS, MASK, SEP, check_pretraining_vocab, read_vocab, write_vocab
 
 __all__ = ["PrepareOptions", "PrepareSummary", "run"]
 

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bert_pretrain.distributed import all_reduce_sum
-from bert_pretrain.metrics import MetricsWriter
-from bert_pretrain.mlperf import MLPerfLogger
+from bert_pretrain.train.metrics import MetricsWriter
+from bert_pretrain.train.mlperf import MLPerfLogger
 from bert_pretrain.step import SUM_NAMES, StepResult
 
 

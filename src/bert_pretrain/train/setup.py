@@ -1,6 +1,6 @@
 """Everything `train` builds before its loop: model, LAMB, loss scaler, data stream, eval batches,
 observers, and the state restored from a checkpoint when resuming. Kept apart from the loop so
-`train.py` reads as the loop.
+`loop.py` reads as the loop.
 
 Order matters for exactness: the model is initialised from `--seed` (the same weights on every
 process), then each process seeds python / numpy / torch with its reference worker seed (dropout
@@ -22,21 +22,21 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from bert_pretrain import fused_norm
+from bert_pretrain.kernels import fused_norm
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
-from bert_pretrain.config import RunConfig
+from bert_pretrain.train.config import RunConfig
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
-from bert_pretrain.mlperf import eval_interval_samples, eval_steps
+from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
 from bert_pretrain.step import compile_model, make_grad_scaler
-from bert_pretrain.train_observers import RunObservers, StepTracker
-from bert_pretrain.training_state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
+from bert_pretrain.train.observers import RunObservers, StepTracker
+from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
                                           restore_training_state)
 
 LAMB_EPSILON = 1e-6

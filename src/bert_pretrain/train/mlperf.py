@@ -62,7 +62,7 @@ def eval_steps(start_samples: int, interval_samples: int, max_samples: int, glob
 def _file_logger(path: Path) -> tuple[logging.Logger, logging.Handler]:
     """A private logger (not registered with `logging`, so nothing global changes) writing to path."""
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-    logger = logging.Logger(f"bert_pretrain.mlperf:{path}", level=logging.INFO)
+    logger = logging.Logger(f"bert_pretrain.train.mlperf:{path}", level=logging.INFO)
     logger.propagate = False
     logger.addHandler(handler)
     return logger, handler

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bert_pretrain.power import EnergyMeter
+from bert_pretrain.bench.power import EnergyMeter
 
 
 def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

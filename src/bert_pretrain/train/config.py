@@ -5,7 +5,7 @@ flag name (NVIDIA MLPerf v1.0 `run_pretraining.py`, DeepSparkHub), with the same
 argparse flags and the TOML keys are generated from the fields, so the three sources cannot drift.
 `load_config` merges the sources, validates once (errors name the option and the fix) and returns
 a `RunConfig` that nothing changes afterwards. The reference's apex/NGC switches, which mean
-nothing on stock PyTorch, are accepted with a one-line note (`bert_pretrain.reference_flags`) so
+nothing on stock PyTorch, are accepted with a one-line note (`bert_pretrain.train.reference_flags`) so
 the reference launch scripts run unchanged.
 """
 
@@ -20,12 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
-from bert_pretrain.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
-
-# attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
-# checks that they agree), and torch.compile's modes.
-ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from bert_pretrain.options import ATTENTION_BACKENDS, COMPILE_MODES, require_trainable_attention
+from bert_pretrain.train.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
 
 try:
     import tomllib
@@ -336,13 +332,6 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
     if values.get("compile_optimizer") is None:
         values["compile_optimizer"] = values["compile"]
     return values, notes
-
-
-def require_trainable_attention(backend: str, on_gpu: bool) -> None:
-    """Raise the user-facing error for an attention backend that cannot train here (train and bench)."""
-    if backend == "flex" and not on_gpu:
-        raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
-                         "use --attention auto")
 
 
 def _require(condition: bool, message: str) -> None:

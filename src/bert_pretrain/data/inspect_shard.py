@@ -16,7 +16,7 @@ import numpy as np
 
 from bert_pretrain.data import shards
 from bert_pretrain.errors import InputError
-from bert_pretrain.tokenization import MASK, read_vocab
+from bert_pretrain.data.tokenization import MASK, read_vocab
 
 _BINS = 8
 _BAR = 40

@@ -218,5 +218,5 @@ def _resident_programs(kernel, args: list, device: torch.device, options: dict) 
 def _kernels():
     """fused_norm_kernels, imported on first use: Triton is optional, and reads TRITON_INTERPRET when a
     kernel is defined (so a cleared cache re-imports the module: tests switch between the two modes)."""
-    name = "bert_pretrain.fused_norm_kernels"
+    name = "bert_pretrain.kernels.fused_norm_kernels"
     return importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
