@@ -14,9 +14,9 @@ import numpy as np
 
 from bert_pretrain.batch import padded_batch
 from bert_pretrain.cli import build_parser
-from bert_pretrain.train.config import load_config
 from bert_pretrain.data.loader import ROW_KEYS, DataPosition
 from bert_pretrain.data.shards import list_shards, read_padded
+from bert_pretrain.train.config import load_config
 from bert_pretrain.train.loop import train
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.cli import build_parser
-from bert_pretrain.train.config import RunConfig, load_config
 from bert_pretrain.errors import InputError
+from bert_pretrain.train.config import RunConfig, load_config
 from conftest import REPO, run_cli
 
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))

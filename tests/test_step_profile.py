@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from bert_pretrain.bench.step_profile import OTHER, category, format_profile, profile_steps
 from bert_pretrain.data.packing import pack_padded_rows
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
 from bert_pretrain.step import make_grad_scaler, train_step
-from bert_pretrain.bench.step_profile import OTHER, category, format_profile, profile_steps
 from conftest import mlperf_arrays, tiny_config
 
 

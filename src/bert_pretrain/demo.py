@@ -18,11 +18,11 @@ import shlex
 from pathlib import Path
 
 from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
-from bert_pretrain.train.config import add_arguments, load_config
 from bert_pretrain.data.builtin_corpus import write_builtin_corpus
 from bert_pretrain.data.prepare import PrepareOptions
 from bert_pretrain.data.prepare import run as prepare
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.train.config import add_arguments, load_config
 from bert_pretrain.train.loop import train
 from bert_pretrain.train.state import checkpoints_in
 

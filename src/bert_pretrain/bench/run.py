@@ -24,25 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_pretrain.bench import hf as bench_hf
-from bert_pretrain.kernels import fused_norm
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
+from bert_pretrain.bench import hf as bench_hf
+from bert_pretrain.bench.flops import batch_flops, peak_tflops
+from bert_pretrain.bench.power import EnergyMeter
+from bert_pretrain.bench.step_profile import format_profile, profile_steps
 from bert_pretrain.bench.timing import Runner, time_contestants
 from bert_pretrain.checkpoint import read_bert_config
-from bert_pretrain.options import require_trainable_attention
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch
-from bert_pretrain.bench.flops import batch_flops, peak_tflops
+from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
-from bert_pretrain.bench.power import EnergyMeter
+from bert_pretrain.options import require_trainable_attention
 from bert_pretrain.step import PRECISIONS, compile_model, make_grad_scaler, train_step
-from bert_pretrain.bench.step_profile import format_profile, profile_steps
 
 # Shapes of the standard models (google-research/bert); vocab 30522, 512 positions.
 MODEL_SHAPES = {

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bert_pretrain.data import shards
-from bert_pretrain.errors import InputError
 from bert_pretrain.data.tokenization import MASK, read_vocab
+from bert_pretrain.errors import InputError
 
 _BINS = 8
 _BAR = 40

@@ -35,9 +35,9 @@ from bert_pretrain.data.instances import VocabIds
 from bert_pretrain.data.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
 from bert_pretrain.data.text import Tally, detect_format, find_input_files, text_documents, wikiextractor_documents
+from bert_pretrain.data.tokenization import CLS, MASK, SEP, check_pretraining_vocab, read_vocab, write_vocab
 from bert_pretrain.data.wikidump import iter_articles
 from bert_pretrain.errors import InputError
-from bert_pretrain.data.tokenization import CLS, MASK, SEP, check_pretraining_vocab, read_vocab, write_vocab
 
 __all__ = ["PrepareOptions", "PrepareSummary", "run"]
 

@@ -19,8 +19,8 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.instances import Documents, InstanceOptions, VocabIds, create_instances
 from bert_pretrain.data.partition import read_spool
 from bert_pretrain.data.text import Tally, clean_wiki_leftovers, document_sentences
-from bert_pretrain.data.wikidump import wikitext_to_paragraphs
 from bert_pretrain.data.tokenization import WordPieceTokenizer, train_vocab
+from bert_pretrain.data.wikidump import wikitext_to_paragraphs
 
 # Raw document kinds: what the cheap scan yields and the worker turns into sentences.
 WIKITEXT, WIKIEXTRACTOR, TEXT = "wikitext", "wikiextractor", "text"

@@ -20,13 +20,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from bert_pretrain.train.config import RunConfig
 from bert_pretrain.distributed import init_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.evaluate import evaluate
-from bert_pretrain.train.metrics import peak_memory_gb
 from bert_pretrain.optim import lr_at
 from bert_pretrain.step import train_step
+from bert_pretrain.train.config import RunConfig
+from bert_pretrain.train.metrics import peak_memory_gb
 from bert_pretrain.train.setup import PeerLost, Run, guard, setup
 from bert_pretrain.train.state import Progress, gather_rank_states, save_training_checkpoint
 

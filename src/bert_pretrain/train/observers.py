@@ -17,9 +17,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bert_pretrain.distributed import all_reduce_sum
+from bert_pretrain.step import SUM_NAMES, StepResult
 from bert_pretrain.train.metrics import MetricsWriter
 from bert_pretrain.train.mlperf import MLPerfLogger
-from bert_pretrain.step import SUM_NAMES, StepResult
 
 
 class StepTracker:

@@ -22,19 +22,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from bert_pretrain.kernels import fused_norm
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
-from bert_pretrain.train.config import RunConfig
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
-from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
+from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
 from bert_pretrain.step import compile_model, make_grad_scaler
+from bert_pretrain.train.config import RunConfig
+from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
 from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
                                           restore_training_state)
