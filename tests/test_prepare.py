@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bert_pretrain import cli
+from bert_pretrain.options import from_args
 from bert_pretrain.checkpoint import save_reference_checkpoint
 from bert_pretrain.data import shards
 from bert_pretrain.data.prepare import PrepareOptions, run
@@ -352,7 +353,4 @@ def test_the_printed_command_line_parses_back_to_the_same_options():
                              whole_word_mask=True, num_shards=8, masked_lm_prob=0.2, num_eval_examples=10,
                              format="varlength", workers=3, shard_range="0:4", progress=False)
     args = cli.build_parser().parse_args(["prepare", *options.command_line()])
-    assert args.input_file == ["a.txt", "b/"] and args.output_dir == "out" and args.vocab_size == 500
-    assert (not args.lower_case, args.whole_word_mask, args.progress) == (True, True, False)
-    assert (args.num_shards, args.masked_lm_prob, args.num_eval_examples) == (8, 0.2, 10)
-    assert (args.format, args.workers, args.shard_range, args.max_seq_length) == ("varlength", 3, "0:4", 512)
+    assert from_args(PrepareOptions, args) == options

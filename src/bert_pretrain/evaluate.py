@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from bert_pretrain.batch import Batch, padded_batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
+from bert_pretrain.command_options import EvaluateOptions
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
@@ -115,25 +116,27 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     )
 
 
-def evaluate_checkpoint(
-    init_checkpoint: str,
-    bert_config_path: str,
-    eval_dir: str,
-    eval_batch_size: int = 128,
-    max_seq_length: int = 512,
-    max_predictions_per_seq: int = 76,
-    num_eval_examples: int | None = None,
-    device: str = "auto",
-) -> EvalResult | None:
+def rank_eval_batches(eval_dir: str | Path, num_examples: int | None, max_seq_length: int,
+                      max_predictions_per_seq: int, vocab_size: int, batch_size: int, rank: int, world_size: int,
+                      packed: bool = False) -> list[Batch]:
+    """This process's contiguous share of the eval set, in batches (what `train` and `evaluate` run)."""
+    arrays = load_eval_set(eval_dir, num_examples, max_seq_length, max_predictions_per_seq, vocab_size)
+    mine = rank_rows(len(arrays["next_sentence_labels"]), rank, world_size)
+    return eval_batches({k: v[mine] for k, v in arrays.items()}, batch_size, packed=packed)
+
+
+def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
     """`bert-pretrain evaluate`: load a checkpoint, evaluate it; the result on rank 0, None elsewhere."""
-    config = read_bert_config(bert_config_path)
-    info = init_distributed(device)
+    if options.eval_batch_size < 1:
+        raise InputError(f"--eval_batch_size must be at least 1, got {options.eval_batch_size}")
+    config = read_bert_config(options.bert_config_path)
+    info = init_distributed(options.device)
     model = BertForPreTraining(config)
-    load_weights(model, init_checkpoint)
+    load_weights(model, options.init_checkpoint)
     model.to(info.device)
-    arrays = load_eval_set(eval_dir, num_eval_examples, max_seq_length, max_predictions_per_seq, config.vocab_size)
-    mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
-    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, eval_batch_size)
+    batches = rank_eval_batches(options.eval_dir, options.num_eval_examples, options.max_seq_length,
+                                options.max_predictions_per_seq, config.vocab_size, options.eval_batch_size,
+                                info.rank, info.world_size)
     result = evaluate(model, batches, info.device, progress=info.is_main)
     shutdown()
     return result if info.is_main else None

@@ -1,14 +1,218 @@
-"""What several commands share about their options: the choices of the attention and compile switches,
-and the check that an attention backend can train on the device in use."""
+"""Options as dataclass fields: one place holds each option's name, type, default and help.
+
+Every command's options are a dataclass whose fields are made with `option(...)`. `add_options` turns
+the fields into argparse flags (`--<field name>`, typed, with the default in the help), `from_args`
+builds the dataclass back from the parsed flags, and `read_toml` checks a `--config` file's keys and
+values against the same fields. So the command line, a TOML recipe and the Python API cannot drift.
+
+Also here: the choices several commands share (attention backends, compile modes, precisions, devices).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+
 from bert_pretrain.errors import InputError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 # attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
 # checks that they agree), and torch.compile's modes.
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISIONS = ("fp32", "fp16", "bf16")  # what `step.autocast` runs
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "where to run; 'auto' takes this process's GPU when there is one, else the CPU"
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, aliases: tuple = (),
+           group: str | None = None, exclusive: str | None = None, positional: bool = False,
+           default_factory=dataclasses.MISSING, **argparse_kwargs):
+    """A dataclass field that is also a command-line option.
+
+    default / default_factory: as for `dataclasses.field` (neither: a required option).
+    help: its `--help` line; "(default: X)" is added unless the text already says what the default is.
+    flag: the option's spelling when it is not `--<field name>` (the field name stays the Python name).
+    aliases: more spellings of the same option, each `(flag, argparse keyword arguments)`, e.g. the
+      reference's `("--no_compile", {"action": "store_false"})` or `("--do_lower_case", {"type": truth})`.
+    group: the `--help` section it is listed under; exclusive: a name shared by options of which at
+      most one may be given (argparse's mutually exclusive group; `required=True` on its options: one must be).
+    positional: a positional argument instead of `--name`.
+    argparse_kwargs: anything else argparse takes (choices, nargs, metavar, type).
+    """
+    metadata = {"help": help, "argparse": argparse_kwargs, "flag": flag, "aliases": aliases, "group": group,
+                "exclusive": exclusive, "positional": positional}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def is_option(f: dataclasses.Field) -> bool:
+    return "argparse" in f.metadata
+
+
+def base_type(cls, name: str):
+    """int / float / str / bool / list of a field: the first member of `X | Y | None` that is not None."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return list if typing.get_origin(hint) is list else hint
+
+
+def whole_number(text: str) -> int:
+    """An int; integral floats such as the reference scripts' `--max_steps=7100.0` are accepted."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def truth(text: str) -> bool:
+    """An absl-style boolean flag value (the reference scripts' --do_lower_case=True)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _help(f: dataclasses.Field) -> str:
+    text, default = f.metadata["help"], _default(f)
+    if default is None or "(default" in text:  # None: the help says what happens without it
+        return text
+    return f"{text} (default: {default})"
+
+
+def add_options(parser: argparse.ArgumentParser, cls, suppress_defaults: bool = False,
+                container=None) -> None:
+    """Add a flag for every option field of `cls` to `parser` (into `container`, an argument group, if
+    given). With `suppress_defaults` the parsed namespace holds only the flags actually given (so they
+    can override a TOML file); otherwise each absent flag has the field's default."""
+    sections, exclusive = {}, {}
+    for f in dataclasses.fields(cls):
+        if not is_option(f):
+            continue
+        target = container or parser
+        if f.metadata["group"]:
+            if f.metadata["group"] not in sections:
+                sections[f.metadata["group"]] = parser.add_argument_group(f.metadata["group"])
+            target = sections[f.metadata["group"]]
+        if f.metadata["exclusive"]:
+            key = f.metadata["exclusive"]
+            if key not in exclusive:
+                required = any(g.metadata.get("exclusive") == key and g.metadata["argparse"].get("required")
+                               for g in dataclasses.fields(cls))  # one of them must be given
+                exclusive[key] = target.add_mutually_exclusive_group(required=required)
+            target = exclusive[key]
+        _add_one(target, cls, f, suppress_defaults)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _add_one(target, cls, f: dataclasses.Field, suppress_defaults: bool) -> None:
+    kind, extra = base_type(cls, f.name), dict(f.metadata["argparse"])
+    default = argparse.SUPPRESS if suppress_defaults else _default(f)
+    if f.metadata["exclusive"]:
+        extra.pop("required", None)  # the group is required, not its members
+    if f.metadata["positional"]:
+        target.add_argument(f.name, help=_help(f), **extra)
+        return
+    flag = f.metadata["flag"] or f"--{f.name}"
+    if kind is bool:
+        target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                            help=_help(f))
+    else:
+        if kind is list:
+            extra.setdefault("nargs", "+")
+        elif "type" not in extra:
+            extra["type"] = whole_number if kind is int else kind
+        extra.setdefault("required", _required(f) and not f.metadata["exclusive"])
+        target.add_argument(flag, dest=f.name, default=default, help=_help(f), **extra)
+    for alias, kwargs in f.metadata["aliases"]:
+        target.add_argument(alias, dest=f.name, default=argparse.SUPPRESS, **{"help": argparse.SUPPRESS, **kwargs})
+
+
+def from_args(cls, args: argparse.Namespace, **overrides):
+    """The options dataclass from parsed flags (fields the namespace lacks keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if is_option(f) and hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def read_toml(path: str, fields: dict[str, tuple[type, dataclasses.Field]], also_known=()) -> dict:
+    """A TOML file's `key = value` lines, each key a field of `fields` (name -> (dataclass, field)) or in
+    `also_known`, each value checked against its field's type and choices. Errors name the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such config file; pass --config with a TOML file (see configs/*.toml)")
+    try:
+        values = tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{file}: not valid TOML ({err})") from None
+    known = set(fields) | set(also_known)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; keys are the flag names of the command's --help"
+            raise InputError(f"{file}: unknown option '{key}'{hint}")
+    return {k: (_coerce(*fields[k], v, str(file)) if k in fields else v) for k, v in values.items()}
+
+
+def _coerce(cls, f: dataclasses.Field, value, source: str):
+    kind, argparse_kwargs = base_type(cls, f.name), f.metadata["argparse"]
+    if value is True and argparse_kwargs.get("nargs") == "?" and "const" in argparse_kwargs:
+        return argparse_kwargs["const"]  # `key = true` as the bare flag
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is int and isinstance(value, float) and value.is_integer())
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+        or (kind is list and isinstance(value, list))
+    )
+    if not ok:
+        raise InputError(f"{source}: option '{f.name}' must be {_TYPE_WORDS[kind]}, got {value!r}")
+    choices = argparse_kwargs.get("choices")
+    if choices and value not in choices:
+        raise InputError(f"{source}: option '{f.name}' must be one of {list(choices)}, got {value!r}")
+    return value if kind is list else kind(value)
+
+
+class Refuse(argparse.Action):
+    """A flag of the reference's scripts that means something else here: an error that says what to use
+    (`aliases=(("--output_file", {"action": Refuse, "message": "..."}),)`)."""
+
+    def __init__(self, option_strings, dest, message: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.message = message
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.message}")
+
+
+def device_option():
+    """The --device option of the commands that run a model."""
+    return option("auto", DEVICE_HELP, choices=DEVICES)
 
 
 def require_trainable_attention(backend: str, on_gpu: bool) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from bert_pretrain.batch import Batch
+from bert_pretrain.options import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 # Order of the entries of StepResult.sums.
 SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
 

@@ -18,7 +18,6 @@ import platform
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
+from bert_pretrain.bench.options import BenchOptions
 from bert_pretrain.bench.power import EnergyMeter
 from bert_pretrain.bench.step_profile import format_profile, profile_steps
 from bert_pretrain.bench.timing import Runner, time_contestants
@@ -41,8 +41,8 @@ from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups
-from bert_pretrain.options import require_trainable_attention
-from bert_pretrain.step import PRECISIONS, compile_model, make_grad_scaler, train_step
+from bert_pretrain.options import PRECISIONS, require_trainable_attention
+from bert_pretrain.step import compile_model, make_grad_scaler, train_step
 
 # Shapes of the standard models (google-research/bert); vocab 30522, 512 positions.
 MODEL_SHAPES = {
@@ -51,39 +51,6 @@ MODEL_SHAPES = {
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    model: str = "tiny"
-    bert_config_path: str | None = None
-    seq: int = 128
-    batch: int = 32
-    accumulation: int = 1
-    device: str = "auto"
-    precision: str = "fp32"
-    steps: int = 20
-    warmup: int = 5
-    rounds: int = 2
-    shard: str | None = None
-    compare: str | None = None
-    max_predictions_per_seq: int | None = None
-    attention: str = "auto"
-    compile: bool | None = None  # None: on for CUDA, off for the CPU
-    compile_optimizer: bool | None = None  # None: as compile
-    fused_norm: bool = False  # fused_norm.py's Triton bias + dropout + residual + LayerNorm kernels
-    hf_compile: bool = False
-    pad_to_multiple: int = 1
-    peak_tflops: float | None = None
-    seed: int = 0
-    compile_mode: str = "default"  # torch.compile mode, config.COMPILE_MODES
-    profile: str | None = None  # a folder: profile a few of this project's steps, write profile.md + trace
-
-    def predictions(self) -> int:
-        """MLPerf's 76 at 512; ceil(0.15 * seq) otherwise (20 at 128, as BERT's phase 1)."""
-        if self.max_predictions_per_seq is not None:
-            return self.max_predictions_per_seq
-        return 76 if self.seq == 512 else math.ceil(0.15 * self.seq)
 
 
 def bench_config(options: BenchOptions) -> BertConfig:

@@ -11,9 +11,10 @@ from pathlib import Path
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import InstanceOptions
-from bert_pretrain.data.text import FORMATS
 from bert_pretrain.errors import InputError
+from bert_pretrain.options import Refuse, option, truth
 
+FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
 OUTPUT_FORMATS = ("padded", "varlength")
 MANIFEST = "prepare_manifest.json"
 EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
@@ -25,30 +26,59 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+_INSTANCES = "instances (create_pretraining_data.py flags, MLPerf values)"
+_LOWER_CASE_ALIASES = (("--no_lower_case", {"action": "store_false"}),
+                       ("--do_lower_case", {"type": truth, "nargs": "?", "const": True, "metavar": "BOOL"}))
+
+
 @dataclass
 class PrepareOptions:
-    """Plain values; the defaults are the MLPerf v1.0 reference's (reference.md §2.1)."""
+    """What `bert-pretrain prepare` does; every field is one of its flags. The defaults are the MLPerf
+    v1.0 reference's."""
 
-    input_files: list[str] | str  # files, folders or globs
-    output_dir: str
-    vocab_file: str | None = None  # a BERT vocab.txt; or vocab_size to train one
-    vocab_size: int | None = None
-    lower_case: bool = True
-    input_format: str = "auto"  # auto | wikidump | wikiextractor | text
-    num_shards: int = 1
-    max_seq_length: int = 512
-    max_predictions_per_seq: int = 76
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 10
-    random_seed: int = 12345
-    whole_word_mask: bool = False
-    num_eval_examples: int = 0  # > 0: write the eval set with this many instances
-    num_eval_documents: int = 10000  # documents held out for it (MLPerf: 10,000 articles)
-    format: str = "padded"  # padded (MLPerf v1.0) | varlength
-    workers: int = field(default_factory=default_workers)
-    shard_range: tuple[int, int] | str | None = None  # "a:b": write shards a..b-1 only
-    progress: bool = True
+    input_files: list[str] | str = option(
+        help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read compressed",
+        flag="--input_file", metavar="PATH", group="input and output")
+    output_dir: str = option(help="writes <N>_shards_uncompressed/ and eval_set_uncompressed/ here (a DATA folder)",
+                             group="input and output", aliases=(("--output_file", {
+                                 "action": Refuse, "message": "prepare writes a folder of HDF5 shards (the MLPerf "
+                                                              "layout), not one file: pass --output_dir DIR"}),))
+    vocab_file: str | None = option(None, "a BERT WordPiece vocab.txt ([PAD] first; [UNK] [CLS] [SEP] [MASK])",
+                                    group="vocab", exclusive="vocab", required=True)
+    vocab_size: int | None = option(None, "train a WordPiece vocab of this size on the input, written to "
+                                          "OUTPUT_DIR/vocab.txt", group="vocab", exclusive="vocab", required=True)
+    lower_case: bool = option(True, "lower-case and strip accents as uncased BERT does; --no_lower_case keeps "
+                                    "them (cased vocabs); create_pretraining_data.py's --do_lower_case=BOOL is "
+                                    "understood", group="vocab", aliases=_LOWER_CASE_ALIASES)
+    input_format: str = option("auto", "wikidump: pages-articles .xml(.bz2); wikiextractor: <doc> blocks; text: one "
+                                       "sentence per line, blank line between documents; auto: decided per file "
+                                       "from its first bytes", choices=FORMATS, group="input and output")
+    num_shards: int = option(1, "training shards (MLPerf: 2048)", group="shards and eval set")
+    max_seq_length: int = option(512, "tokens per instance, [CLS] and [SEP]s included", group=_INSTANCES)
+    max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_INSTANCES)
+    masked_lm_prob: float = option(0.15, "share of an instance's tokens to mask (80%% [MASK], 10%% random, "
+                                         "10%% kept)", group=_INSTANCES)
+    short_seq_prob: float = option(0.1, "probability of a shorter target length, so the model also sees short "
+                                        "sequences", group=_INSTANCES)
+    dupe_factor: int = option(10, "passes over the documents, each masked anew", group=_INSTANCES)
+    random_seed: int = option(12345, "seed of the document shuffle, pairing and masking: same seed, same shards",
+                              group=_INSTANCES)
+    whole_word_mask: bool = option(False, "mask whole words, not single WordPieces (also "
+                                          "--do_whole_word_mask=BOOL)", group=_INSTANCES, aliases=(
+        ("--do_whole_word_mask", {"type": truth, "nargs": "?", "const": True, "metavar": "BOOL"}),))
+    num_eval_examples: int = option(0, "write an eval set of this many instances (MLPerf: 10000); 0 = none",
+                                    group="shards and eval set")
+    num_eval_documents: int = option(10000, "documents held out for the eval set, never in training shards "
+                                            "(MLPerf: 10000)", group="shards and eval set")
+    format: str = option("padded", "padded: the MLPerf v1.0 schema; varlength: only real tokens, for the packed "
+                                   "path", choices=OUTPUT_FORMATS, group="input and output")
+    workers: int = option(help="processes on this machine (default: one per CPU this process may use)",
+                          default_factory=default_workers, group="scale")
+    shard_range: str | tuple[int, int] | None = option(
+        None, "write only shards FIRST..END-1 (one slice per machine; same files as one machine writes); the run "
+              "whose range starts at 0 writes the eval set", metavar="FIRST:END", group="scale")
+    progress: bool = option(True, "progress bars (--no_progress: none)", group="scale",
+                            aliases=(("--no_progress", {"action": "store_false"}),))
 
     def input_list(self) -> list[str]:
         files = [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else self.input_files

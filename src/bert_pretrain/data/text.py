@@ -33,7 +33,6 @@ import blingfire
 
 from bert_pretrain.errors import InputError
 
-FORMATS = ("auto", "wikidump", "wikiextractor", "text")
 MAX_LINE_BYTES = 1 << 20  # a longer line is not a sentence or paragraph; it is skipped and counted
 MAX_DOCUMENT_CHARS = 16 << 20  # a longer document is cut into parts (bounds a worker's memory)
 _PEEK_BYTES = 1 << 16

@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
-from bert_pretrain.options import ATTENTION_BACKENDS, COMPILE_MODES, require_trainable_attention
+from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, add_options, device_option, option, read_toml,
+                                   require_trainable_attention)
 from bert_pretrain.train.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-
-def option(default, help: str, negative_alias: str | None = None, **argparse_kwargs):
-    """A config field: its default, its `--help` line, and any extra argparse settings (a boolean may
-    have one more spelling of its --no- form, e.g. the reference's --no_compile)."""
-    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs, "negative_alias": negative_alias})
-
 
 @dataclass(frozen=True)
 class DataOptions:
@@ -124,8 +111,7 @@ class CheckpointOptions:
 class SystemOptions:
     """Device, precision and process group."""
 
-    device: str = option("auto", "'auto' takes this process's GPU when there is one, else the CPU",
-                         choices=("auto", "cpu", "cuda"))
+    device: str = device_option()
     fp16: bool = option(False, "float16 autocast with dynamic loss scaling (initial scale: env INIT_LOSS_SCALE, "
                                "default 2**20); falls back to fp32 without a GPU")
     bf16: bool = option(False, "bfloat16 autocast (no loss scaling)")
@@ -145,11 +131,11 @@ class SystemOptions:
                                      "as one Triton kernel each way (needs Triton and a GPU; the same math, a "
                                      "dropout mask from another random stream; experimental: not yet timed on a GPU)")
     compile: bool | None = option(None, "torch.compile the model's hot regions (default: on CUDA, off on CPU); "
-                                        "--no_compile or --no-compile turns it off", negative_alias="--no_compile")
+                                        "--no_compile or --no-compile turns it off", aliases=(("--no_compile", {"action": "store_false"}),))
     compile_optimizer: bool | None = option(None, "torch.compile LAMB's update as well, one unit per encoder "
                                                   "layer: the same update in fewer passes over memory "
                                                   "(default: with --compile); --no_compile_optimizer turns it off",
-                                            negative_alias="--no_compile_optimizer")
+                                            aliases=(("--no_compile_optimizer", {"action": "store_false"}),))
     compile_mode: str = option("default", "torch.compile mode when compiling: reduce-overhead adds CUDA graphs, "
                                           "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
                                           "of compilation)",
@@ -188,25 +174,26 @@ class RunConfig:
 
 GROUPS = [(f.name, f.default_factory) for f in dataclasses.fields(RunConfig) if f.name != "notes"]
 _CLASSES = dict(GROUPS)
-_FIELDS = {f.name: (group, f) for group, cls in GROUPS for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
+_FIELDS = {f.name: (cls, f) for _, cls in GROUPS for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
 
 
-def _base_type(group_cls, name: str):
-    """int / float / str / bool of a field (the non-None member of `X | None`)."""
-    hint = typing.get_type_hints(group_cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+TRAIN_DESCRIPTION = """\
+Pretrain BERT (masked-LM + NSP) as MLPerf Training v1.0 does: LAMB, the poly-decay schedule, eval on
+the MLPerf cadence, stop at --target_mlm_accuracy; one process per GPU under torchrun (DDP).
 
+  bert-pretrain train --input_dir $DATA/2048_shards_uncompressed --eval_dir $DATA/eval_set_uncompressed \\
+      --bert_config_path $DATA/bert_config.json --init_checkpoint $DATA/model.ckpt-28252.apex.pt \\
+      --output_dir results --config configs/bert_large_mlperf.toml --fp16
+  torchrun --nproc_per_node 8 -m bert_pretrain train ...     (8 GPUs; train_bert_pretraining_amp_dist.sh does this)
 
-def _integer(text: str) -> int:
-    """An int; integral floats such as the reference scripts' `--max_steps=7100.0` are accepted."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
+Options come from the defaults below, then a --config TOML file (keys = flag names), then the flags
+given here (the last word wins). --train_batch_size is per process per optimizer step, split into
+--gradient_accumulation_steps micro-batches; the global batch is train_batch_size x processes.
+Writes to --output_dir: checkpoints (<phase>_ckpt_<step>.pt, loadable by `evaluate` and `convert`),
+mlperf.log, metrics.jsonl, metrics.png, summary.json. Ctrl-C / SIGTERM writes a checkpoint and
+stops cleanly; --resume_from_checkpoint continues exactly. See docs/training.md.
+"""
+TRAIN_USAGE = "%(prog)s [--config RUN.toml] [options]   (every option below; reference names and meanings)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,68 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "train_batch_size = 56); flags given on the command line override it. "
                              "Shipped recipes: configs/*.toml")
     for group, cls in GROUPS:
-        arguments = parser.add_argument_group(group, cls.__doc__)
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("derived"):
-                continue
-            kind = _base_type(cls, f.name)
-            extra = dict(f.metadata["argparse"])
-            help_text = f.metadata["help"]
-            if f.default is not None and "(default" not in help_text:  # None: the help says what happens
-                help_text += f" (default: {f.default})"
-            if kind is bool:
-                arguments.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
-                                       default=argparse.SUPPRESS, help=help_text)
-                if f.metadata.get("negative_alias"):
-                    arguments.add_argument(f.metadata["negative_alias"], dest=f.name, action="store_false",
-                                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-            else:
-                arguments.add_argument(f"--{f.name}", type=_integer if kind is int else kind,
-                                       default=argparse.SUPPRESS, help=help_text, **extra)
+        add_options(parser, cls, suppress_defaults=True, container=parser.add_argument_group(group, cls.__doc__))
     add_reference_flags(parser.add_argument_group(
         "reference-only flags", "accepted so the NVIDIA / DeepSparkHub scripts run unchanged; each prints a "
                                 "one-line note saying why it changes nothing here"))
-
-
-def _read_toml(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such config file; pass --config with a TOML file (see configs/*.toml)")
-    try:
-        values = tomllib.loads(file.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{file}: not valid TOML ({err})") from None
-    known = set(_FIELDS) | set(REFERENCE_ONLY)
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else "; keys are the flag names of `train --help`"
-            raise InputError(f"{file}: unknown option '{key}'{hint}")
-    return values
-
-
-_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _coerce(name: str, value, source: str):
-    """A TOML value checked against the field's type (flags are already typed by argparse)."""
-    group, f = _FIELDS[name]
-    kind = _base_type(_CLASSES[group], name)
-    if name == "resume_from_checkpoint" and value is True:
-        return "latest"
-    ok = (
-        (kind is bool and isinstance(value, bool))
-        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
-        or (kind is int and isinstance(value, float) and value.is_integer())
-        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (kind is str and isinstance(value, str))
-    )
-    if not ok:
-        raise InputError(f"{source}: option '{name}' must be {_TYPE_WORDS[kind]}, got {value!r}")
-    choices = f.metadata["argparse"].get("choices")
-    if choices and value not in choices:
-        raise InputError(f"{source}: option '{name}' must be one of {list(choices)}, got {value!r}")
-    return kind(value)
 
 
 def load_config(args: argparse.Namespace, cuda_available: bool | None = None) -> RunConfig:
@@ -286,11 +215,11 @@ def load_config(args: argparse.Namespace, cuda_available: bool | None = None) ->
     given = vars(args)
     values, reference_given = {}, {}
     if "config" in given:
-        for key, value in _read_toml(given["config"]).items():
+        for key, value in read_toml(given["config"], _FIELDS, also_known=REFERENCE_ONLY).items():
             if key in REFERENCE_ONLY:
                 reference_given[key] = value
             else:
-                values[key] = _coerce(key, value, given["config"])
+                values[key] = value
     for key, value in given.items():
         if key in _FIELDS:
             values[key] = value

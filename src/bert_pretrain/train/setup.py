@@ -28,7 +28,7 @@ from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_bat
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch
-from bert_pretrain.evaluate import eval_batches, load_eval_set, rank_rows
+from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
@@ -239,15 +239,13 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
     if data.eval_dir is None:
         return []
     try:
-        arrays = load_eval_set(data.eval_dir, data.num_eval_examples, data.max_seq_length,
-                               data.max_predictions_per_seq, vocab_size)
+        batches = rank_eval_batches(data.eval_dir, data.num_eval_examples, data.max_seq_length,
+                                    data.max_predictions_per_seq, vocab_size, config.batch.eval_batch_size,
+                                    info.rank, info.world_size, packed=config.system.packed)
     except SettingsMismatch as err:  # the flags serve the training shards too: the eval set is what differs
         raise InputError(f"{err.path}: the eval set does not match this run's training settings ({err.problem}); "
                          "make it with the same prepare settings as the training shards (prepare writes both "
                          "together)") from None
-    mine = rank_rows(len(arrays["next_sentence_labels"]), info.rank, info.world_size)
-    batches = eval_batches({k: v[mine] for k, v in arrays.items()}, config.batch.eval_batch_size,
-                           packed=config.system.packed)
     if config.data.cache_eval_data:
         return [b.to(info.device) for b in batches]
     return [b.pin_memory() for b in batches] if info.device.type == "cuda" else batches
