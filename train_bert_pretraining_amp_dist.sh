@@ -8,7 +8,8 @@
 #   eval_set_uncompressed/      the eval shard (part_eval_10k.hdf5)
 #   bert_config.json            the BERT-large config
 #   model.ckpt-28252.apex.pt    the MLPerf initial checkpoint ({'model': state_dict})
-# The recipe's flags are passed first and yours after them, so yours win (e.g. --max_steps 100).
+# The recipe (configs/bert_large_deepsparkhub.toml) comes first and your flags after it, so yours win
+# (e.g. --max_steps 100).
 # One process per GPU (torch.cuda.device_count(); set CUDA_VISIBLE_DEVICES to choose), or one CPU
 # process without GPUs. Several nodes: run this on each with NNODES, MASTER_ADDR and MASTER_PORT set
 # (torchrun's c10d rendezvous; node ranks are assigned when the nodes meet). With DATA unset it runs
@@ -93,24 +94,13 @@ if "$PYTHON" -m torch.distributed.run --help 2>/dev/null | grep -q -- "--shutdow
     SHUTDOWN=(--shutdown_timeout "${SHUTDOWN_TIMEOUT:-300}")
 fi
 
-# The recipe's flags, except its fixed --eval_iter_start_samples/--eval_iter_samples 150000: left out,
-# the eval cadence follows the MLPerf rule for the global batch (150,000 samples up to 26 GPUs x 81
-# sequences, more above), as compliance requires.
+# The recipe is configs/bert_large_deepsparkhub.toml (the DeepSparkHub flags, except its fixed eval
+# interval: left out, evals follow the MLPerf rule for the global batch, as compliance requires). Flags
+# given here come after it and win; a --config of yours replaces the recipe file.
 # bert_pretrain.launch is torchrun exiting with the failed worker's code (2 for bad input), without
 # torchrun's traceback.
 exec "$PYTHON" -m bert_pretrain.launch "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --nproc_per_node "$NPROC" \
-    -m bert_pretrain train \
+    -m bert_pretrain train --config "$HERE/configs/bert_large_deepsparkhub.toml" \
     --init_checkpoint "$DATA/model.ckpt-28252.apex.pt" --input_dir "$SHARDS" \
     --bert_config_path "$DATA/bert_config.json" --eval_dir "$DATA/eval_set_uncompressed" \
-    --output_dir "$OUTPUT_DIR" \
-    --do_train --num_eval_examples 10000 \
-    --warmup_proportion=0 --warmup_steps=0 --start_warmup_step=0 --phase2 --max_seq_length=512 \
-    --max_predictions_per_seq=76 --train_mlm_accuracy_window_size=0 --max_samples_termination=4500000 \
-    --log_freq=10 --cache_eval_data \
-    --min_samples_to_start_checkpoints 150000 --num_samples_per_checkpoint 150000 --keep_n_most_recent_checkpoints 3 \
-    --opt_lamb_beta_1=0.9 --opt_lamb_beta_2=0.999 --weight_decay_rate=0.01 \
-    --fused_gelu_bias --dense_seq_output --dwu-num-rs-pg=1 --dwu-num-ar-pg=1 --dwu-num-blocks=1 \
-    --fp16 --fused_mha --distributed_lamb --dist_backend nccl --exchange_padding \
-    --target_mlm_accuracy 0.720 --seed=17103 --skip_checkpoint \
-    --train_batch_size 81 --learning_rate=3.6e-4 --max_steps 7400 --eval_batch_size 52 \
-    --gradient_accumulation_steps=3 "${CACHE_FLAGS[@]}" "$@"
+    --output_dir "$OUTPUT_DIR" "${CACHE_FLAGS[@]}" "$@"

@@ -175,7 +175,7 @@ def _section_lamb(args, rounds: int = 3, updates: int = 5) -> dict:
 
     import torch
 
-    from bert_pretrain.bench.run import MODEL_SHAPES
+    from bert_pretrain.model import MODEL_SHAPES
     from bert_pretrain.model import BertConfig, BertForPreTraining
     from bert_pretrain.optim import Lamb, parameter_groups
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from bert_pretrain.batch import padded_batch
 from bert_pretrain.cli import build_parser
-from bert_pretrain.data.loader import ROW_KEYS, DataPosition
-from bert_pretrain.data.shards import list_shards, read_padded
+from bert_pretrain.data.loader import DataPosition
+from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
 from bert_pretrain.train.config import load_config
 from bert_pretrain.train.loop import train
 
@@ -23,7 +23,7 @@ from bert_pretrain.train.loop import train
 class FixedGlobalBatches:
     def __init__(self, config, info, vocab_size, start: DataPosition):
         parts = [read_padded(path) for path in list_shards(config.data.input_dir)]
-        self.rows = {k: np.concatenate([p[k] for p in parts]) for k in ROW_KEYS}
+        self.rows = {k: np.concatenate([p[k] for p in parts]) for k in PADDED_KEYS}
         self.micro = config.batch.micro_batch_size
         self.accumulation = config.batch.gradient_accumulation_steps
         self.rank, self.world_size = info.rank, info.world_size
@@ -39,7 +39,7 @@ class FixedGlobalBatches:
         first = (step * self.world_size * self.accumulation + self.rank * self.accumulation + j) * self.micro
         index = np.arange(first, first + self.micro) % len(self.rows["next_sentence_labels"])
         self.taken += 1
-        return padded_batch(*(self.rows[k][index] for k in ROW_KEYS))
+        return padded_batch(**{k: self.rows[k][index] for k in PADDED_KEYS})
 
     def close(self):
         pass

@@ -9,7 +9,9 @@ import pytest
 from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.cli import build_parser
 from bert_pretrain.errors import InputError
+from bert_pretrain.model import MODEL_SHAPES, BertConfig
 from bert_pretrain.train.config import RunConfig, load_config
+from bert_pretrain.train.reference_flags import REFERENCE_ONLY
 from conftest import REPO, run_cli
 
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))
@@ -38,10 +40,11 @@ def test_defaults_are_the_reference_defaults(paths):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_parses_to_its_values(path, paths):
-    config = load(["--config", str(path), *paths])
+    config = load(["--config", str(path), *paths], cuda=True)  # on a GPU: no fallback changes a value
     flat = config.flat()
     for key, value in tomllib.loads(path.read_text()).items():
-        assert flat[key] == value, key
+        if key not in REFERENCE_ONLY:  # those only print a note
+            assert flat[key] == value, key
     assert config.batch.train_batch_size % config.batch.gradient_accumulation_steps == 0
 
 
@@ -60,8 +63,8 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path, paths):
     assert config.optimizer.max_steps == 1536  # default kept
 
 
-def test_the_deepsparkhub_launch_line_runs_unchanged(paths):
-    line = ("--do_train --eval_iter_start_samples 150000 --eval_iter_samples 150000 --num_eval_examples 10000 "
+# DeepSparkHub's train_bert_pretraining_amp_dist.sh, its run_pretraining.py flags as written there.
+DEEPSPARKHUB_LINE = ("--do_train --eval_iter_start_samples 150000 --eval_iter_samples 150000 --num_eval_examples 10000 "
             "--warmup_proportion=0 --warmup_steps=0 --start_warmup_step=0 --phase2 --max_seq_length=512 "
             "--max_predictions_per_seq=76 --train_mlm_accuracy_window_size=0 --max_samples_termination=4500000 "
             "--log_freq=10 --cache_eval_data --min_samples_to_start_checkpoints 150000 "
@@ -71,7 +74,43 @@ def test_the_deepsparkhub_launch_line_runs_unchanged(paths):
             "--dist_backend nccl --exchange_padding --target_mlm_accuracy 0.720 --seed=17103 --skip_checkpoint "
             "--train_batch_size 81 --learning_rate=3.6e-4 --max_steps 7400 --eval_batch_size 52 "
             "--gradient_accumulation_steps=3")
-    config = load([*paths, *shlex.split(line)], cuda=False)
+# NVIDIA's MLPerf v1.0 run.sub line with config_DGXA100_1x8x56x1.sh's values filled in (8 GPUs x 56).
+NVIDIA_1X8X56_LINE = (
+    "--train_batch_size=56 --learning_rate=3.5e-4 --opt_lamb_beta_1=0.9 --opt_lamb_beta_2=0.999 "
+    "--warmup_proportion=0.0 --warmup_steps=0.0 --start_warmup_step=0.0 --max_steps=7100 --phase2 "
+    "--max_seq_length=512 --max_predictions_per_seq=76 --do_train --skip_checkpoint "
+    "--train_mlm_accuracy_window_size=0 --target_mlm_accuracy=0.720 --weight_decay_rate=0.01 "
+    "--max_samples_termination=4500000 --eval_iter_start_samples=150000 --eval_iter_samples=150000 "
+    "--eval_batch_size=16 --cache_eval_data --fp16 --fused_gelu_bias --fused_mha --dense_seq_output --unpad "
+    "--unpad_fmha --exchange_padding --distributed_lamb --dwu-num-rs-pg=1 --dwu-num-ar-pg=1 --dwu-num-blocks=1 "
+    "--gradient_accumulation_steps=1 --log_freq=0")
+# The recipes' fixed eval interval of 150,000 samples is left to the MLPerf rule in the shipped files.
+FIXED_EVAL = {"eval_iter_start_samples", "eval_iter_samples"}
+
+
+@pytest.mark.parametrize("recipe, line", [("bert_large_deepsparkhub.toml", DEEPSPARKHUB_LINE),
+                                          ("bert_large_mlperf.toml", NVIDIA_1X8X56_LINE)])
+def test_the_shipped_bert_large_recipes_are_the_reference_lines(paths, recipe, line):
+    """Every option and reference-only note of the reference's launch line, from the shipped file alone."""
+    from_file = load([*paths, "--config", str(REPO / "configs" / recipe)], cuda=True)
+    from_line = load([*paths, *shlex.split(line)], cuda=True)
+    differ = {k for k in from_line.flat() if from_file.flat()[k] != from_line.flat()[k]}
+    assert differ == FIXED_EVAL and from_line.run.eval_iter_samples == 150_000
+    assert from_file.run.eval_iter_samples is None  # the MLPerf rule: 150,000 at these global batches
+    if recipe == "bert_large_deepsparkhub.toml":  # the launcher's recipe: its notes too
+        assert from_file.notes == from_line.notes and len(from_file.notes) >= 4
+
+
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_the_shipped_model_configs_have_the_standard_shapes(name, shared_data):
+    config = BertConfig.from_json_file(REPO / "configs" / f"bert_config_{name}.json")
+    assert {k: getattr(config, k) for k in MODEL_SHAPES[name]} == MODEL_SHAPES[name]
+    if name == "base":  # google-research's own BERT-base config
+        assert config == BertConfig.from_json_file(shared_data / "configs" / "bert_config_base_uncased.json")
+
+
+def test_the_deepsparkhub_launch_line_runs_unchanged(paths):
+    config = load([*paths, *shlex.split(DEEPSPARKHUB_LINE)], cuda=False)
     assert config.batch.micro_batch_size == 27 and config.optimizer.max_steps == 7400
     assert config.run.seed == 17103 and config.checkpoint.phase2 and config.checkpoint.skip_checkpoint
     notes = "\n".join(config.notes)

@@ -69,15 +69,22 @@ class Batch:
         return self._map(lambda t: t.pin_memory())
 
 
-def _masked_slots(masked_lm_positions: np.ndarray, masked_lm_ids: np.ndarray):
-    """Which of the (B, P) masked-LM slots are real, by the reference's count rule.
+def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
+    """(B,) masked-LM slots each padded row really uses, by the reference loader's rule: its first
+    count_nonzero(positions) slots (position 0 is always [CLS], never masked, so a 0 is padding)."""
+    return np.count_nonzero(masked_lm_positions, axis=1)
 
-    The reference loader takes n = count_nonzero(positions) per row and uses the first n slots
-    (position 0 is always [CLS], so a 0 position is padding).
-    """
+
+def counted_slots(masked_lm_positions: np.ndarray) -> np.ndarray:
+    """(B, P) bool: the slots `masked_counts` counts."""
+    positions = np.asarray(masked_lm_positions)
+    return np.arange(positions.shape[1])[None, :] < masked_counts(positions)[:, None]
+
+
+def _masked_slots(masked_lm_positions: np.ndarray, masked_lm_ids: np.ndarray):
+    """The (B, P) masked-LM positions and labels of the counted slots (IGNORE_LABEL elsewhere)."""
     positions = masked_lm_positions.astype(np.int64)
-    counts = np.count_nonzero(positions, axis=1)  # (B,)
-    valid = np.arange(positions.shape[1])[None, :] < counts[:, None]  # (B, P)
+    valid = counted_slots(positions)  # (B, P)
     labels = np.where(valid, masked_lm_ids.astype(np.int64), IGNORE_LABEL)
     return positions * valid, labels
 

@@ -21,15 +21,14 @@ from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
 from bert_pretrain.data.builtin_corpus import write_builtin_corpus
 from bert_pretrain.data.prepare import PrepareOptions
 from bert_pretrain.data.prepare import run as prepare
-from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.model import MODEL_SHAPES, BertForPreTraining
 from bert_pretrain.train.config import add_arguments, load_config
 from bert_pretrain.train.loop import train
 from bert_pretrain.train.state import checkpoints_in
 
 # A BERT small enough to learn on two CPU cores in minutes (vocab_size is filled in from the vocab).
 DEMO_MODEL = {
-    "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
-    "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    **MODEL_SHAPES["tiny"], "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
     "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
 }
 DEMO_VOCAB_SIZE = 8192

@@ -81,9 +81,17 @@ def broadcast_object(value, src: int = 0):
     return box[0]
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+def gather_objects(value) -> list:
+    """Every process's `value` (picklable), in rank order; `[value]` without a process group."""
+    if not is_distributed():
+        return [value]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def shutdown() -> None:

@@ -31,6 +31,15 @@ _TANH_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "gelu_fast")
 _ERF_NAMES = ("gelu_exact", "gelu_erf", "gelu_python")
 
 
+# The standard shapes (google-research/bert's BERT-base and -large; "tiny" is this project's CPU-sized
+# model: the demo's, the CPU benchmark's and configs/bert_config_tiny.json's).
+MODEL_SHAPES = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """The model's shape, as in `bert_config.json`."""

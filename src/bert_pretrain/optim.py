@@ -28,6 +28,9 @@ from bert_pretrain.kernels.lamb_compiled import TensorPlan, compiled_unit, trust
 
 # A parameter whose name contains any of these gets no weight decay (and no trust ratio).
 NO_DECAY_NAME_PARTS = ("bias", "gamma", "beta", "LayerNorm")
+# The reference's fixed LAMB settings (not tunable under the MLPerf rules).
+LAMB_EPSILON = 1e-6
+MAX_GRAD_NORM = 1.0
 # Parameters that fuse several of the reference's tensors as equal row blocks: the model's one QKV
 # projection holds the reference's query, key and value weights, and LAMB gives each its own trust ratio.
 FUSED_ROW_BLOCKS = {".qkv.weight": 3}
@@ -95,9 +98,9 @@ class Lamb(torch.optim.Optimizer):
         params: Iterable,
         lr: float = 4e-5,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
+        eps: float = LAMB_EPSILON,
         weight_decay: float = 0.01,
-        max_grad_norm: float | None = 1.0,
+        max_grad_norm: float | None = MAX_GRAD_NORM,
         compiled: bool = False,
     ):
         _check_hyperparameters(lr, betas, eps, weight_decay, max_grad_norm)

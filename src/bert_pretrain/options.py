@@ -215,6 +215,13 @@ def device_option():
     return option("auto", DEVICE_HELP, choices=DEVICES)
 
 
+def compile_choices(compile: bool | None, compile_optimizer: bool | None, on_gpu: bool) -> tuple[bool, bool]:
+    """(compile the model, compile LAMB's update): the model by default on CUDA only (on a CPU compilation
+    costs more than it saves), LAMB by default as the model."""
+    model = on_gpu if compile is None else compile
+    return model, model if compile_optimizer is None else compile_optimizer
+
+
 def require_trainable_attention(backend: str, on_gpu: bool) -> None:
     """Raise the user-facing error for an attention backend that cannot train here (train and bench)."""
     if backend == "flex" and not on_gpu:

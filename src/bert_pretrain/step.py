@@ -1,9 +1,9 @@
 """One optimizer step: forward/backward over the micro-batches, mixed precision, optimizer update.
 
-Shared by `train` and `bench`, so the benchmark times exactly what training runs. Nothing here reads
-a tensor back to the host: the returned sums and the overflow flag stay on the device until the
-caller reads them at log time. For fp16 that needs an optimizer that takes GradScaler's on-device
-`found_inf` (`_step_supports_amp_scaling`); with any other, `GradScaler.step` reads it back.
+Shared by `train` and `bench`, so the benchmark times exactly what training runs. In bf16 and fp32
+nothing here reads a tensor back to the host: the returned sums stay on the device until the caller
+reads them at log time. In fp16, `GradScaler.step` reads its overflow flag back (every optimizer
+without `_step_supports_amp_scaling` makes it), and the loss scale is read at that same point.
 
 `compile_model` applies `torch.compile` from outside the model (regional compilation).
 """
@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from bert_pretrain.batch import Batch
+from bert_pretrain.checkpoint import load_weights
+from bert_pretrain.model import BertConfig, BertForPreTraining
+from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
 from bert_pretrain.options import PRECISIONS
 
 # Order of the entries of StepResult.sums.
@@ -26,7 +29,8 @@ SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", 
 @dataclass
 class StepResult:
     sums: torch.Tensor  # (len(SUM_NAMES),) float64 on the device; "loss" is the mean over micro-batches
-    skipped: torch.Tensor  # bool scalar: the update was skipped for an fp16 overflow
+    skipped: bool  # the update was skipped for an fp16 overflow
+    loss_scale: float | None  # fp16: the loss scale after this step; None without loss scaling
 
 
 def autocast(device: torch.device, precision: str):
@@ -44,6 +48,22 @@ def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2
     return torch.amp.GradScaler(
         device.type, init_scale=init_scale, growth_interval=2000, enabled=precision == "fp16"
     )
+
+
+def training_parts(bert_config: BertConfig, device: torch.device, precision: str, *, attention: str = "auto",
+                   fused_norm: bool = False, init_checkpoint: str | None = None, learning_rate: float = 4e-4,
+                   betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.01,
+                   compiled_optimizer: bool = False, init_scale: float = 2.0**20):
+    """(model, LAMB, loss scaler): what `train_step` steps, built the same way for train and bench. The
+    model takes its initial weights from torch's current seed (the reference initialisation), then from
+    `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
+    model = BertForPreTraining(bert_config, attention_backend=attention, fused_norm=fused_norm)
+    if init_checkpoint:
+        load_weights(model, init_checkpoint)
+    model.to(device)
+    optimizer = Lamb(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=LAMB_EPSILON,
+                     weight_decay=weight_decay, max_grad_norm=MAX_GRAD_NORM, compiled=compiled_optimizer)
+    return model, optimizer, make_grad_scaler(precision, device, init_scale=init_scale)
 
 
 def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
@@ -116,11 +136,14 @@ def train_step(
             scaler.scale(out.loss / accumulation).backward()
         sums += _sums(out)
     sums[0] /= accumulation
-    scale_before = scaler._scale.clone() if scaler.is_enabled() else None
     scaler.unscale_(optimizer)
+    # fp16: GradScaler.step reads its overflow flag back to the host anyway, so reading the scale around it
+    # costs no extra wait; it lowers the scale exactly when it skipped the step for inf/NaN gradients.
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    # GradScaler lowers the scale exactly when it skipped the step for inf/NaN gradients.
-    skipped = scaler._scale < scale_before if scale_before is not None else torch.zeros((), dtype=torch.bool)
-    return StepResult(sums=sums, skipped=skipped)
+    if scale_before is None:
+        return StepResult(sums=sums, skipped=False, loss_scale=None)
+    scale = scaler.get_scale()
+    return StepResult(sums=sums, skipped=scale < scale_before, loss_scale=scale)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bert_pretrain.batch import counted_slots
 from bert_pretrain.errors import InputError
 from bert_pretrain.step import autocast
 
@@ -47,8 +48,7 @@ def hf_inputs(arrays: dict) -> dict[str, torch.Tensor]:
     input_ids = np.asarray(arrays["input_ids"]).astype(np.int64)
     labels = np.full(input_ids.shape, HF_IGNORE, np.int64)
     positions = np.asarray(arrays["masked_lm_positions"]).astype(np.int64)
-    counts = np.count_nonzero(positions, axis=1)
-    rows, slots = np.nonzero(np.arange(positions.shape[1])[None, :] < counts[:, None])
+    rows, slots = np.nonzero(counted_slots(positions))
     labels[rows, positions[rows, slots]] = np.asarray(arrays["masked_lm_ids"])[rows, slots]
     return {
         "input_ids": torch.from_numpy(input_ids),

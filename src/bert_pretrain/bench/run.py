@@ -25,6 +25,7 @@ import torch
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
+from bert_pretrain.batch import masked_counts
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.options import BenchOptions
@@ -39,17 +40,10 @@ from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.kernels import fused_norm
-from bert_pretrain.model import BertConfig, BertForPreTraining
-from bert_pretrain.optim import Lamb, parameter_groups
-from bert_pretrain.options import PRECISIONS, require_trainable_attention
-from bert_pretrain.step import compile_model, make_grad_scaler, train_step
+from bert_pretrain.model import MODEL_SHAPES, BertConfig
+from bert_pretrain.options import PRECISIONS, compile_choices, require_trainable_attention
+from bert_pretrain.step import compile_model, make_grad_scaler, train_step, training_parts
 
-# Shapes of the standard models (google-research/bert); vocab 30522, 512 positions.
-MODEL_SHAPES = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-}
 POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
 
 
@@ -135,14 +129,9 @@ def _fixed_max_seqlen(options: BenchOptions, backend: str) -> int | None:
     return options.seq if backend in PACKED_ONLY else None
 
 
-def compile_enabled(options: BenchOptions, device: torch.device) -> bool:
-    """--compile / --no_compile, else on for CUDA only (CPU compilation costs more than it saves here)."""
-    return options.compile if options.compile is not None else device.type == "cuda"
-
-
-def optimizer_compile_enabled(options: BenchOptions, device: torch.device) -> bool:
-    """--compile_optimizer / --no_compile_optimizer, else as the model."""
-    return options.compile_optimizer if options.compile_optimizer is not None else compile_enabled(options, device)
+def compile_enabled(options: BenchOptions, device: torch.device) -> tuple[bool, bool]:
+    """(compile the model, compile LAMB) as asked, else the shared defaults (on CUDA only; LAMB as the model)."""
+    return compile_choices(options.compile, options.compile_optimizer, device.type == "cuda")
 
 
 def _contestants(options, config, rows, device, backend: str):
@@ -152,13 +141,11 @@ def _contestants(options, config, rows, device, backend: str):
                for j in range(per_step)] for i in range(POOL_STEPS)]
     pin = device.type == "cuda"
     torch.manual_seed(options.seed)
-    model = BertForPreTraining(config, attention_backend=options.attention, fused_norm=options.fused_norm)
-    model = model.to(device).train()
-    if compile_enabled(options, device):
+    compile_model_too, compile_optimizer = compile_enabled(options, device)
+    model, optimizer, scaler = training_parts(config, device, options.precision, attention=options.attention,
+                                              fused_norm=options.fused_norm, compiled_optimizer=compile_optimizer)
+    if compile_model_too:
         compile_model(model, mode=options.compile_mode)
-    optimizer = Lamb(parameter_groups(model, weight_decay=0.01), lr=4e-4,
-                     compiled=optimizer_compile_enabled(options, device))
-    scaler = make_grad_scaler(options.precision, device)
     max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
              for step in groups]
@@ -213,7 +200,7 @@ def _summary(runner: Runner, groups, config, options, device, peak) -> dict:
     """Rates of one runner over its timed steps (FLOPs of real tokens only)."""
     timed = [group for i in runner.timed_indices for group in groups[i]]  # the micro-batches run
     lengths = [row_lengths(group) for group in timed]
-    masked = [np.count_nonzero(group["masked_lm_positions"], axis=1) for group in timed]
+    masked = [masked_counts(group["masked_lm_positions"]) for group in timed]
     sequences = options.batch * len(timed)
     flops = sum(batch_flops(config, n, m) for n, m in zip(lengths, masked))
     tflops = flops / runner.seconds / 1e12
@@ -247,7 +234,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
     require_trainable_attention(backend, device.type == "cuda")
-    if options.compile_mode != "default" and not compile_enabled(options, device):
+    if options.compile_mode != "default" and not compile_enabled(options, device)[0]:
         raise InputError(f"--compile_mode {options.compile_mode} needs the model compiled (the default on CUDA; "
                          "pass --compile on the CPU)")
     if options.fused_norm:
@@ -264,9 +251,9 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
         "accumulation": options.accumulation,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
-        "attention": backend, "compile": compile_enabled(options, device),
-        "compile_mode": options.compile_mode if compile_enabled(options, device) else None,
-        "compile_optimizer": optimizer_compile_enabled(options, device), "fused_norm": options.fused_norm,
+        "attention": backend, "compile": compile_enabled(options, device)[0],
+        "compile_mode": options.compile_mode if compile_enabled(options, device)[0] else None,
+        "compile_optimizer": compile_enabled(options, device)[1], "fused_norm": options.fused_norm,
         "hf_compile": options.hf_compile if options.compare else None, "shard": options.shard,
         "max_predictions_per_seq": options.predictions(), "warmup": options.warmup, "rounds": options.rounds,
         "pad_to_multiple": options.pad_to_multiple, "seed": options.seed,

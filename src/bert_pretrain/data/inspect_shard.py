@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_pretrain.batch import masked_counts
 from bert_pretrain.data import shards
 from bert_pretrain.data.tokenization import MASK, read_vocab
 from bert_pretrain.errors import InputError
@@ -37,7 +38,7 @@ def shard_statistics(arrays: dict[str, np.ndarray], mask_id: int | None = None) 
     """Numbers describing the rows (see the module docstring)."""
     n, width = arrays["input_ids"].shape
     lengths = arrays["input_mask"].astype(bool).sum(1)
-    counts = np.count_nonzero(arrays["masked_lm_positions"], axis=1)
+    counts = masked_counts(arrays["masked_lm_positions"])
     rows = np.repeat(np.arange(n), counts)
     slots = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     positions = arrays["masked_lm_positions"][rows, slots]
@@ -78,7 +79,7 @@ def decode_instance(arrays: dict[str, np.ndarray], row: int, vocab: list[str]) -
     """One instance as text, masked positions shown with their labels."""
     length = int(arrays["input_mask"][row].sum())
     words = [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in arrays["input_ids"][row, :length]]
-    count = int(np.count_nonzero(arrays["masked_lm_positions"][row]))
+    count = int(masked_counts(arrays["masked_lm_positions"][row : row + 1])[0])
     for position, label in zip(arrays["masked_lm_positions"][row, :count], arrays["masked_lm_ids"][row, :count]):
         shown, original = words[position], vocab[label] if 0 <= label < len(vocab) else f"<{label}>"
         words[position] = f"[={original}]" if shown == original else f"[{shown}>{original}]"

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from bert_pretrain.batch import Batch, padded_batch
-from bert_pretrain.data.shards import list_shards, read_padded
+from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
 from bert_pretrain.errors import InputError, SettingsMismatch
 
-ROW_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
 
 def _draw_seeds(rng: random.Random, count: int) -> list[int]:
@@ -86,7 +85,7 @@ class DataPosition:
 
 def padded_rows_batch(rows: dict[str, np.ndarray]) -> Batch:
     """The default row -> Batch conversion: the padded layout, rows as the shards hold them."""
-    return padded_batch(*(rows[k] for k in ROW_KEYS))
+    return padded_batch(**{k: rows[k] for k in PADDED_KEYS})
 
 
 class ShardStream:
@@ -202,7 +201,7 @@ class ShardStream:
             pieces.append((self._arrays, self._order[self._row : self._row + take]))
             self._row += take
             need -= take
-        rows = {k: np.concatenate([arrays[k][index] for arrays, index in pieces]) for k in ROW_KEYS}
+        rows = {k: np.concatenate([arrays[k][index] for arrays, index in pieces]) for k in PADDED_KEYS}
         batch = self._make_batch(rows)
         return batch.pin_memory() if self._pin_memory else batch
 

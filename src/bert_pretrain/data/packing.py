@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bert_pretrain.batch import IGNORE_LABEL, Batch
+from bert_pretrain.batch import IGNORE_LABEL, Batch, masked_counts
 from bert_pretrain.errors import InputError
 
 ROW_KEYS = ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
@@ -51,10 +51,9 @@ class PackingOptions:
 def _masked_slots(positions: np.ndarray, ids: np.ndarray, width: int):
     """(B, P) zero-padded positions/ids -> (B, width) positions and labels, IGNORE_LABEL where unused.
 
-    The reference's count rule: a row's first count_nonzero(positions) slots are real (position 0
-    is [CLS], never masked).
+    Only the slots the reference counts are real (`batch.masked_counts`).
     """
-    counts = np.count_nonzero(positions, axis=1)  # (B,)
+    counts = masked_counts(positions)  # (B,)
     if counts.size and counts.max() > width:
         raise InputError(f"a row has {counts.max()} masked tokens, more than max_predictions_per_seq={width}")
     out_positions = np.zeros((len(positions), width), np.int64)

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from bert_pretrain.atomic import atomic_path
+from bert_pretrain.batch import counted_slots, masked_counts
 from bert_pretrain.errors import InputError, SettingsMismatch
 
 PADDED_DTYPES = {
@@ -39,6 +40,8 @@ VARLENGTH_DTYPES = {
     "masked_lm_positions": np.dtype("i2"),
     "masked_lm_ids": np.dtype("i2"),
 }
+PADDED_KEYS = tuple(PADDED_DTYPES)  # also `batch.padded_batch`'s argument names
+VARLENGTH_KEYS = (*VARLENGTH_DTYPES, "next_sentence_labels")
 SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")
@@ -161,8 +164,7 @@ def validate_padded(
     lengths = arrays["input_mask"].sum(axis=1, dtype=np.int64)
     if lengths.size and lengths.min() == 0:
         fail(f"row {int(np.argmin(lengths))} has no tokens (input_mask all 0); the shard is damaged")
-    counted = np.arange(positions.shape[1])[None, :] < np.count_nonzero(positions, axis=1)[:, None]
-    outside = counted & (positions >= lengths[:, None])
+    outside = counted_slots(positions) & (positions >= lengths[:, None])
     if outside.any():
         row = int(np.argwhere(outside)[0][0])
         fail(f"row {row} masks position {positions[row][outside[row]][0]} but has only {lengths[row]} tokens "
@@ -199,7 +201,7 @@ def write_padded(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 def padded_to_varlength(arrays: dict[str, np.ndarray]) -> dict[str, list[np.ndarray] | np.ndarray]:
     """Per-row arrays holding only the real tokens and the real masked slots."""
     lengths = arrays["input_mask"].astype(bool).sum(axis=1)
-    counts = np.count_nonzero(arrays["masked_lm_positions"], axis=1)
+    counts = masked_counts(arrays["masked_lm_positions"])
     return {
         "input_ids": [row[:n] for row, n in zip(arrays["input_ids"], lengths)],
         "segment_ids": [row[:n] for row, n in zip(arrays["segment_ids"], lengths)],

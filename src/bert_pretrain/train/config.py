@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
-from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, add_options, device_option, option, read_toml,
-                                   require_trainable_attention)
+from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, add_options, compile_choices, device_option,
+                                   option, read_toml, require_trainable_attention)
 from bert_pretrain.train.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
 
 @dataclass(frozen=True)
@@ -256,10 +256,8 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
         values["dist_backend"] = "gloo"
     values["precision"] = precision
     require_trainable_attention(values.get("attention", "auto"), on_gpu)
-    if values.get("compile") is None:
-        values["compile"] = on_gpu
-    if values.get("compile_optimizer") is None:
-        values["compile_optimizer"] = values["compile"]
+    values["compile"], values["compile_optimizer"] = compile_choices(values.get("compile"),
+                                                                     values.get("compile_optimizer"), on_gpu)
     return values, notes
 
 

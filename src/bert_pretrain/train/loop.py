@@ -20,7 +20,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from bert_pretrain.distributed import init_distributed, shutdown
+from bert_pretrain.distributed import gather_objects, init_distributed, is_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.evaluate import evaluate
 from bert_pretrain.optim import lr_at
@@ -105,7 +105,7 @@ def _loop(run: Run) -> tuple[str, str]:
         progress.samples += run.global_batch_size
         state.data_position = run.stream.position
         attempt = progress.step + progress.skipped_steps  # steps taken, skipped ones included
-        run.tracker.add(result, attempt, state.scaler)
+        run.tracker.add(result, attempt)
         run.observers.step_done()
 
         log_due = config.run.log_freq > 0 and attempt % config.run.log_freq == 0
@@ -181,6 +181,9 @@ def _log(run: Run) -> None:
         samples_per_s=(progress.samples - samples_then) / max(now - then, 1e-9),
         skipped_steps=progress.skipped_steps,
     )
+    grad_norm = run.state.optimizer.last_grad_norm  # of the last applied update, before clipping
+    if grad_norm is not None:  # users watch it for divergence
+        values["grad_norm"] = float(grad_norm)
     run.observers.train_log(progress.step, progress.samples, values)
 
 
@@ -229,7 +232,7 @@ def _agree_to_stop(run: Run) -> bool:
     device = run.info.device
     flags = torch.stack([torch.tensor(float(run.signals[0] if run.signals else 0), dtype=torch.float64, device=device),
                          -run.tracker.first_bad_step])
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         _collective(run, lambda: dist.all_reduce(flags, op=dist.ReduceOp.MAX))
     signalled, negative_bad_step = flags.tolist()
     if signalled and not run.signals:
@@ -264,9 +267,9 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
     progress, info = run.state.progress, run.info
     run.observers.run_stop("success" if status == "success" else "aborted", progress.samples,
                            run.config.data.num_eval_examples)
-    memory = _collective(run, lambda: _gather(peak_memory_gb(info.device)))
+    memory = _collective(run, lambda: gather_objects(peak_memory_gb(info.device)))
     # distinct shards: a bad shard is met again every epoch, maybe by another process
-    skipped_shards = len(set().union(*_collective(run, lambda: _gather(sorted(set(run.stream.skipped_shards))))))
+    skipped_shards = len(set().union(*_collective(run, lambda: gather_objects(sorted(set(run.stream.skipped_shards))))))
     loop_seconds = time.time() - loop_started
     trained = progress.samples - run.samples_at_start
     summary = {
@@ -292,15 +295,6 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
     run.observers.say("summary: " + ", ".join(f"{k} {summary[k]:.4g}" if isinstance(summary[k], float)
                                               else f"{k} {summary[k]}" for k in shown if k in summary)
                       + f"  ({run.schedule.output_dir}/summary.json)")
-
-
-def _gather(value):
-    """Every process's `value` (picklable), in rank order."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone
 
 
 def _catch_signals(signals: list[int]) -> dict:

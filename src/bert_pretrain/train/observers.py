@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from bert_pretrain.distributed import all_reduce_sum
+from bert_pretrain.distributed import all_reduce_sum, world_size
 from bert_pretrain.step import SUM_NAMES, StepResult
 from bert_pretrain.train.metrics import MetricsWriter
 from bert_pretrain.train.mlperf import MLPerfLogger
@@ -33,22 +32,22 @@ class StepTracker:
         self._steps = 0
         self.first_bad_step = torch.full((), math.inf, dtype=torch.float64, device=device)
 
-    def add(self, result: StepResult, attempt: int, scaler: torch.amp.GradScaler) -> None:
+    def add(self, result: StepResult, attempt: int) -> None:
         """Add one step's sums; `attempt` numbers the step for the divergence message. No host sync,
         and no host-to-device copy (the step number enters as a Python scalar)."""
         self._sums += result.sums
         self._steps += 1
+        if result.skipped and result.loss_scale >= 1.0:  # an overflow the scaler skipped, while the scale is sane
+            return
         bad = ~torch.isfinite(result.sums[0])
-        if scaler.is_enabled():  # an overflow the scaler skipped is explained while the scale is sane
-            bad = bad & ~(result.skipped & (scaler._scale >= 1.0))
         self.first_bad_step = torch.where(bad, self.first_bad_step.clamp(max=float(attempt)), self.first_bad_step)
 
     def read(self) -> dict:
         """Means over all processes since the last read (a collective, and a host synchronisation)."""
         sums = dict(zip(SUM_NAMES, all_reduce_sum(self._sums).tolist()))
-        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        processes = world_size()
         values = {
-            "loss": sums["loss"] / max(self._steps * world_size, 1),
+            "loss": sums["loss"] / max(self._steps * processes, 1),
             "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0),
             "mlm_loss": sums["mlm_loss_sum"] / max(sums["mlm_count"], 1.0),
             "nsp_accuracy": sums["nsp_correct"] / max(sums["nsp_count"], 1.0),
@@ -101,7 +100,7 @@ class RunObservers:
     def train_log(self, step: int, samples: int, values: dict) -> None:
         self.metrics.train(step, samples, values)
         if self._bar is not None:
-            shown = {k: values[k] for k in ("samples_per_s", "loss", "lr", "loss_scale") if k in values}
+            shown = {k: values[k] for k in ("samples_per_s", "loss", "lr", "grad_norm", "loss_scale") if k in values}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         else:
             self.say(f"step {step}  samples {samples}  {_format(values)}")

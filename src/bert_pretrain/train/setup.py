@@ -23,24 +23,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from bert_pretrain.batch import Batch
-from bert_pretrain.checkpoint import load_weights, read_bert_config
+from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.kernels import fused_norm
-from bert_pretrain.model import BertForPreTraining
-from bert_pretrain.optim import Lamb, parameter_groups, warmup_start_for, warmup_steps_for
-from bert_pretrain.step import compile_model, make_grad_scaler
+from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
+from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.config import RunConfig
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
 from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
                                           restore_training_state)
 
-LAMB_EPSILON = 1e-6
-MAX_GRAD_NORM = 1.0
 POLY_POWER = 1.0
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact.
 EXACT_RESUME_OPTIONS = ("train_batch_size", "gradient_accumulation_steps", "seed", "precision", "max_steps",
@@ -173,17 +170,13 @@ def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bo
     torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
     if config.system.fused_norm:
         fused_norm.require(info.device)
-    model = BertForPreTraining(bert_config, attention_backend=config.system.attention,
-                               fused_norm=config.system.fused_norm)
-    if load_init and config.checkpoint.init_checkpoint:
-        load_weights(model, config.checkpoint.init_checkpoint)
-    model.to(info.device)
     opt = config.optimizer
-    optimizer = Lamb(parameter_groups(model, opt.weight_decay_rate), lr=opt.learning_rate,
-                     betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2), eps=LAMB_EPSILON,
-                     weight_decay=opt.weight_decay_rate, max_grad_norm=MAX_GRAD_NORM,
-                     compiled=config.system.compile_optimizer)
-    scaler = make_grad_scaler(config.system.precision, info.device, init_scale=_init_loss_scale())
+    model, optimizer, scaler = training_parts(
+        bert_config, info.device, config.system.precision, attention=config.system.attention,
+        fused_norm=config.system.fused_norm, init_checkpoint=config.checkpoint.init_checkpoint if load_init else None,
+        learning_rate=opt.learning_rate, betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2),
+        weight_decay=opt.weight_decay_rate, compiled_optimizer=config.system.compile_optimizer,
+        init_scale=_init_loss_scale())
     seed = worker_seed(config.run.seed, info.rank, info.world_size)
     random.seed(seed)
     np.random.seed(seed)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from bert_pretrain.checkpoint import load_reference_state, save_reference_checkpoint
 from bert_pretrain.data.loader import DataPosition
+from bert_pretrain.distributed import gather_objects
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 
@@ -88,12 +88,7 @@ def restore_rng(state: dict, device: torch.device) -> None:
 
 def gather_rank_states(state: TrainingState, device: torch.device) -> list[dict]:
     """Every process's data position and RNG states, in rank order (a collective under torchrun)."""
-    mine = {"data_position": state.data_position.to_dict(), "rng": capture_rng(device)}
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
+    return gather_objects({"data_position": state.data_position.to_dict(), "rng": capture_rng(device)})
 
 
 def save_training_checkpoint(path: Path, state: TrainingState, rank_states: list[dict], run: dict) -> None:
