@@ -201,3 +201,28 @@ def write_prepared_data_folder(root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     save_reference_checkpoint(BertForPreTraining(config), root / "model.ckpt-28252.apex.pt")
     return root
+
+
+def reference_packed_batch(arrays: dict):
+    """The packed `Batch` of padded MLPerf rows, built sequence by sequence: the plain construction the
+    vectorised packer (data/packing.py) is tested against (all B * P masked slots, IGNORE_LABEL where unused)."""
+    import torch
+
+    from bert_pretrain.batch import IGNORE_LABEL, Batch, counted_slots
+
+    lengths = arrays["input_mask"].astype(bool).sum(axis=1).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    valid = counted_slots(arrays["masked_lm_positions"])
+    positions = np.where(valid, arrays["masked_lm_positions"], 0) + offsets[:-1, None]  # (B, P)
+    labels = np.where(valid, arrays["masked_lm_ids"], IGNORE_LABEL)
+    return Batch(
+        input_ids=torch.tensor(np.concatenate([row[:n] for row, n in zip(arrays["input_ids"], lengths)]), dtype=torch.int64),
+        segment_ids=torch.tensor(np.concatenate([row[:n] for row, n in zip(arrays["segment_ids"], lengths)]),
+                                 dtype=torch.int64),
+        position_ids=torch.tensor(np.concatenate([np.arange(n) for n in lengths]), dtype=torch.int64),
+        cu_seqlens=torch.tensor(offsets, dtype=torch.int32),
+        max_seqlen=int(lengths.max()),
+        masked_positions=torch.tensor(positions.reshape(-1), dtype=torch.int64),
+        masked_labels=torch.tensor(labels.reshape(-1), dtype=torch.int64),
+        next_sentence_labels=torch.tensor(arrays["next_sentence_labels"], dtype=torch.int64),
+    )

@@ -115,7 +115,7 @@ def test_the_deepsparkhub_launch_line_runs_unchanged(paths):
     assert config.run.seed == 17103 and config.checkpoint.phase2 and config.checkpoint.skip_checkpoint
     notes = "\n".join(config.notes)
     for flag in ("--fused_gelu_bias", "--dense_seq_output", "--dwu-num-rs-pg=1", "--fused_mha",
-                 "--distributed_lamb", "--exchange_padding"):
+                 "--distributed_lamb"):
         assert flag in notes
     assert "train_mlm_accuracy_window_size" not in notes  # its value 0 is the reference's own default
     # no GPU here: the two GPU-only settings fall back, each with its note
@@ -124,20 +124,14 @@ def test_the_deepsparkhub_launch_line_runs_unchanged(paths):
 
 
 def test_the_nvidia_launch_line_with_float_counts_runs_unchanged(paths):
-    line = ("--train_batch_size=56 --learning_rate=3.5e-4 --opt_lamb_beta_1=0.9 --opt_lamb_beta_2=0.999 "
-            "--warmup_proportion=0.0 --warmup_steps=0.0 --start_warmup_step=0.0 --max_steps=7100 --phase2 "
-            "--max_seq_length=512 --max_predictions_per_seq=76 --do_train --skip_checkpoint "
-            "--train_mlm_accuracy_window_size=0 --target_mlm_accuracy=0.720 --weight_decay_rate=0.01 "
-            "--max_samples_termination=4500000 --eval_iter_start_samples=150000 --eval_iter_samples=150000 "
-            "--eval_batch_size=16 --cache_eval_data --fp16 --fused_gelu_bias --fused_mha --dense_seq_output "
-            "--unpad --unpad_fmha --exchange_padding --distributed_lamb --dwu-num-rs-pg=1 --dwu-num-ar-pg=1 "
-            "--dwu-num-blocks=1 --gradient_accumulation_steps=1 --log_freq=0 --allreduce_post_accumulation "
-            "--allreduce_post_accumulation_fp16 --use_cuda_graph --local_rank=3 --seed=251")
+    line = NVIDIA_1X8X56_LINE + (" --allreduce_post_accumulation --allreduce_post_accumulation_fp16 --use_cuda_graph "
+                                 "--local_rank=3 --seed=251")
     config = load([*paths, *shlex.split(line)], cuda=True)
     assert config.optimizer.warmup_steps == 0 and config.optimizer.max_steps == 7100
     assert config.system.precision == "fp16" and config.run.log_freq == 0
     notes = "\n".join(config.notes)
-    assert "--unpad --unpad_fmha --exchange_padding" in notes and "--local_rank=3" in notes
+    assert "--unpad --unpad_fmha" in notes and "--local_rank=3" in notes
+    assert config.data.exchange_padding and "exchange_padding" not in notes  # a real option here
     assert all(note.startswith("note: ") and "\n" not in note for note in config.notes)
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import transformers
 
-from bert_pretrain.batch import IGNORE_LABEL, pack_padded, padded_batch
+from bert_pretrain.batch import IGNORE_LABEL, padded_batch
 from bert_pretrain.checkpoint import load_reference_state
 from bert_pretrain.model import BertConfig, BertForPreTraining
-from conftest import mlperf_arrays, tiny_config
+from conftest import mlperf_arrays, reference_packed_batch, tiny_config
 
 KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
@@ -76,9 +76,9 @@ def test_packed_equals_padded_losses_and_gradients(backend):
     torch.manual_seed(0)
     model = BertForPreTraining(config, attention_backend=backend)
     results = []
-    for make in (padded_batch, pack_padded):
+    for batch in (padded_batch(*(arrays[k] for k in KEYS)), reference_packed_batch(arrays)):
         model.zero_grad(set_to_none=True)
-        out = model(make(*(arrays[k] for k in KEYS)))
+        out = model(batch)
         out.loss.backward()
         results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (padded, padded_grads), (packed, packed_grads) = results
@@ -94,7 +94,7 @@ def test_under_autocast_the_residual_stream_stays_in_bf16_and_the_loss_near_fp32
     config = tiny_config(hidden_size=64, num_attention_heads=2, intermediate_size=128,
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     arrays = mlperf_arrays(np.random.default_rng(4), n=6, seq_len=32, max_pred=5, vocab_size=100)
-    batch = pack_padded(*(arrays[k] for k in KEYS))
+    batch = reference_packed_batch(arrays)
     torch.manual_seed(0)
     model = BertForPreTraining(config)
     reference = model(batch)

@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from bert_pretrain.batch import IGNORE_LABEL, pack_padded, padded_batch
-from bert_pretrain.data.packing import (PackedCollate, PackingOptions, balanced_split, pack_padded_rows,
-                                        pack_varlength_rows, packed_micro_batches, split_by_token_budget)
-from bert_pretrain.data.shards import padded_to_varlength
+from bert_pretrain.batch import IGNORE_LABEL, padded_batch
+from bert_pretrain.data.packing import PackingOptions, balanced_split, pack_padded_rows
+from bert_pretrain.data.shards import padded_to_varlength, read_varlength, varlength_to_padded, write_varlength
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
-from conftest import mlperf_arrays, tiny_config
+from conftest import mlperf_arrays, reference_packed_batch, tiny_config
 
 KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-STATIC = PackingOptions(compact_masked=False)  # B * P masked slots, as batch.pack_padded makes them
+STATIC = PackingOptions(compact_masked=False)  # B * P masked slots, as the reference construction makes them
 
 
 def rows(n=6, seq_len=24, max_pred=4, seed=0):
@@ -48,14 +47,13 @@ def expected_rows(arrays):
 
 @pytest.mark.parametrize("layout", ["padded", "varlength"])
 @pytest.mark.parametrize("compact", [True, False])
-def test_packed_batch_holds_exactly_the_rows(layout, compact):
+def test_packed_batch_holds_exactly_the_rows(layout, compact, tmp_path):
     arrays = rows()
-    options = PackingOptions(compact_masked=compact)
-    if layout == "padded":
-        batch = pack_padded_rows(arrays, options=options)
-    else:
-        batch = pack_varlength_rows(padded_to_varlength(arrays), max_predictions_per_seq=4, options=options)
-    assert unpack(batch, 6) == expected_rows(arrays)
+    if layout == "varlength":  # a variable-length shard is padded as it is read, then packed the same way
+        write_varlength(tmp_path / "part_0.hdf5", padded_to_varlength(arrays))
+        arrays = varlength_to_padded(read_varlength(tmp_path / "part_0.hdf5"), 24, 4)
+    batch = pack_padded_rows(arrays, options=PackingOptions(compact_masked=compact))
+    assert unpack(batch, 6) == expected_rows(rows())
     assert batch.input_ids.shape[0] == arrays["input_mask"].sum()
     assert batch.max_seqlen == arrays["input_mask"].sum(axis=1).max()
     assert batch.next_sentence_labels.tolist() == arrays["next_sentence_labels"].tolist()
@@ -64,16 +62,12 @@ def test_packed_batch_holds_exactly_the_rows(layout, compact):
     assert (batch.masked_labels != IGNORE_LABEL).sum() == real_masked
 
 
-def test_both_layouts_and_the_reference_packer_agree():
+def test_the_vectorised_packer_equals_the_plain_construction():
     arrays = rows()
-    reference = pack_padded(*(arrays[k] for k in KEYS))
-    for batch in (pack_padded_rows(arrays, options=STATIC), pack_varlength_rows(padded_to_varlength(arrays), 4, STATIC),
-                  PackedCollate(4, STATIC)([{k: v[i] for k, v in arrays.items()} for i in range(6)]),
-                  PackedCollate(4, STATIC)([{k: v[i] for k, v in padded_to_varlength(arrays).items()}
-                                            for i in range(6)])):
-        for name in ("input_ids", "segment_ids", "position_ids", "cu_seqlens", "masked_positions", "masked_labels",
-                     "next_sentence_labels"):
-            assert torch.equal(getattr(batch, name), getattr(reference, name)), name
+    reference, batch = reference_packed_batch(arrays), pack_padded_rows(arrays, options=STATIC)
+    for name in ("input_ids", "segment_ids", "position_ids", "cu_seqlens", "masked_positions", "masked_labels",
+                 "next_sentence_labels"):
+        assert torch.equal(getattr(batch, name), getattr(reference, name)), name
 
 
 def test_padding_segment_rounds_the_token_count_and_keeps_the_rows():
@@ -100,7 +94,7 @@ def test_packed_equals_padded_losses_and_gradients(backend):
     expected, expected_grads = model_outputs(padded_batch(*(arrays[k] for k in KEYS)), backend)
     for batch in (pack_padded_rows(arrays), pack_padded_rows(arrays, options=STATIC),
                   pack_padded_rows(arrays, options=PackingOptions(pad_to_multiple=16, max_seqlen=32)),
-                  pack_varlength_rows(padded_to_varlength(arrays), 4)):
+                  reference_packed_batch(arrays)):
         out, grads = model_outputs(batch, backend)
         torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-6)
         for field in ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_loss_sum", "nsp_correct", "nsp_count"):
@@ -117,25 +111,6 @@ def test_balanced_split_gives_equal_counts_and_near_equal_tokens():
     totals = [lengths[g].sum() for g in groups]
     assert max(totals) - min(totals) <= lengths.max()
     assert all((np.diff(g) > 0).all() for g in groups)
-
-
-def test_token_budget_groups_stay_within_budget_in_order():
-    lengths = np.array([100, 200, 50, 300, 400, 10, 10, 600])
-    groups = split_by_token_budget(lengths, 400)
-    assert np.concatenate(groups).tolist() == list(range(8))
-    assert [lengths[g].sum() for g in groups] == [350, 300, 400, 20, 600]  # a longer row stands alone
-
-
-@pytest.mark.parametrize("balance", [True, False])
-def test_micro_batches_cover_the_step_rows(balance):
-    arrays = rows(n=8)
-    batches = packed_micro_batches(arrays, 2, 4, balance=balance)
-    seen = sorted(tuple(map(tuple, r[:2])) for b in batches for r in unpack(b, 4))
-    assert seen == sorted(tuple(map(tuple, r[:2])) for r in expected_rows(arrays))
-    if not balance:
-        assert unpack(batches[0], 4) == expected_rows({k: v[:4] for k, v in arrays.items()})
-    with pytest.raises(InputError, match="equal micro-batches"):
-        packed_micro_batches(arrays, 3, 4)
 
 
 def test_bad_rows_are_refused_with_the_reason():

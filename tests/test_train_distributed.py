@@ -136,3 +136,32 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(data, tmp_path)
     assert len(checkpoints) == 1, output[-5000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["stopped_by"], output[-5000:]
+
+
+def probe(data: Path, out: Path, exchange: bool, steps: int = 6) -> list[list[dict]]:
+    """Per process, per step: what tests/exchange_probe.py saw train's stream deliver."""
+    out.mkdir()
+    flags = train_flags(data, out / "run", train_batch_size=12, gradient_accumulation_steps=3,
+                        exchange_padding=exchange)
+    result = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(REPO / "tests" / "exchange_probe.py"), str(out),
+                             str(steps), *flags], capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_exchange_padding_balances_tokens_over_processes_and_keeps_the_global_batch(data, tmp_path):
+    """With --exchange_padding each step's rows of both processes are pooled and dealt longest first: both
+    train about the same number of real tokens (within one sequence), the step's rows are the same set as
+    without it, and every micro-batch keeps its row count."""
+    balanced = probe(data, tmp_path / "on", exchange=True)
+    own = probe(data, tmp_path / "off", exchange=False)
+    longest = 32  # the data folder's max_seq_length
+    gaps_balanced, gaps_own = [], []
+    for step in range(6):
+        as_set = [sorted(map(tuple, run[0][step]["sequences"] + run[1][step]["sequences"])) for run in (balanced, own)]
+        assert as_set[0] == as_set[1]  # the same global batch
+        assert all(rank[step]["micro_batch_rows"] == [4, 4, 4] for run in (balanced, own) for rank in run)
+        gaps_balanced.append(abs(balanced[0][step]["tokens"] - balanced[1][step]["tokens"]))
+        gaps_own.append(abs(own[0][step]["tokens"] - own[1][step]["tokens"]))
+    assert max(gaps_balanced) <= longest
+    assert sum(gaps_balanced) < sum(gaps_own)

@@ -193,6 +193,11 @@ class ShardStream:
         return self
 
     def __next__(self) -> Batch:
+        batch = self._make_batch(self.next_rows())
+        return batch.pin_memory() if self._pin_memory else batch
+
+    def next_rows(self) -> dict[str, np.ndarray]:
+        """The next micro-batch's rows, in the padded schema, before they become a Batch."""
         pieces, need = [], self._batch_size
         while need:
             if self._row >= len(self._order):
@@ -201,9 +206,7 @@ class ShardStream:
             pieces.append((self._arrays, self._order[self._row : self._row + take]))
             self._row += take
             need -= take
-        rows = {k: np.concatenate([arrays[k][index] for arrays, index in pieces]) for k in PADDED_KEYS}
-        batch = self._make_batch(rows)
-        return batch.pin_memory() if self._pin_memory else batch
+        return {k: np.concatenate([arrays[k][index] for arrays, index in pieces]) for k in PADDED_KEYS}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,17 +1,15 @@
 """Rows -> packed `Batch`es: padding removed, sequences laid end to end with `cu_seqlens`.
 
-Input rows come in either shard layout (data/shards.py): padded MLPerf arrays (N, T) with
-`input_mask`, or variable-length rows (lists of per-row arrays, no `input_mask`). Both give the
-same packed `Batch` for the same rows.
+Input rows are padded MLPerf arrays (N, T) with `input_mask` (data/shards.py pads a variable-length
+shard when it reads it).
 
 Choices, and why:
 - A step keeps the reference's sequences per micro-batch (B rows -> one packed micro-batch), so
   the loss is the reference's: mean masked-LM CE over the micro-batch's masked tokens + mean NSP.
   Packing changes where the compute goes (real tokens only), not what is computed.
 - Token balance: `balanced_split` splits rows into equal-count parts with near-equal token
-  counts (sorted by length, dealt in snake order): for gradient-accumulation micro-batches and,
-  given the global batch, for ranks, as the reference's exchange padding does (it sorts and
-  deals round-robin). `split_by_token_budget` groups rows under a token budget (evaluation).
+  counts (sorted by length, dealt in snake order); data/exchange.py deals each step's rows of all
+  processes with it (the reference's exchange padding sorts and deals round-robin).
 - Masked-LM slots (`compact_masked`, default on): only the real masked tokens are listed (M = their
   count, known on the host when packing), so the 30528-wide head does no work for unused slots and
   nothing needs a host-device sync to find them. Off, M = B * max_predictions_per_seq with
@@ -36,7 +34,6 @@ import torch
 from bert_pretrain.batch import IGNORE_LABEL, Batch, masked_counts
 from bert_pretrain.errors import InputError
 
-ROW_KEYS = ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
 
 @dataclass(frozen=True)
@@ -117,37 +114,6 @@ def pack_padded_rows(arrays: dict, max_predictions_per_seq: int | None = None,
     )
 
 
-def _ragged_to_padded(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
-    """Zero-padded (B, width) from a list of 1-D arrays (vectorised)."""
-    counts = np.array([len(r) for r in rows], np.int64)
-    out = np.zeros((len(rows), width), np.int64)
-    if counts.sum():
-        row = np.repeat(np.arange(len(rows)), counts)
-        slot = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        out[row, slot] = np.concatenate(rows)
-    return out
-
-
-def pack_varlength_rows(rows: dict, max_predictions_per_seq: int,
-                        options: PackingOptions = PackingOptions()) -> Batch:
-    """A packed Batch from variable-length rows (`shards.read_varlength` layout, any subset of rows)."""
-    lengths = np.array([len(r) for r in rows["input_ids"]], np.int64)
-    if (lengths == 0).any():
-        raise InputError("a variable-length row has no tokens")
-    counts = np.array([len(r) for r in rows["masked_lm_positions"]], np.int64)
-    if counts.size and counts.max() > max_predictions_per_seq:
-        raise InputError(f"a row has {counts.max()} masked tokens, more than "
-                         f"max_predictions_per_seq={max_predictions_per_seq}")
-    width = max_predictions_per_seq
-    slots, labels = _masked_slots(_ragged_to_padded(rows["masked_lm_positions"], width),
-                                  _ragged_to_padded(rows["masked_lm_ids"], width), width)
-    position_ids = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return _packed(
-        np.concatenate(rows["input_ids"]), np.concatenate(rows["segment_ids"]), position_ids, lengths,
-        slots, labels, rows["next_sentence_labels"], options,
-    )
-
-
 def select_rows(rows: dict, indices: Sequence[int]) -> dict:
     """The given rows of either layout (padded arrays or variable-length lists), in that order."""
     indices = np.asarray(indices, np.int64)
@@ -162,13 +128,6 @@ def row_lengths(rows: dict) -> np.ndarray:
     return np.array([len(r) for r in rows["input_ids"]], np.int64)
 
 
-def pack_rows(rows: dict, max_predictions_per_seq: int, options: PackingOptions = PackingOptions()) -> Batch:
-    """A packed Batch from rows of either layout."""
-    if "input_mask" in rows:
-        return pack_padded_rows(rows, max_predictions_per_seq, options)
-    return pack_varlength_rows(rows, max_predictions_per_seq, options)
-
-
 def balanced_split(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
     """Split row indices into `parts` groups of equal size (+-1) and near-equal token sums.
 
@@ -181,50 +140,3 @@ def balanced_split(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
     place = np.arange(len(order)) % parts
     group = np.where(rounds % 2 == 0, place, parts - 1 - place)
     return [np.sort(order[group == g]) for g in range(parts)]
-
-
-def split_by_token_budget(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Consecutive groups of row indices whose token sums stay within `max_tokens` (one row may exceed it alone)."""
-    groups, current, total = [], [], 0
-    for index, length in enumerate(np.asarray(lengths).tolist()):
-        if current and total + length > max_tokens:
-            groups.append(np.array(current, np.int64))
-            current, total = [], 0
-        current.append(index)
-        total += length
-    if current:
-        groups.append(np.array(current, np.int64))
-    return groups
-
-
-def packed_micro_batches(rows: dict, accumulation: int, max_predictions_per_seq: int, balance: bool = True,
-                         options: PackingOptions = PackingOptions()) -> list[Batch]:
-    """One optimizer step's rows -> `accumulation` packed micro-batches of equal row counts.
-
-    With `balance`, rows are dealt so the micro-batches hold near-equal token counts; otherwise
-    they are consecutive slices, as the reference's loader makes them.
-    """
-    count = len(rows["next_sentence_labels"])
-    if count % accumulation:
-        raise InputError(f"{count} rows do not split into {accumulation} equal micro-batches")
-    if balance:
-        groups = balanced_split(row_lengths(rows), accumulation)
-    else:
-        groups = np.array_split(np.arange(count), accumulation)
-    return [pack_rows(select_rows(rows, g), max_predictions_per_seq, options) for g in groups]
-
-
-class PackedCollate:
-    """`DataLoader(collate_fn=PackedCollate(76))`: a list of one-row dicts (either layout) -> packed Batch."""
-
-    def __init__(self, max_predictions_per_seq: int, options: PackingOptions = PackingOptions()):
-        self.max_predictions_per_seq = max_predictions_per_seq
-        self.options = options
-
-    def __call__(self, samples: Sequence[dict]) -> Batch:
-        if "input_mask" in samples[0]:
-            rows = {key: np.stack([np.asarray(s[key]) for s in samples]) for key in samples[0]}
-        else:
-            rows = {key: [np.asarray(s[key]) for s in samples] for key in ROW_KEYS}
-            rows["next_sentence_labels"] = np.asarray(rows["next_sentence_labels"])
-        return pack_rows(rows, self.max_predictions_per_seq, self.options)

@@ -36,6 +36,11 @@ class DataOptions:
     cache_eval_data: bool = option(False, "keep the eval batches on the device between evals (else in host memory)")
     skip_bad_shards: bool = option(False, "skip (and count) a training shard that cannot be read instead of "
                                           "stopping with an error naming it")
+    exchange_padding: bool = option(True, "with several processes and --packed: pool each optimizer step's rows "
+                                          "of every process and deal them longest first, so every process trains "
+                                          "about the same number of real tokens (the reference's "
+                                          "--exchange_padding); --no-exchange_padding keeps each process's own "
+                                          "rows")
 
 
 @dataclass(frozen=True)

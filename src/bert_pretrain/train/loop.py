@@ -95,7 +95,8 @@ def _loop(run: Run) -> tuple[str, str]:
     run.last_log = (time.time(), progress.samples)
     while True:
         _open_block(run)
-        micro_batches = [next(run.stream) for _ in range(accumulation)]
+        # a collective with --exchange_padding: the step's rows are pooled over the processes
+        micro_batches = _collective(run, lambda: [next(run.stream) for _ in range(accumulation)])
         applied_before = _updates_applied(run)
         _set_learning_rate(run, applied_before)
         result = _collective(run, lambda: train_step(run.model, state.optimizer, state.scaler, micro_batches,

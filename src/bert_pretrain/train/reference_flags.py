@@ -46,7 +46,6 @@ REFERENCE_ONLY = {
     "unpad": ("--unpad", False, "unpad", False),
     "unpad_fmha": ("--unpad_fmha", False, "unpad", False),
     "pad": ("--pad", False, "unpad", False),
-    "exchange_padding": ("--exchange_padding", False, "unpad", False),
     "distributed_lamb": ("--distributed_lamb", False, "lamb", False),
     "dwu_group_size": ("--dwu-group-size", True, "lamb", None),
     "dwu_num_blocks": ("--dwu-num-blocks", True, "lamb", None),

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import read_bert_config
+from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
@@ -204,17 +205,23 @@ def _changed_options(saved: dict, config: RunConfig) -> list[str]:
 
 
 def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: DataPosition) -> ShardStream:
-    """The default stream: this process's share of --input_dir, from `start`."""
+    """The default stream: this process's share of --input_dir, from `start` (token-balanced over the
+    processes with --exchange_padding)."""
     def report(message: str) -> None:
         print(f"bert-pretrain train (rank {info.rank}): {message}", file=sys.stderr, flush=True)
 
-    return ShardStream(
+    exchange = config.data.exchange_padding and config.system.packed and info.world_size > 1
+    pin_memory, make_batch = info.device.type == "cuda", _row_converter(config)
+    stream = ShardStream(
         config.data.input_dir, rank=info.rank, world_size=info.world_size, seed=config.run.seed,
         micro_batch_size=config.batch.micro_batch_size, max_seq_length=config.data.max_seq_length,
         max_predictions_per_seq=config.data.max_predictions_per_seq, vocab_size=vocab_size, start=start,
-        pin_memory=info.device.type == "cuda", skip_bad_shards=config.data.skip_bad_shards, on_skip=report,
-        make_batch=_row_converter(config),
+        pin_memory=pin_memory, skip_bad_shards=config.data.skip_bad_shards, on_skip=report, make_batch=make_batch,
     )
+    if not exchange:
+        return stream
+    return ExchangedStream(stream, info.rank, info.world_size, config.batch.gradient_accumulation_steps,
+                           make_batch, pin_memory=pin_memory)
 
 
 def _row_converter(config: RunConfig):
