@@ -208,7 +208,8 @@ def reference_packed_batch(arrays: dict):
     vectorised packer (data/packing.py) is tested against (all B * P masked slots, IGNORE_LABEL where unused)."""
     import torch
 
-    from bert_pretrain.batch import IGNORE_LABEL, Batch, counted_slots
+    from bert_pretrain.batch import IGNORE_LABEL, Batch
+    from bert_pretrain.data.shards import counted_slots
 
     lengths = arrays["input_mask"].astype(bool).sum(axis=1).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from bert_pretrain.batch import padded_batch
 from bert_pretrain.cli import build_parser
 from bert_pretrain.data.loader import DataPosition
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
 from bert_pretrain.train.config import load_config
 from bert_pretrain.train.loop import train

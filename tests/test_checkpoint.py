@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from bert_pretrain.batch import padded_batch
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.checkpoint import (export_hf, load_reference_state, load_weights, read_weights_file,
                                       reference_state, save_reference_checkpoint)
 from bert_pretrain.errors import InputError

@@ -7,8 +7,9 @@ import pytest
 import torch
 import transformers
 
-from bert_pretrain.batch import IGNORE_LABEL, padded_batch
+from bert_pretrain.batch import IGNORE_LABEL
 from bert_pretrain.checkpoint import load_reference_state
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from conftest import mlperf_arrays, reference_packed_batch, tiny_config
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from bert_pretrain.batch import IGNORE_LABEL, padded_batch
+from bert_pretrain.batch import IGNORE_LABEL
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.packing import PackingOptions, balanced_split, pack_padded_rows
 from bert_pretrain.data.shards import padded_to_varlength, read_varlength, varlength_to_padded, write_varlength
 from bert_pretrain.errors import InputError

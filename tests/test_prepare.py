@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from bert_pretrain import cli
-from bert_pretrain.options import from_args
 from bert_pretrain.checkpoint import save_reference_checkpoint
 from bert_pretrain.data import shards
 from bert_pretrain.data.prepare import PrepareOptions, run
 from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.options import from_args
 from conftest import check_reference_invariants, restored_rows, run_cli, tiny_config
 
 SMALL = dict(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=1, progress=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bert_pretrain.batch import padded_batch
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.step import SUM_NAMES, make_grad_scaler, train_step
 from conftest import mlperf_arrays, tiny_config

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bert_pretrain.batch import padded_batch
 from bert_pretrain.checkpoint import load_weights, save_reference_checkpoint
 from bert_pretrain.data.loader import DataPosition
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.step import make_grad_scaler, train_step

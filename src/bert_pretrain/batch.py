@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 IGNORE_LABEL = -1
@@ -67,45 +66,3 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Called by `torch.utils.data.DataLoader(pin_memory=True)`."""
         return self._map(lambda t: t.pin_memory())
-
-
-def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
-    """(B,) masked-LM slots each padded row really uses, by the reference loader's rule: its first
-    count_nonzero(positions) slots (position 0 is always [CLS], never masked, so a 0 is padding)."""
-    return np.count_nonzero(masked_lm_positions, axis=1)
-
-
-def counted_slots(masked_lm_positions: np.ndarray) -> np.ndarray:
-    """(B, P) bool: the slots `masked_counts` counts."""
-    positions = np.asarray(masked_lm_positions)
-    return np.arange(positions.shape[1])[None, :] < masked_counts(positions)[:, None]
-
-
-def _masked_slots(masked_lm_positions: np.ndarray, masked_lm_ids: np.ndarray):
-    """The (B, P) masked-LM positions and labels of the counted slots (IGNORE_LABEL elsewhere)."""
-    positions = masked_lm_positions.astype(np.int64)
-    valid = counted_slots(positions)  # (B, P)
-    labels = np.where(valid, masked_lm_ids.astype(np.int64), IGNORE_LABEL)
-    return positions * valid, labels
-
-
-def padded_batch(
-    input_ids: np.ndarray,
-    segment_ids: np.ndarray,
-    input_mask: np.ndarray,
-    masked_lm_positions: np.ndarray,
-    masked_lm_ids: np.ndarray,
-    next_sentence_labels: np.ndarray,
-) -> Batch:
-    """A padded `Batch` from rows of the MLPerf padded schema (numpy arrays, any int dtypes)."""
-    batch_size, seq_len = input_ids.shape
-    positions, labels = _masked_slots(masked_lm_positions, masked_lm_ids)
-    flat_positions = positions + (np.arange(batch_size) * seq_len)[:, None]  # (B, P)
-    return Batch(
-        input_ids=torch.from_numpy(input_ids.astype(np.int64)),
-        segment_ids=torch.from_numpy(segment_ids.astype(np.int64)),
-        attention_mask=torch.from_numpy(input_mask.astype(bool)),
-        masked_positions=torch.from_numpy(flat_positions.reshape(-1)),
-        masked_labels=torch.from_numpy(labels.reshape(-1)),
-        next_sentence_labels=torch.from_numpy(next_sentence_labels.astype(np.int64)),
-    )

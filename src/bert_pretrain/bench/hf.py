@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bert_pretrain.batch import counted_slots
+from bert_pretrain.data.shards import counted_slots
 from bert_pretrain.errors import InputError
 from bert_pretrain.step import autocast
 

@@ -25,7 +25,6 @@ import torch
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
-from bert_pretrain.batch import masked_counts
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.options import BenchOptions
@@ -36,6 +35,7 @@ from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
+from bert_pretrain.data.shards import masked_counts
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_pretrain.batch import masked_counts
 from bert_pretrain.data import shards
+from bert_pretrain.data.shards import masked_counts
 from bert_pretrain.data.tokenization import MASK, read_vocab
 from bert_pretrain.errors import InputError
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_pretrain.batch import Batch, padded_batch
+from bert_pretrain.batch import Batch
+from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
 from bert_pretrain.errors import InputError, SettingsMismatch
 

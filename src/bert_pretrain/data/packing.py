@@ -1,4 +1,4 @@
-"""Rows -> packed `Batch`es: padding removed, sequences laid end to end with `cu_seqlens`.
+"""Rows -> `Batch`es: packed (padding removed, sequences laid end to end with `cu_seqlens`) or padded.
 
 Input rows are padded MLPerf arrays (N, T) with `input_mask` (data/shards.py pads a variable-length
 shard when it reads it).
@@ -13,7 +13,7 @@ Choices, and why:
 - Masked-LM slots (`compact_masked`, default on): only the real masked tokens are listed (M = their
   count, known on the host when packing), so the 30528-wide head does no work for unused slots and
   nothing needs a host-device sync to find them. Off, M = B * max_predictions_per_seq with
-  IGNORE_LABEL slots, as `batch.padded_batch` (a static M, for code that needs static shapes).
+  IGNORE_LABEL slots, as `padded_batch` (a static M, for code that needs static shapes).
 - Static-ish shapes: `pad_to_multiple` rounds the flat token count N up by appending one padding
   segment (token 0, segment 0, position 0) to `cu_seqlens`, so the stream takes few distinct
   lengths (CUDA graphs, allocator reuse) and `cu_seqlens` always has B+2 entries. It costs at most
@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bert_pretrain.batch import IGNORE_LABEL, Batch, masked_counts
+from bert_pretrain.batch import IGNORE_LABEL, Batch
+from bert_pretrain.data.shards import counted_slots, masked_counts
 from bert_pretrain.errors import InputError
 
 
@@ -48,7 +49,7 @@ class PackingOptions:
 def _masked_slots(positions: np.ndarray, ids: np.ndarray, width: int):
     """(B, P) zero-padded positions/ids -> (B, width) positions and labels, IGNORE_LABEL where unused.
 
-    Only the slots the reference counts are real (`batch.masked_counts`).
+    Only the slots the reference counts are real (`shards.masked_counts`).
     """
     counts = masked_counts(positions)  # (B,)
     if counts.size and counts.max() > width:
@@ -140,3 +141,33 @@ def balanced_split(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
     place = np.arange(len(order)) % parts
     group = np.where(rounds % 2 == 0, place, parts - 1 - place)
     return [np.sort(order[group == g]) for g in range(parts)]
+
+
+def _padded_slots(masked_lm_positions: np.ndarray, masked_lm_ids: np.ndarray):
+    """The (B, P) masked-LM positions and labels of the counted slots (IGNORE_LABEL elsewhere)."""
+    positions = masked_lm_positions.astype(np.int64)
+    valid = counted_slots(positions)  # (B, P)
+    labels = np.where(valid, masked_lm_ids.astype(np.int64), IGNORE_LABEL)
+    return positions * valid, labels
+
+
+def padded_batch(
+    input_ids: np.ndarray,
+    segment_ids: np.ndarray,
+    input_mask: np.ndarray,
+    masked_lm_positions: np.ndarray,
+    masked_lm_ids: np.ndarray,
+    next_sentence_labels: np.ndarray,
+) -> Batch:
+    """A padded `Batch` from rows of the MLPerf padded schema (numpy arrays, any int dtypes)."""
+    batch_size, seq_len = input_ids.shape
+    positions, labels = _padded_slots(masked_lm_positions, masked_lm_ids)
+    flat_positions = positions + (np.arange(batch_size) * seq_len)[:, None]  # (B, P)
+    return Batch(
+        input_ids=torch.from_numpy(input_ids.astype(np.int64)),
+        segment_ids=torch.from_numpy(segment_ids.astype(np.int64)),
+        attention_mask=torch.from_numpy(input_mask.astype(bool)),
+        masked_positions=torch.from_numpy(flat_positions.reshape(-1)),
+        masked_labels=torch.from_numpy(labels.reshape(-1)),
+        next_sentence_labels=torch.from_numpy(next_sentence_labels.astype(np.int64)),
+    )

@@ -23,7 +23,6 @@ import h5py
 import numpy as np
 
 from bert_pretrain.atomic import atomic_path
-from bert_pretrain.batch import counted_slots, masked_counts
 from bert_pretrain.errors import InputError, SettingsMismatch
 
 PADDED_DTYPES = {
@@ -40,11 +39,23 @@ VARLENGTH_DTYPES = {
     "masked_lm_positions": np.dtype("i2"),
     "masked_lm_ids": np.dtype("i2"),
 }
-PADDED_KEYS = tuple(PADDED_DTYPES)  # also `batch.padded_batch`'s argument names
+PADDED_KEYS = tuple(PADDED_DTYPES)  # also `packing.padded_batch`'s argument names
 VARLENGTH_KEYS = (*VARLENGTH_DTYPES, "next_sentence_labels")
 SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")
+
+
+def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
+    """(B,) masked-LM slots each padded row really uses, by the reference loader's rule: its first
+    count_nonzero(positions) slots (position 0 is always [CLS], never masked, so a 0 is padding)."""
+    return np.count_nonzero(masked_lm_positions, axis=1)
+
+
+def counted_slots(masked_lm_positions: np.ndarray) -> np.ndarray:
+    """(B, P) bool: the slots `masked_counts` counts."""
+    positions = np.asarray(masked_lm_positions)
+    return np.arange(positions.shape[1])[None, :] < masked_counts(positions)[:, None]
 
 
 def list_shards(directory: str | Path) -> list[Path]:
