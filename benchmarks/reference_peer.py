@@ -1,7 +1,8 @@
 """The reference's create_pretraining_data.py algorithm, transcribed from its semantics, in plain Python.
 
-Written from reference.md §2.1 and google-research/bert's description, one process, lists of token
-strings, one `random.Random` for everything, as the original script runs. It is the peer of
+Written from the semantics of google-research/bert's `create_pretraining_data.py` (docs/mlperf.md,
+"The data"): one process, lists of token strings, one `random.Random` for everything, as the original
+script runs. It is the peer of
 `prepare_bench.py` and the oracle the statistics test in `tests/test_instances.py` compares
 `data/instances.py` with. Not used by the package.
 """

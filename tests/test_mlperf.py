@@ -158,7 +158,7 @@ def test_bad_calls_are_rejected(tmp_path):
     log.close()
 
 
-# The rules' example table (reference.md §2.2) plus worked examples: GBS -> samples between evals.
+# The MLPerf reference README's example table plus worked examples: GBS -> samples between evals.
 INTERVALS = {256: 150_000, 448: 150_000, 648: 150_000, 1024: 150_000, 1536: 150_000, 2048: 150_000,
              3072: 175_000, 4096: 175_000, 8192: 225_000, 12288: 275_000}
 

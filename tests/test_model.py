@@ -65,9 +65,19 @@ def test_vocab_padding_rows_are_zero_and_never_predicted():
     assert model.bert.embeddings.word_embeddings.weight.shape[0] == 104
     assert torch.all(model.bert.embeddings.word_embeddings.weight[99:] == 0)
     with torch.no_grad():
-        model.cls.predictions.bias[99:] = 100.0  # would win every argmax if it were not cut off
-    logits = model.cls.predictions(torch.randn(7, config.hidden_size))
-    assert logits.shape == (7, 99)
+        model.cls.predictions.bias[99:] = 100.0  # would win every argmax and the softmax if it counted
+    assert model.cls.predictions(torch.randn(7, config.hidden_size)).shape == (7, 99)
+    seen = []  # the training path's (M, 104) logits, as the loss receives them
+    padded_logits = model.cls.predictions.padded_logits
+    model.cls.predictions.padded_logits = lambda x: seen.append(padded_logits(x)) or seen[-1]
+    arrays = mlperf_arrays(np.random.default_rng(3), n=4, seq_len=24, max_pred=4, vocab_size=99)
+    out = model(padded_batch(*(arrays[k] for k in KEYS)))
+    logits, labels = seen[0].detach(), padded_batch(*(arrays[k] for k in KEYS)).masked_labels
+    assert torch.isneginf(logits[:, 99:]).all()
+    real, used = logits[:, :99], labels != IGNORE_LABEL  # the loss and accuracy of the unpadded vocabulary
+    torch.testing.assert_close(out.mlm_loss_sum, torch.nn.functional.cross_entropy(real[used], labels[used],
+                                                                                   reduction="sum"))
+    assert out.mlm_correct == (real[used].argmax(-1) == labels[used]).sum() and out.mlm_count == used.sum()
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "math"])

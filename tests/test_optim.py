@@ -321,7 +321,7 @@ def nvidia_lr(optimizer_steps, base_lr, warmup, total, start_warmup, degree=1.0,
     return float(lr)
 
 
-# The RCP table (reference.md §2.5) and NVIDIA's configs: (lr, max_steps, warmup, start_warmup_step).
+# mlperf-logging's v1.0 RCP table (rcps_bert.json) and NVIDIA's configs: (lr, max_steps, warmup, start_warmup_step).
 SCHEDULES = {
     "bs256": (3.5e-4, 13700, 0, 0),
     "bs448_nvidia": (3.5e-4, 7100, 0, 0),

@@ -25,7 +25,7 @@ from bert_pretrain.batch import IGNORE_LABEL, Batch
 from bert_pretrain.kernels.fused_norm import dropout_add_layer_norm
 
 # Activation names as written in config files -> the GELU variant they mean.
-# In Google/NVIDIA `bert_config.json`, "gelu" is the tanh approximation (reference.md §2.4);
+# In Google/NVIDIA `bert_config.json`, "gelu" is the tanh approximation (docs/mlperf.md, "The model");
 # in HF `config.json` "gelu" is the exact erf form, so HF files are read with `hf_names=True`.
 _TANH_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "gelu_fast")
 _ERF_NAMES = ("gelu_exact", "gelu_erf", "gelu_python")

@@ -1,4 +1,4 @@
-"""Training micro-batches for one process, in the reference's data order (reference.md §6).
+"""Training micro-batches for one process, in the reference's data order (docs/training.md, "The data order").
 
 Seeds: `random.Random(seed)` draws one seed per process (`worker_seeds`), then one per epoch
 (`shuffling_seeds`), exactly as the reference's `setup_seeds`; every process computes the same list.

@@ -1,13 +1,13 @@
 """The HDF5 shard schema: the one place that knows key names, dtypes and shapes.
 
-Padded layout (MLPerf v1.0, reference.md §3.1), N rows:
+Padded layout (MLPerf v1.0; docs/mlperf.md, "The shards"), N rows:
     input_ids            (N, T)  i4   token ids, 0 after the real tokens
     input_mask           (N, T)  i1   1 on real tokens
     segment_ids          (N, T)  i1   0 = segment A (and padding), 1 = segment B
     masked_lm_positions  (N, P)  i4   ascending positions of the masked tokens, 0-padded
     masked_lm_ids        (N, P)  i4   original ids there, 0-padded
     next_sentence_labels (N,)    i1   1 = random next, 0 = is next
-Variable-length layout (reference.md §3.2): no input_mask; rows keep only real tokens and real
+Variable-length layout (NVIDIA's later rounds, DeepSparkHub's varlength shards): no input_mask; rows keep only real tokens and real
 masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_sentence_labels i1.
 
 Files are written to a temporary name in the same folder and renamed when complete, so a file

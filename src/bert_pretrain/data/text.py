@@ -1,6 +1,6 @@
 """Input text: finding the files, reading them safely, cutting them into documents and sentences.
 
-Three inputs (reference.md §2.1):
+Three inputs (docs/data.md):
 - plain text in the google-research format: one sentence per line, a blank line between documents;
 - WikiExtractor output: `<doc id=.. url=.. title=..>` blocks whose first line is the title, then one
   paragraph per line; cleaned as MLPerf's cleanup does (tags and title line dropped, leftover link and

@@ -6,7 +6,7 @@ has BERT): the epsilon is logged under both names it has had (`opt_epsilon` up t
 `opt_lamb_epsilon` from 2.1.0); the submission org/platform/status that 1.0.0 requires are ignored
 by 5.0.0; neither ruleset asks for `weights_initialization` events (1.1.0-2.1.0 do). Sample counts
 go in `epoch_num` (and `samples_count`) of every eval record, so the RCP checker reads the
-convergence point in samples, as reference.md §9 recommends.
+convergence point in samples (docs/mlperf.md, "The MLPerf log").
 
 The log is written to `<path>.partial` while the run is in progress and renamed to `<path>` at
 `run_stop` (or `close`). Not `atomic_path`: a failed run must keep its log, not lose it.
