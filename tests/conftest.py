@@ -68,6 +68,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           env=full_env, timeout=timeout)
 
 
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`bert-pretrain ARGS` run in this process, its output captured: for the checks that bad input ends
+    with one line and exit code 2, without paying a new interpreter and torch import per case."""
+    import contextlib
+    import io
+
+    from bert_pretrain import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as stop:  # argparse's own errors
+            code = stop.code
+    return subprocess.CompletedProcess(["bert-pretrain", *args], code, out.getvalue(), err.getvalue())
+
+
 def easy_mlperf_arrays(rng: np.random.Generator, n: int, seq_len: int, max_pred: int, vocab_size: int) -> dict:
     """`mlperf_arrays` rows whose words are one word repeated, so a masked word is the row's other
     words: a tiny model learns it in a few dozen steps (masked-LM accuracy well above 0.72)."""

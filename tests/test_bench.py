@@ -14,7 +14,7 @@ from bert_pretrain.data.packing import pack_padded_rows
 from bert_pretrain.data.shards import padded_to_varlength, write_padded, write_varlength
 from bert_pretrain.data.synthetic import sample_lengths, synthetic_rows
 from bert_pretrain.model import BertForPreTraining
-from conftest import run_cli, tiny_config
+from conftest import cli_here, run_cli, tiny_config
 
 JSON_KEYS = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "input_seq_per_s", "input_ratio")
 
@@ -60,9 +60,9 @@ def test_bench_reads_rows_from_a_shard(tmp_path, layout):
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    result = run_cli("bench", "--seq", "1024", "--device", "cpu")
+    result = cli_here("bench", "--seq", "1024", "--device", "cpu")
     assert result.returncode == 2 and "max_position_embeddings" in result.stderr
-    result = run_cli("bench", "--shard", str(tmp_path / "missing.hdf5"), "--device", "cpu")
+    result = cli_here("bench", "--shard", str(tmp_path / "missing.hdf5"), "--device", "cpu")
     assert result.returncode == 2 and "missing.hdf5" in result.stderr
     result = run_cli("bench", "--fused_norm", "--device", "cpu", env={"TRITON_INTERPRET": ""})
     assert result.returncode == 2 and "--fused_norm needs" in result.stderr and "run without" in result.stderr
@@ -97,7 +97,7 @@ def test_more_bad_options_are_one_line_errors_before_any_timing(tmp_path, case):
         "one segment": (["--bert_config_path", _config_file(tmp_path / "c_segment.json", type_vocab_size=1)],
                         ["type_vocab_size must be an integer of at least 2"]),
     }[case]
-    result = run_cli("bench", "--device", "cpu", "--steps", "2", *args)
+    result = cli_here("bench", "--device", "cpu", "--steps", "2", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert all(f in result.stderr for f in fragments) and "bench: warm-up" not in result.stderr, result.stderr
 

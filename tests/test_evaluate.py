@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from bert_pretrain.data.shards import write_padded
-from conftest import mlperf_arrays, run_cli
+from conftest import cli_here, mlperf_arrays, run_cli
 
 VOCAB = 30522  # the real BERT vocab size, padded to 30528 in the NVIDIA file
 SEQ, PRED = 64, 10
@@ -130,7 +130,7 @@ def test_bad_shard_is_a_short_error(hf_setup, tmp_path, damage, fragment):
             f.create_dataset(key, data=value)
     for name in ("model.ckpt-28252.apex.pt", "bert_config.json"):
         shutil.copy(root / name, tmp_path / name)
-    _assert_clean_failure(run_cli(*_evaluate_args(tmp_path)), str(shard), fragment)
+    _assert_clean_failure(cli_here(*_evaluate_args(tmp_path)), str(shard), fragment)
 
 
 @pytest.mark.parametrize("damage, fragment", [
@@ -150,7 +150,7 @@ def test_bad_checkpoint_is_a_short_error(hf_setup, tmp_path, damage, fragment):
     torch.save({"model": state}, tmp_path / "model.ckpt-28252.apex.pt")
     shutil.copy(root / "bert_config.json", tmp_path / "bert_config.json")
     shutil.copytree(root / "eval", tmp_path / "eval")
-    _assert_clean_failure(run_cli(*_evaluate_args(tmp_path)), str(tmp_path / "model.ckpt-28252.apex.pt"), fragment)
+    _assert_clean_failure(cli_here(*_evaluate_args(tmp_path)), str(tmp_path / "model.ckpt-28252.apex.pt"), fragment)
 
 
 def test_config_that_is_not_json_is_a_short_error(hf_setup, tmp_path):
@@ -158,7 +158,7 @@ def test_config_that_is_not_json_is_a_short_error(hf_setup, tmp_path):
     shutil.copy(root / "model.ckpt-28252.apex.pt", tmp_path / "model.ckpt-28252.apex.pt")
     shutil.copytree(root / "eval", tmp_path / "eval")
     (tmp_path / "bert_config.json").write_text("hidden_size = 1024\n")
-    proc = run_cli(*_evaluate_args(tmp_path))
+    proc = cli_here(*_evaluate_args(tmp_path))
     _assert_clean_failure(proc, str(tmp_path / "bert_config.json"), "not a JSON file")
     debug = run_cli("--debug", *_evaluate_args(tmp_path))
     assert "Traceback" in debug.stderr
@@ -186,7 +186,7 @@ def test_training_evaluates_in_its_own_precision(precision, dtype):
 
 def test_num_eval_examples_below_one_is_a_short_error(hf_setup):
     root, _, _ = hf_setup
-    _assert_clean_failure(run_cli(*_evaluate_args(root, "--num_eval_examples", "0")), "--num_eval_examples",
+    _assert_clean_failure(cli_here(*_evaluate_args(root, "--num_eval_examples", "0")), "--num_eval_examples",
                           "must be at least 1, got 0")
 
 
@@ -220,7 +220,7 @@ def test_convert_refuses_outputs_it_would_misuse(hf_setup, tmp_path, output, fra
     (tmp_path / "a_file").write_text("mine")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    proc = run_cli("convert", "--input", str(root / "model.ckpt-28252.apex.pt"), "--bert_config_path",
-                   str(root / "bert_config.json"), "--output", str(tmp_path / output))
+    proc = cli_here("convert", "--input", str(root / "model.ckpt-28252.apex.pt"), "--bert_config_path",
+                    str(root / "bert_config.json"), "--output", str(tmp_path / output))
     _assert_clean_failure(proc, str(tmp_path / output), fragment)
     assert (tmp_path / "a_file").read_text() == "mine" and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
