@@ -16,7 +16,7 @@ import torch
 from bert_pretrain.data.loader import epoch_files, shard_index
 from bert_pretrain.data.shards import list_shards
 from bert_pretrain.train.state import read_training_checkpoint
-from conftest import REPO, SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
+from conftest import REPO, SUBPROCESS_ENV, cli_here, run_cli, tiny_config, train_flags, write_data_folder
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_a_run_stops_at_the_target_and_its_checkpoint_evaluates_the_same(data, t
 
 @pytest.mark.parametrize("optimizer", ["multi_tensor", "compiled"])
 def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path, optimizer):
-    flags = dict(max_steps=160, num_samples_per_checkpoint=16 * 10, min_samples_to_start_checkpoints=0,
+    flags = dict(max_steps=80, num_samples_per_checkpoint=16 * 10, min_samples_to_start_checkpoints=0,
                  keep_n_most_recent_checkpoints=3, target_mlm_accuracy=0.999, log_freq=7,
                  compile_optimizer=optimizer == "compiled")
     whole = tmp_path / "whole"
@@ -88,19 +88,19 @@ def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path
 
     cut = tmp_path / "cut"
     process = start_train(*train_flags(data, cut, **flags))
-    wait_for(cut / "phase1_ckpt_40.pt", process)
+    wait_for(cut / "phase1_ckpt_20.pt", process)
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (cut / "phase1_ckpt_160.pt").exists()  # it really was cut short
+    assert not (cut / "phase1_ckpt_80.pt").exists()  # it really was cut short
     resumed = train(*train_flags(data, cut, **flags), "--resume_from_checkpoint")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    assert_same_training_state(whole / "phase1_ckpt_160.pt", cut / "phase1_ckpt_160.pt")
+    assert_same_training_state(whole / "phase1_ckpt_80.pt", cut / "phase1_ckpt_80.pt")
     # metrics.jsonl reads as one run: what the killed segment logged after its checkpoint is gone
     assert [r["step"] for r in metrics(cut, "train")] == [r["step"] for r in metrics(whole, "train")]
     # the killed segment's MLPerf log stays unfinished; the resumed segment writes its own
-    assert (cut / "mlperf.log.partial").exists() and (cut / "mlperf_resumed_phase1_ckpt_40.log").exists()
+    assert (cut / "mlperf.log.partial").exists() and (cut / "mlperf_resumed_phase1_ckpt_20.log").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -155,7 +155,7 @@ def test_a_new_run_into_an_earlier_runs_folder_or_a_file_is_refused_and_changes_
                         min_samples_to_start_checkpoints=0, keep_n_most_recent_checkpoints=1)
     assert train(*flags).returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = train(*flags)
+    again = cli_here("train", *flags)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert again.stderr.strip().endswith(f"{out}: holds checkpoints of an earlier run (phase1_ckpt_3.pt); pass "
                                          "--resume_from_checkpoint to continue it, or another --output_dir for a new "
@@ -163,7 +163,7 @@ def test_a_new_run_into_an_earlier_runs_folder_or_a_file_is_refused_and_changes_
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
-    on_a_file = train(*train_flags(data, a_file, max_steps=3))
+    on_a_file = cli_here("train", *train_flags(data, a_file, max_steps=3))
     assert on_a_file.returncode == 2 and "Traceback" not in on_a_file.stderr
     assert f"--output_dir {a_file}: is a file" in on_a_file.stderr and a_file.read_text() == "mine"
 
@@ -212,7 +212,7 @@ def test_a_bert_config_that_does_not_match_the_checkpoint_is_named(data, tmp_pat
     other.write_text(json.dumps(tiny_config(64, hidden_size=48, max_position_embeddings=32).to_dict()))
     flags = train_flags(data, tmp_path / "out")
     flags[flags.index("--bert_config_path") + 1] = str(other)
-    result = train(*flags)
+    result = cli_here("train", *flags)
     assert result.returncode == 2
     assert "model.ckpt-28252.apex.pt" in result.stderr and "--bert_config_path" in result.stderr
     assert "mis-shaped" in result.stderr and "Traceback" not in result.stderr
@@ -226,7 +226,7 @@ def test_fused_norm_without_triton_or_a_gpu_is_named(data, tmp_path):
 
 
 def test_an_eval_set_smaller_than_num_eval_examples_is_named(data, tmp_path):
-    result = train(*train_flags(data, tmp_path / "out", num_eval_examples=10000))
+    result = cli_here("train", *train_flags(data, tmp_path / "out", num_eval_examples=10000))
     assert result.returncode == 2
     assert "eval_set_uncompressed" in result.stderr and "--num_eval_examples 64" in result.stderr
 
@@ -242,7 +242,7 @@ def test_an_eval_set_made_with_other_settings_is_named_as_the_eval_set(data, tmp
     arrays = {k: (np.pad(v, ((0, 0), (0, 8))) if v.ndim == 2 and v.shape[1] == arrays["input_ids"].shape[1] else v)
               for k, v in arrays.items()}  # 8 more columns of padding: another max_seq_length
     write_padded(eval_file, arrays)
-    result = train(*train_flags(copy, tmp_path / "out"))
+    result = cli_here("train", *train_flags(copy, tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the eval set does not match this run's training settings" in result.stderr
     assert "pass --max_seq_length" not in result.stderr
