@@ -19,6 +19,7 @@ from conftest import cli_here, run_cli, tiny_config
 JSON_KEYS = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "input_seq_per_s", "input_ratio")
 
 
+@pytest.mark.slow
 def test_tiny_cpu_bench_against_hf_prints_the_json_line_last(tmp_path):
     result = run_cli("bench", "--model", "tiny", "--seq", "64", "--batch", "4", "--steps", "2", "--warmup", "1",
                      "--rounds", "1", "--device", "cpu", "--compare", "hf", "--profile", str(tmp_path / "profile"))
@@ -38,6 +39,7 @@ def test_tiny_cpu_bench_against_hf_prints_the_json_line_last(tmp_path):
     assert (tmp_path / "profile" / "trace.json.gz").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "varlength"])
 def test_bench_reads_rows_from_a_shard(tmp_path, layout):
     config = tiny_config(vocab_size=30522)
@@ -59,6 +61,7 @@ def test_bench_reads_rows_from_a_shard(tmp_path, layout):
     assert report["input_seq_per_s"] > 0 and "hf_seq_per_s" not in report
 
 
+@pytest.mark.slow
 def test_bad_options_are_one_line_errors(tmp_path):
     result = cli_here("bench", "--seq", "1024", "--device", "cpu")
     assert result.returncode == 2 and "max_position_embeddings" in result.stderr

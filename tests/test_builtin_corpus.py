@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from bert_pretrain.data.builtin_corpus import write_builtin_corpus
 
 
+@pytest.mark.slow
 def test_corpus_is_prose_documents_and_reproducible(tmp_path):
     stats = write_builtin_corpus(tmp_path / "a.txt")
     assert stats.documents > 300 and stats.words > 100_000

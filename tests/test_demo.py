@@ -4,11 +4,13 @@ first command; its measured result is in the README)."""
 import json
 import shlex
 
+import pytest
 import transformers
 
 from bert_pretrain import cli, demo
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     tiny = {**demo.DEMO_MODEL, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 64}

@@ -69,6 +69,7 @@ def _evaluate_args(root, *extra):
             "--max_seq_length", str(SEQ), "--max_predictions_per_seq", str(PRED), "--device", "cpu", *extra)
 
 
+@pytest.mark.slow
 def test_evaluate_matches_hf_transformers(hf_setup):
     root, hf, arrays = hf_setup
     proc = run_cli(*_evaluate_args(root, "--eval_batch_size", "16"))
@@ -81,6 +82,7 @@ def test_evaluate_matches_hf_transformers(hf_setup):
     assert 0.0 <= result["nsp_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_under_torchrun_reduces_over_ranks(hf_setup):
     root, _, _ = hf_setup
     single = json.loads(run_cli(*_evaluate_args(root, "--num_eval_examples", "45")).stdout.splitlines()[-1])
@@ -153,6 +155,7 @@ def test_bad_checkpoint_is_a_short_error(hf_setup, tmp_path, damage, fragment):
     _assert_clean_failure(cli_here(*_evaluate_args(tmp_path)), str(tmp_path / "model.ckpt-28252.apex.pt"), fragment)
 
 
+@pytest.mark.slow
 def test_config_that_is_not_json_is_a_short_error(hf_setup, tmp_path):
     root, _, _ = hf_setup
     shutil.copy(root / "model.ckpt-28252.apex.pt", tmp_path / "model.ckpt-28252.apex.pt")
@@ -190,6 +193,7 @@ def test_num_eval_examples_below_one_is_a_short_error(hf_setup):
                           "must be at least 1, got 0")
 
 
+@pytest.mark.slow
 def test_convert_to_hf_and_back_keeps_the_model(hf_setup, tmp_path):
     """NVIDIA .pt -> HF folder that transformers loads with the same logits -> .pt with the same weights."""
     root, hf, arrays = hf_setup

@@ -32,6 +32,7 @@ def device(request):
     return torch.device(request.param)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="the child process, or CUDA runs the cases")
 def test_interpreted():
     """This file's CPU cases, in a child process whose Triton runs kernels in its interpreter."""

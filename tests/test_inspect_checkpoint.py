@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bert_pretrain.checkpoint import export_hf, save_reference_checkpoint
 from bert_pretrain.inspect_checkpoint import checkpoint_summary
 from bert_pretrain.model import BertForPreTraining
@@ -29,6 +31,7 @@ def test_weights_and_an_hf_folder_give_the_models_shape_and_parameter_count(tmp_
            "parameters" in printed.stdout
 
 
+@pytest.mark.slow
 def test_a_training_checkpoint_shows_where_the_run_stood(tmp_path):
     state = trained_state()
     path = tmp_path / "phase1_ckpt_2.pt"

@@ -42,6 +42,7 @@ def compliance(log: Path, ruleset: str) -> subprocess.CompletedProcess:
                            str(log)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_compliant_log(data, tmp_path):
     out = tmp_path / "results"
     # 700 samples between evals is not a multiple of the global batch (16): evals round up to whole steps
@@ -67,6 +68,7 @@ def test_the_launcher_trains_an_mlperf_data_folder_to_the_target_with_a_complian
         assert check.returncode == 0 and "SUCCESS" in check.stdout + check.stderr, check.stdout + check.stderr
 
 
+@pytest.mark.slow
 def test_the_launcher_on_shards_made_by_prepare(tmp_path):
     """The MLPerf DATA folder as a user builds it: `prepare` writes the shards and the eval set."""
     data = write_prepared_data_folder(tmp_path / "DATA")
@@ -94,6 +96,7 @@ def test_missing_data_pieces_are_all_named(tmp_path):
     assert not_a_folder.returncode == 2 and "is not a folder" in not_a_folder.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_ends_with_the_workers_line_and_exit_code_not_a_torchrun_traceback(data, tmp_path):
     result = launch(data, *tiny_overrides(data, tmp_path / "out", train_batch_size=8, gradient_accumulation_steps=3))
     assert result.returncode == 2, result.stderr[-3000:]
@@ -101,6 +104,7 @@ def test_bad_input_ends_with_the_workers_line_and_exit_code_not_a_torchrun_trace
     assert "--train_batch_size 8" in result.stderr and "--gradient_accumulation_steps 3" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_and_exits_143(data, tmp_path):
     """A scheduler stops the job: torchrun forwards the signal, the worker writes its checkpoint and
     exits 143, and so does the launcher, without torchrun's SignalException traceback."""
@@ -187,6 +191,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_train_together(data, tmp_path):
     out = tmp_path / "results"
     nodes = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
@@ -203,6 +208,7 @@ def test_two_nodes_on_one_machine_train_together(data, tmp_path):
     assert "2 node(s) x 1 process(es)" in outputs[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_in_the_newest_results_folder(data, tmp_path):
     """Without --output_dir each run gets ./results/train_log_<date>; --resume_from_checkpoint picks the newest."""
     flags = tiny_overrides(data, tmp_path, max_steps=20, target_mlm_accuracy=0.999, num_samples_per_checkpoint=160,

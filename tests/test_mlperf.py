@@ -82,6 +82,7 @@ def test_the_checker_is_invoked_as_on_real_submission_logs(shared_data, tmp_path
     assert (result.returncode == 0) == passes, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_rcp_checker_reads_samples_to_converge_from_epoch_num(tmp_path):
     # Ten runs per benchmark folder, as submissions are laid out. Converging at ~2.6M samples is
     # in line with the GBS-448 reference (2.63M); at 1.5M it is implausibly fast and must fail.

@@ -14,6 +14,7 @@ import torch
 from bert_pretrain.train.state import read_training_checkpoint
 from conftest import REPO, SUBPROCESS_ENV, tiny_config, train_flags, write_data_folder
 
+pytestmark = pytest.mark.slow  # several processes each, 10-40 s apiece on 2 cores
 DRIVER = REPO / "tests" / "fixed_batches_train.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
