@@ -21,7 +21,7 @@ import pytest
 import torch
 import transformers
 
-from bert_pretrain import cli
+from bert_pretrain import cli, tf_checkpoint
 from bert_pretrain.checkpoint import read_bert_config, reference_shapes
 from bert_pretrain.data.shards import write_padded
 from bert_pretrain.tf_checkpoint import read_tf_weights
@@ -224,6 +224,13 @@ def test_the_weights_equal_tensorflows_values_as_nvidias_converter_maps_them(fix
     state, skipped = read_tf_weights(fixture_dir / f"{PREFIX}.index", config)
     assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
     assert skipped == sum(any(p in SKIPPED for p in name.split("/")) for name in tf_values) == 95
+
+
+def test_tensors_read_in_many_chunks_are_verified_across_them(fixture_dir, tf_values, monkeypatch):
+    monkeypatch.setattr(tf_checkpoint, "_READ_CHUNK", 100)  # every tensor over 100 bytes streams in pieces
+    config = read_bert_config(fixture_dir / "bert_config.json")
+    state, _ = read_tf_weights(fixture_dir / f"{PREFIX}.index", config)
+    assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
 
 
 def test_convert_writes_nvidias_format_with_the_padded_vocab(fixture_dir, tf_values, tmp_path, capsys):

@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 
 import cramjam
-import google_crc32c
+import crc32c
 
 from bert_pretrain.errors import InputError
 
@@ -46,9 +46,9 @@ def mask_crc32c(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
-def masked_crc32c(data: bytes) -> int:
-    """The stored (masked) form of the CRC-32C of `data`."""
-    return mask_crc32c(google_crc32c.value(bytes(data)))
+def masked_crc32c(data) -> int:
+    """The stored (masked) form of the CRC-32C of `data` (any buffer)."""
+    return mask_crc32c(crc32c.crc32c(data))
 
 
 def read_varint(buffer: bytes, position: int) -> tuple[int, int]:

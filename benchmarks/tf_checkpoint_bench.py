@@ -1,0 +1,202 @@
+"""Reading a TensorFlow checkpoint of MLCommons' size: rate and memory, against a plain read of the same bytes.
+
+    .venv/bin/python benchmarks/tf_checkpoint_bench.py [--work DIR] [--repeats 3] [--report PATH]
+
+Writes a BERT-large checkpoint in google-research names with the MLPerf LAMB slots (`<var>/LAMB`,
+`<var>/LAMB_1`, `global_step`, `beta1_power`, `beta2_power`), random float32 values, one data file: the
+layout and size of MLCommons' `tf1_ckpt/model.ckpt-28252` (4,034,713,312 data bytes there). The index is
+written by the table writer of tests/test_tf_checkpoint.py (Snappy blocks, as TensorFlow's C++ writer).
+Then, in the same run, alternating, medians of `--repeats`:
+- a plain read of the weight tensors' bytes into one reused buffer (the page cache's rate, keeps nothing);
+- peer: `np.fromfile` of the same bytes into a fresh array per tensor (what any reader must do, no check);
+- `TensorBundle.read` of the same tensors (CRC-32C verified as they stream into their memory);
+- `read_tf_weights` (the above plus the name map and the transposes), peak memory of its process;
+- `bert-pretrain convert --input PREFIX --output X.pt` as a fresh process: wall clock, peak memory.
+The data file was just written, so reads come from the page cache (a cold read runs at the disk's rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from importlib import metadata
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from test_tf_checkpoint import entry_proto, proto_bytes, proto_varint, write_table  # noqa: E402
+
+CONFIG = {"vocab_size": 30522, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+          "intermediate_size": 4096, "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu",
+          "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
+CHUNK = 64 << 20
+
+
+def bert_variables(c: dict) -> dict[str, tuple[int, ...]]:
+    """google-research BERT's weight variables and their TensorFlow shapes."""
+    h, i = c["hidden_size"], c["intermediate_size"]
+    shapes = {"bert/embeddings/word_embeddings": (c["vocab_size"], h),
+              "bert/embeddings/position_embeddings": (c["max_position_embeddings"], h),
+              "bert/embeddings/token_type_embeddings": (c["type_vocab_size"], h),
+              "bert/pooler/dense/kernel": (h, h), "bert/pooler/dense/bias": (h,),
+              "cls/predictions/output_bias": (c["vocab_size"],),
+              "cls/predictions/transform/dense/kernel": (h, h), "cls/predictions/transform/dense/bias": (h,),
+              "cls/seq_relationship/output_weights": (2, h), "cls/seq_relationship/output_bias": (2,)}
+    norms = ["bert/embeddings/LayerNorm", "cls/predictions/transform/LayerNorm"]
+    for n in range(c["num_hidden_layers"]):
+        layer = f"bert/encoder/layer_{n}"
+        for dense, (rows, cols) in {"attention/self/query": (h, h), "attention/self/key": (h, h),
+                                    "attention/self/value": (h, h), "attention/output/dense": (h, h),
+                                    "intermediate/dense": (h, i), "output/dense": (i, h)}.items():
+            shapes[f"{layer}/{dense}/kernel"], shapes[f"{layer}/{dense}/bias"] = (rows, cols), (cols,)
+        norms += [f"{layer}/attention/output/LayerNorm", f"{layer}/output/LayerNorm"]
+    for norm in norms:
+        shapes[f"{norm}/gamma"] = shapes[f"{norm}/beta"] = (h,)
+    return shapes
+
+
+def write_mlperf_sized_checkpoint(prefix: Path) -> int:
+    """Weights + both LAMB slots + the scalars, streamed to one data file; returns its size in bytes."""
+    weights = bert_variables(CONFIG)
+    names = {**weights, **{f"{k}/LAMB": s for k, s in weights.items()}, **{f"{k}/LAMB_1": s for k, s in weights.items()},
+             "global_step": (), "beta1_power": (), "beta2_power": ()}
+    rng = np.random.default_rng(0)
+    entries, offset = [(b"", proto_varint(1, 1) + proto_bytes(3, proto_varint(1, 1)))], 0
+    with open(prefix.with_name(prefix.name + ".data-00000-of-00001"), "wb") as data:
+        for name in sorted(names):
+            dtype = np.int64 if name == "global_step" else np.float32
+            array = (np.array(28252, dtype) if dtype == np.int64
+                     else rng.random(names[name], dtype=np.float32) - np.float32(0.5))
+            entries.append((name.encode(), entry_proto(array, 0, offset)))
+            data.write(array.tobytes())
+            offset += array.nbytes
+    prefix.with_name(prefix.name + ".index").write_bytes(write_table(entries, snappy=True))
+    return offset
+
+
+def fresh_arrays(bundle, entries) -> float:
+    start = time.perf_counter()
+    with open(bundle.data_path(0), "rb", buffering=0) as file:
+        for entry in entries:
+            np.fromfile(file, np.uint8, count=entry.size, offset=entry.offset - file.tell())
+    return time.perf_counter() - start
+
+
+def plain_read(bundle, entries) -> float:
+    buffer = bytearray(CHUNK)
+    start = time.perf_counter()
+    with open(bundle.data_path(0), "rb", buffering=0) as file:
+        for entry in entries:
+            file.seek(entry.offset)
+            left = entry.size
+            while left:
+                left -= file.readinto(memoryview(buffer)[:min(CHUNK, left)])
+    return time.perf_counter() - start
+
+
+def bundle_read(bundle, entries) -> float:
+    start = time.perf_counter()
+    for entry in entries:
+        bundle.read(entry)
+    return time.perf_counter() - start
+
+
+def measured(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of `command` in a fresh helper process (its children's rusage alone)."""
+    probe = ("import json, resource, subprocess, sys, time\n"
+             "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+             "w = time.perf_counter() - t\n"
+             "assert r.returncode == 0, r.stderr\n"
+             "print(json.dumps([w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))")
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True)
+    return tuple(json.loads(out.stdout))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=None, help="folder for the 4 GB checkpoint (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--report", default=None, help="write the markdown report here")
+    args = parser.parse_args()
+    import google_crc32c
+    import torch
+
+    from bert_pretrain.checkpoint import read_bert_config
+    from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
+
+    work = Path(tempfile.mkdtemp(prefix="tf-ckpt-bench-", dir=args.work))
+    try:
+        prefix = work / "model.ckpt-28252"
+        start = time.perf_counter()
+        data_bytes = write_mlperf_sized_checkpoint(prefix)
+        written_s = time.perf_counter() - start
+        (work / "bert_config.json").write_text(json.dumps(CONFIG))
+        bundle = TensorBundle(prefix.with_name(prefix.name + ".index"))
+        plan, _, skipped = weight_plan(bundle)
+        entries = sorted((entry for entry, _ in plan.values()), key=lambda e: e.offset)
+        weight_bytes = sum(e.size for e in entries)
+        peer, fresh, ours = [], [], []
+        for _ in range(args.repeats):
+            peer.append(plain_read(bundle, entries))
+            fresh.append(fresh_arrays(bundle, entries))
+            ours.append(bundle_read(bundle, entries))
+        probe = (f"from pathlib import Path; from bert_pretrain.checkpoint import read_bert_config; "
+                 f"from bert_pretrain.tf_checkpoint import read_tf_weights; "
+                 f"read_tf_weights(Path({str(prefix) + '.index'!r}), read_bert_config({str(work / 'bert_config.json')!r}))")
+        weights_runs = [measured([sys.executable, "-c", probe]) for _ in range(args.repeats)]
+        convert_runs = []
+        for i in range(args.repeats):
+            output = work / f"out{i}.pt"
+            convert_runs.append(measured([sys.executable, "-m", "bert_pretrain", "convert", "--input", str(prefix),
+                                          "--bert_config_path", str(work / "bert_config.json"), "--output", str(output)]))
+            keys = len(torch.load(output, weights_only=True, mmap=True)["model"])
+            output.unlink()
+        read_config = read_bert_config(work / "bert_config.json")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    gb = weight_bytes / 1e9
+    peer_s, fresh_s, ours_s = statistics.median(peer), statistics.median(fresh), statistics.median(ours)
+    weights_s, weights_mib = (statistics.median(x) for x in zip(*weights_runs))
+    convert_s, convert_mib = (statistics.median(x) for x in zip(*convert_runs))
+    largest = max(e.size for e in entries) / 2**20
+    lines = [
+        f"# Reading a TensorFlow checkpoint of MLCommons' size, {datetime.date.today()}", "",
+        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, google-crc32c {metadata.version('google-crc32c')} "
+        f"({google_crc32c.implementation} implementation).", "",
+        f"Checkpoint: BERT-large (vocab {read_config.vocab_size}, {read_config.num_hidden_layers} layers), "
+        f"{len(bundle.entries)} variables, data file {data_bytes:,} B (MLCommons': 4,034,713,312 B), written in "
+        f"{written_s:.0f} s; {len(plan)} weight tensors ({weight_bytes:,} B, largest {largest:.0f} MiB), {skipped} "
+        "optimizer variables skipped (never read). Reads from the page cache (the file was just written).", "",
+        f"Medians of {args.repeats} runs, alternating in one process where they share it.", "",
+        "| run | seconds | weight GB/s | vs np.fromfile | peak MiB |", "|---|---:|---:|---:|---:|",
+        f"| plain read into one reused 64 MiB buffer (the page cache's rate; keeps nothing) | {peer_s:.2f} | "
+        f"{gb / peer_s:.2f} | {fresh_s / peer_s:.2f}x | |",
+        f"| peer: `np.fromfile` of each tensor's bytes into a fresh array (no check) | {fresh_s:.2f} | "
+        f"{gb / fresh_s:.2f} | 1.00x | |",
+        f"| `TensorBundle.read` of each tensor (CRC-32C verified) | {ours_s:.2f} | {gb / ours_s:.2f} | "
+        f"{fresh_s / ours_s:.2f}x | |",
+        f"| `read_tf_weights` in a fresh process (imports, names, transposes) | {weights_s:.2f} | {gb / weights_s:.2f} | "
+        f"{fresh_s / weights_s:.2f}x | {weights_mib:,.0f} |",
+        f"| `bert-pretrain convert --input PREFIX --output X.pt` ({keys} keys) | {convert_s:.2f} | | | {convert_mib:,.0f} |",
+        "", f"Weights in float32: {weight_bytes / 2**20:,.0f} MiB; the largest tensor {largest:.0f} MiB.",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.report:
+        Path(args.report).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
