@@ -213,15 +213,15 @@ def weight_plan(bundle: TensorBundle) -> tuple[dict[str, tuple[TensorEntry, bool
 
 def read_tf_weights(index: Path, config: BertConfig) -> tuple[dict[str, torch.Tensor], int]:
     """The model weights of a google-research-named TensorFlow checkpoint in reference names (vocab as
-    saved, kernels transposed), checked against `config` before any tensor is read; and the number of
-    optimizer variables skipped (never read)."""
+    saved; kernels as transposed views, which the copy into a model transposes in the same pass), checked
+    against `config` before any tensor is read; and the number of optimizer variables skipped (never read)."""
     bundle = TensorBundle(index)
     plan, clashes, skipped = weight_plan(bundle)
     _check_plan(bundle, plan, clashes, reference_shapes(config))
     state = {}
     for reference, (entry, transposed) in sorted(plan.items(), key=lambda item: (item[1][0].shard, item[1][0].offset)):
         tensor = bundle.read(entry)  # in file order: the skipped optimizer slots are seeked over, never read
-        state[reference] = tensor.t().contiguous() if transposed else tensor
+        state[reference] = tensor.t() if transposed else tensor
     return state, skipped
 
 
