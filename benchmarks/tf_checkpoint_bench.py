@@ -8,9 +8,11 @@ layout and size of MLCommons' `tf1_ckpt/model.ckpt-28252` (4,034,713,312 data by
 written by the table writer of tests/test_tf_checkpoint.py (Snappy blocks, as TensorFlow's C++ writer).
 Then, in the same run, alternating, medians of `--repeats`:
 - a plain read of the weight tensors' bytes into one reused buffer (the page cache's rate, keeps nothing);
-- peer: `np.fromfile` of the same bytes into a fresh array per tensor (what any reader must do, no check);
-- `TensorBundle.read` of the same tensors (CRC-32C verified as they stream into their memory);
-- `read_tf_weights` (the above plus the name map and the transposes), peak memory of its process;
+- peer: `np.fromfile` of the same bytes into a new array per tensor, all kept (what any reader that returns
+  the tensors must do at least; no check);
+- `TensorBundle.read` of the same tensors, all kept (CRC-32C verified as they stream into their memory);
+- `read_tf_weights` (the above plus the name map and the shape check), in-process and in a fresh process
+  (wall clock with imports, peak memory);
 - `bert-pretrain convert --input PREFIX --output X.pt` as a fresh process: wall clock, peak memory.
 The data file was just written, so reads come from the page cache (a cold read runs at the disk's rate).
 """
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from importlib import metadata
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +71,8 @@ def bert_variables(c: dict) -> dict[str, tuple[int, ...]]:
 def write_mlperf_sized_checkpoint(prefix: Path) -> int:
     """Weights + both LAMB slots + the scalars, streamed to one data file; returns its size in bytes."""
     weights = bert_variables(CONFIG)
-    names = {**weights, **{f"{k}/LAMB": s for k, s in weights.items()}, **{f"{k}/LAMB_1": s for k, s in weights.items()},
-             "global_step": (), "beta1_power": (), "beta2_power": ()}
+    slots = {f"{name}/{slot}": shape for name, shape in weights.items() for slot in ("LAMB", "LAMB_1")}
+    names = {**weights, **slots, "global_step": (), "beta1_power": (), "beta2_power": ()}
     rng = np.random.default_rng(0)
     entries, offset = [(b"", proto_varint(1, 1) + proto_bytes(3, proto_varint(1, 1)))], 0
     with open(prefix.with_name(prefix.name + ".data-00000-of-00001"), "wb") as data:
@@ -85,14 +88,17 @@ def write_mlperf_sized_checkpoint(prefix: Path) -> int:
 
 
 def fresh_arrays(bundle, entries) -> float:
+    """Each tensor's bytes into a new array, all kept (what any reader that returns them must do)."""
     start = time.perf_counter()
     with open(bundle.data_path(0), "rb", buffering=0) as file:
-        for entry in entries:
-            np.fromfile(file, np.uint8, count=entry.size, offset=entry.offset - file.tell())
-    return time.perf_counter() - start
+        kept = [np.fromfile(file, np.uint8, count=e.size, offset=e.offset - file.tell()) for e in entries]
+    seconds = time.perf_counter() - start
+    del kept
+    return seconds
 
 
 def plain_read(bundle, entries) -> float:
+    """The same bytes through one reused buffer: the page cache's rate, nothing kept."""
     buffer = bytearray(CHUNK)
     start = time.perf_counter()
     with open(bundle.data_path(0), "rb", buffering=0) as file:
@@ -106,9 +112,20 @@ def plain_read(bundle, entries) -> float:
 
 def bundle_read(bundle, entries) -> float:
     start = time.perf_counter()
-    for entry in entries:
-        bundle.read(entry)
-    return time.perf_counter() - start
+    kept = [bundle.read(entry) for entry in entries]
+    seconds = time.perf_counter() - start
+    del kept
+    return seconds
+
+
+def weights_read(index, config) -> float:
+    from bert_pretrain.tf_checkpoint import read_tf_weights
+
+    start = time.perf_counter()
+    kept = read_tf_weights(index, config)
+    seconds = time.perf_counter() - start
+    del kept
+    return seconds
 
 
 def measured(command: list[str]) -> tuple[float, float]:
@@ -128,7 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--report", default=None, help="write the markdown report here")
     args = parser.parse_args()
-    import google_crc32c
+    import crc32c
     import torch
 
     from bert_pretrain.checkpoint import read_bert_config
@@ -145,52 +162,65 @@ def main() -> None:
         plan, _, skipped = weight_plan(bundle)
         entries = sorted((entry for entry, _ in plan.values()), key=lambda e: e.offset)
         weight_bytes = sum(e.size for e in entries)
-        peer, fresh, ours = [], [], []
+        config = read_bert_config(work / "bert_config.json")
+        runs = {"plain": [], "fresh": [], "bundle": [], "weights": []}
         for _ in range(args.repeats):
-            peer.append(plain_read(bundle, entries))
-            fresh.append(fresh_arrays(bundle, entries))
-            ours.append(bundle_read(bundle, entries))
+            runs["plain"].append(plain_read(bundle, entries))
+            runs["fresh"].append(fresh_arrays(bundle, entries))
+            runs["bundle"].append(bundle_read(bundle, entries))
+            runs["weights"].append(weights_read(bundle.index, config))
         probe = (f"from pathlib import Path; from bert_pretrain.checkpoint import read_bert_config; "
                  f"from bert_pretrain.tf_checkpoint import read_tf_weights; "
-                 f"read_tf_weights(Path({str(prefix) + '.index'!r}), read_bert_config({str(work / 'bert_config.json')!r}))")
+                 f"read_tf_weights(Path({str(bundle.index)!r}), read_bert_config({str(work / 'bert_config.json')!r}))")
         weights_runs = [measured([sys.executable, "-c", probe]) for _ in range(args.repeats)]
+        imports = [sys.executable, "-c", "import bert_pretrain.tf_checkpoint"]
+        import_runs = [measured(imports) for _ in range(args.repeats)]
         convert_runs = []
         for i in range(args.repeats):
             output = work / f"out{i}.pt"
             convert_runs.append(measured([sys.executable, "-m", "bert_pretrain", "convert", "--input", str(prefix),
-                                          "--bert_config_path", str(work / "bert_config.json"), "--output", str(output)]))
+                                          "--bert_config_path", str(work / "bert_config.json"),
+                                          "--output", str(output)]))
             keys = len(torch.load(output, weights_only=True, mmap=True)["model"])
             output.unlink()
-        read_config = read_bert_config(work / "bert_config.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     gb = weight_bytes / 1e9
-    peer_s, fresh_s, ours_s = statistics.median(peer), statistics.median(fresh), statistics.median(ours)
-    weights_s, weights_mib = (statistics.median(x) for x in zip(*weights_runs))
+    plain_s, fresh_s, bundle_s, weights_s = (statistics.median(runs[k])
+                                             for k in ("plain", "fresh", "bundle", "weights"))
+    weights_wall, weights_mib = (statistics.median(x) for x in zip(*weights_runs))
+    import_s, import_mib = (statistics.median(x) for x in zip(*import_runs))
     convert_s, convert_mib = (statistics.median(x) for x in zip(*convert_runs))
     largest = max(e.size for e in entries) / 2**20
+
+    def row(label, seconds, mib=""):
+        return f"| {label} | {seconds:.2f} | {gb / seconds:.2f} | {fresh_s / seconds:.2f}x | {mib} |"
+
     lines = [
         f"# Reading a TensorFlow checkpoint of MLCommons' size, {datetime.date.today()}", "",
-        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch "
-        f"{torch.__version__}, google-crc32c {metadata.version('google-crc32c')} "
-        f"({google_crc32c.implementation} implementation).", "",
-        f"Checkpoint: BERT-large (vocab {read_config.vocab_size}, {read_config.num_hidden_layers} layers), "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} at the end); Python {platform.python_version()}, torch {torch.__version__}, "
+        f"crc32c {metadata.version('crc32c')} (hardware: {crc32c.hardware_based}).", "",
+        f"Checkpoint: BERT-large (vocab {config.vocab_size}, {config.num_hidden_layers} layers), "
         f"{len(bundle.entries)} variables, data file {data_bytes:,} B (MLCommons': 4,034,713,312 B), written in "
-        f"{written_s:.0f} s; {len(plan)} weight tensors ({weight_bytes:,} B, largest {largest:.0f} MiB), {skipped} "
-        "optimizer variables skipped (never read). Reads from the page cache (the file was just written).", "",
-        f"Medians of {args.repeats} runs, alternating in one process where they share it.", "",
-        "| run | seconds | weight GB/s | vs np.fromfile | peak MiB |", "|---|---:|---:|---:|---:|",
-        f"| plain read into one reused 64 MiB buffer (the page cache's rate; keeps nothing) | {peer_s:.2f} | "
-        f"{gb / peer_s:.2f} | {fresh_s / peer_s:.2f}x | |",
-        f"| peer: `np.fromfile` of each tensor's bytes into a fresh array (no check) | {fresh_s:.2f} | "
-        f"{gb / fresh_s:.2f} | 1.00x | |",
-        f"| `TensorBundle.read` of each tensor (CRC-32C verified) | {ours_s:.2f} | {gb / ours_s:.2f} | "
-        f"{fresh_s / ours_s:.2f}x | |",
-        f"| `read_tf_weights` in a fresh process (imports, names, transposes) | {weights_s:.2f} | {gb / weights_s:.2f} | "
-        f"{fresh_s / weights_s:.2f}x | {weights_mib:,.0f} |",
-        f"| `bert-pretrain convert --input PREFIX --output X.pt` ({keys} keys) | {convert_s:.2f} | | | {convert_mib:,.0f} |",
-        "", f"Weights in float32: {weight_bytes / 2**20:,.0f} MiB; the largest tensor {largest:.0f} MiB.",
+        f"{written_s:.0f} s; {len(plan)} weight tensors ({weight_bytes:,} B = {weight_bytes / 2**20:,.0f} MiB, "
+        f"largest {largest:.0f} MiB), {skipped} optimizer variables skipped (never read). Reads from the page "
+        "cache (the file was just written); a cold read runs at the disk's rate.", "",
+        f"Medians of {args.repeats} runs; the first four rows alternate in one process, each keeping every tensor "
+        "it reads (except the first); the last three are fresh processes (wall clock with imports).", "",
+        "| run | seconds | weight GB/s | vs peer | peak MiB |", "|---|---:|---:|---:|---:|",
+        row("the bytes through one reused 64 MiB buffer (the page cache's rate; keeps nothing)", plain_s),
+        row("peer: `np.fromfile` of each tensor into a new array, kept (no check)", fresh_s),
+        row("`TensorBundle.read` of each tensor, kept (CRC-32C verified)", bundle_s),
+        row("`read_tf_weights` (the above + name map, shape check against bert_config)", weights_s),
+        row("`read_tf_weights` in a fresh Python process (imports included)", weights_wall, f"{weights_mib:,.0f}"),
+        f"| a fresh Python process that only imports `bert_pretrain.tf_checkpoint` (torch) | {import_s:.2f} | | | "
+        f"{import_mib:,.0f} |",
+        f"| `bert-pretrain convert --input PREFIX --bert_config_path ... --output X.pt` ({keys} keys) | "
+        f"{convert_s:.2f} | | | {convert_mib:,.0f} |",
+        "", "Commands: `" + " ".join([Path(sys.executable).name, "benchmarks/tf_checkpoint_bench.py",
+                                       f"--repeats {args.repeats}"]) + "`.",
     ]
     report = "\n".join(lines) + "\n"
     print(report)

@@ -272,8 +272,8 @@ def test_checkpoints_written_in_other_layouts(fixture_dir, tf_values, tmp_path, 
     assert skipped == 95
 
 
-def test_the_checkpoint_is_named_by_prefix_index_or_data_file(fixture_dir, tmp_path, capsys):
-    for i, name in enumerate((PREFIX, f"{PREFIX}.index", f"{PREFIX}.data-00000-of-00001")):
+def test_the_checkpoint_is_named_by_prefix_index_meta_or_data_file(fixture_dir, tmp_path, capsys):
+    for i, name in enumerate((PREFIX, f"{PREFIX}.index", f"{PREFIX}.meta", f"{PREFIX}.data-00000-of-00001")):
         code, out, err = run(capsys, "convert", "--input", str(fixture_dir / name), "--bert_config_path",
                              str(fixture_dir / "bert_config.json"), "--output", str(tmp_path / f"{i}.pt"))
         assert code == 0 and f"TensorFlow checkpoint {fixture_dir / PREFIX}.index" in out, err

@@ -1,10 +1,10 @@
 """`bert-pretrain inspect CHECKPOINT`: what a checkpoint holds, without building a model.
 
 For any weights file this project reads (NVIDIA's `{'model': state_dict}` .pt, a training checkpoint,
-.safetensors, an HF folder, a TensorFlow checkpoint, whose index alone is read): the model's shape as the tensors give it (layers, hidden and
-intermediate sizes, vocab rows, positions, segment types), the parameter count and dtypes. For a
-training checkpoint also where the run stood: step, samples, skipped steps, evals, best accuracy,
-the loss scale, the number of processes, and the options it was started with.
+.safetensors, an HF folder, a TensorFlow checkpoint, of which only the index is read): the model's shape
+as the tensors give it (layers, hidden and intermediate sizes, vocab rows, positions, segment types), the
+parameter count and dtypes. For a training checkpoint also where the run stood: step, samples, skipped
+steps, evals, best accuracy, the loss scale, the number of processes, and the options it was started with.
 """
 
 from __future__ import annotations

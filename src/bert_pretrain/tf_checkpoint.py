@@ -113,8 +113,8 @@ class TensorBundle:
         if 7 in fields:
             raise InputError(f"{self.index}: variable {name} is saved in slices (a partitioned variable), "
                              "which this reader does not read; save the checkpoint unpartitioned")
-        shape_fields = _fields(_one(fields, 2, b""), self.index, f"the shape of {name}")
-        dims = [_signed(_one(_fields(dim, self.index, f"the shape of {name}"), 1, 0)) for dim in shape_fields.get(2, [])]
+        shape = _fields(_one(fields, 2, b""), self.index, f"the shape of {name}")
+        dims = [_signed(_one(_fields(dim, self.index, f"the shape of {name}"), 1, 0)) for dim in shape.get(2, [])]
         dtype = DTYPES.get(_one(fields, 1, 0))
         entry = TensorEntry(name, dtype, tuple(dims), _one(fields, 3, 0), _one(fields, 4, 0), _one(fields, 5, 0),
                             _one(fields, 6, 0))

@@ -29,11 +29,11 @@ _DATA_FILE = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 
 def tf_index_path(path: str | Path) -> Path | None:
-    """The `.index` of the TensorFlow checkpoint that `path` names (its prefix, its `.index` or one of its
-    data files), or None when `path` is not one."""
+    """The `.index` of the TensorFlow checkpoint that `path` names (its prefix, its `.index`, its `.meta` or
+    one of its data files), or None when `path` is not one."""
     path = Path(path)
-    if path.suffix == ".index":
-        return path
+    if path.suffix in (".index", ".meta"):
+        return path.with_suffix(".index")
     if _DATA_FILE.search(path.name):
         return path.with_name(_DATA_FILE.sub("", path.name) + ".index")
     candidate = path.with_name(path.name + ".index")
