@@ -231,8 +231,9 @@ def _check_plan(bundle: TensorBundle, plan: dict, clashes: list[str], expected: 
     misshaped = []
     for reference, (entry, transposed) in sorted(plan.items()):
         want = expected.get(reference)
-        if want is not None and (want[::-1] if transposed else want) != entry.shape:
-            misshaped.append(f"{entry.name} {entry.shape} (expected {want[::-1] if transposed else want})")
+        want = want[::-1] if want is not None and transposed else want  # in TensorFlow's orientation
+        if want is not None and want != entry.shape:
+            misshaped.append(f"{entry.name} {entry.shape} (expected {want})")
     problems = [f"{label}: {listed(names)}" for label, names in (
         ("variables with no model parameter", unmatched), ("model parameters with no variable", missing),
         ("mis-shaped", misshaped)) if names]
