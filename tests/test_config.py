@@ -142,7 +142,8 @@ def test_the_nvidia_launch_line_with_float_counts_runs_unchanged(paths):
     (["--target_mlm_accuracy", "72"], ["--target_mlm_accuracy", "[0, 1]"]),
     (["--opt_lamb_beta_1", "1.0"], ["--opt_lamb_beta_1", "[0, 1)"]),
     (["--max_steps", "0"], ["--max_steps", "at least 1"]),
-    (["--init_tf_checkpoint", "model.ckpt-28252.index"], ["--init_tf_checkpoint", "convert_tf_checkpoint.py"]),
+    (["--init_tf_checkpoint", "model.ckpt-28252.index"],
+     ["--init_tf_checkpoint model.ckpt-28252.index", "bert-pretrain convert", "--init_checkpoint"]),
     (["--init_checkpoint", "/nonexistent/model.pt"], ["--init_checkpoint", "/nonexistent/model.pt"]),
 ])
 def test_bad_values_are_named_with_the_fix(argv, words, paths):

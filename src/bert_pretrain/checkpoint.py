@@ -107,11 +107,9 @@ def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tenso
         for k in sorted(set(state) & set(expected))
         if state[k].shape != expected[k].shape
     ]
-    problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if names:
-            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-            problems.append(f"{label}: {shown}")
+    problems = [f"{label}: {listed(names)}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                if names]
     if problems:
         raise InputError(
             f"{source}: does not match the model of the given bert_config ({'; '.join(problems)}); "
@@ -119,6 +117,20 @@ def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tenso
         )
     model.load_state_dict(state, strict=True)
     model.zero_vocab_padding()
+
+
+def listed(names: list[str], shown: int = 8) -> str:
+    """The first `shown` names, and how many there are when that is not all of them (an error line stays short)."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def reference_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a reference-named file holds for `config`, vocab unpadded (as TensorFlow
+    and HF keep it), without the tied decoder (a copy of the word embeddings). Costs no memory (meta device)."""
+    with torch.device("meta"):
+        state = reference_state(BertForPreTraining(config))
+    return {name: (config.vocab_size, *tensor.shape[1:]) if name in _VOCAB_ROWS else tuple(tensor.shape)
+            for name, tensor in state.items() if name not in COPY_KEYS}
 
 
 def reference_state(model: BertForPreTraining) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defin
   prepare   raw text or a Wikipedia dump -> HDF5 shards in the MLPerf layout (+ eval set)
   train     shards + bert_config.json (+ init checkpoint) -> checkpoints, MLPerf log, metrics
   evaluate  checkpoint + eval shards -> masked-LM accuracy / loss, NSP accuracy (JSON)
-  convert   NVIDIA .pt / this project's checkpoints  <->  HF transformers folders
+  convert   TensorFlow / NVIDIA .pt / this project's checkpoints, HF folders  ->  NVIDIA .pt or HF folder
   bench     training-step throughput, this model vs HF transformers
   inspect   what is in a shard, decoded back to text
   demo      the whole pipeline end to end on a small built-in corpus
@@ -69,11 +69,9 @@ def _evaluate(options) -> int:
 
 
 def _convert(options) -> int:
-    from pathlib import Path
-
     from bert_pretrain.convert import convert
 
-    print(convert(Path(options.input), Path(options.output), options.bert_config_path))
+    print(convert(options))
     return 0
 
 
@@ -89,8 +87,11 @@ def _bench(options) -> int:
 def _inspect(options) -> int:
     from pathlib import Path
 
+    from bert_pretrain.tf_table import tf_index_path
+
     path = Path(options.shard)
-    if (path / "config.json").is_file() or path.suffix in (".pt", ".safetensors", ".bin", ".pth"):
+    if ((path / "config.json").is_file() or path.suffix in (".pt", ".safetensors", ".bin", ".pth")
+            or tf_index_path(path) is not None):
         from bert_pretrain.inspect_checkpoint import inspect_checkpoint
 
         print(inspect_checkpoint(path, as_json=options.json))
@@ -140,7 +141,8 @@ COMMANDS = {
                      None, _train),
     "evaluate": Command("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
                         _command_options("EvaluateOptions"), _evaluate),
-    "convert": Command("convert weights between NVIDIA .pt, this project's checkpoints and HF transformers",
+    "convert": Command("convert weights: TensorFlow checkpoints, NVIDIA .pt, this project's checkpoints, HF "
+                       "transformers folders -> NVIDIA .pt or HF folders",
                        _command_options("ConvertOptions"), _convert),
     "bench": Command("training-step throughput of this project vs HF transformers; prints a table and one JSON line",
                      _bench_options, _bench),

@@ -30,19 +30,24 @@ class EvaluateOptions:
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    input: str = option(help="an NVIDIA/this project's .pt ({'model': state_dict}), a .safetensors file, or an HF "
-                             "folder")
+    input: str = option(help="a TensorFlow checkpoint in google-research BERT names (its prefix, e.g. "
+                             "tf1_ckpt/model.ckpt-28252, or its .index, with the .data-* files beside it; optimizer "
+                             "variables skipped), an NVIDIA/this project's .pt ({'model': state_dict}), a "
+                             ".safetensors file, or an HF folder")
     output: str = option(help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors); a "
                               "path ending in .pt -> NVIDIA format {'model': state_dict}, vocab padded to a multiple "
-                              "of 8")
+                              "of 8 (what NVIDIA's convert_tf_checkpoint.py writes, e.g. model.ckpt-28252.apex.pt)")
     bert_config_path: str | None = option(None, "bert_config.json of the input; not needed when the input is an HF "
                                                 "folder (it has config.json)")
+    overwrite: bool = option(False, "replace an existing --output (without it, an existing file or export is "
+                                    "refused: it may be a training checkpoint)")
 
 
 @dataclass(frozen=True)
 class InspectOptions:
     shard: str = option(help="an HDF5 shard (padded or variable-length), or a checkpoint: a .pt (NVIDIA's or a "
-                             "training checkpoint), .safetensors or an HF folder", positional=True, metavar="PATH")
+                             "training checkpoint), .safetensors, an HF folder or a TensorFlow checkpoint (prefix or "
+                             ".index)", positional=True, metavar="PATH")
     vocab_file: str | None = option(None, "the vocab the shard was made with; needed to decode text")
     num_examples: int = option(3, "instances to decode (with --vocab_file)")
     json: bool = option(False, "print the statistics as one JSON object")

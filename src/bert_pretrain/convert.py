@@ -1,8 +1,12 @@
-"""`bert-pretrain convert`: weights between NVIDIA's .pt, this project's checkpoints and HF folders.
+"""`bert-pretrain convert`: weights between TensorFlow checkpoints, NVIDIA's .pt, this project's
+checkpoints and HF folders.
 
-The output's kind follows its path: ending in .pt, NVIDIA's `{'model': state_dict}` (vocab padded to a
-multiple of 8); anything else, an HF transformers `BertForPreTraining` folder (config.json +
-model.safetensors). Paths that would be read another way are refused before the input is read.
+The input is a TensorFlow checkpoint (its prefix, e.g. `tf1_ckpt/model.ckpt-28252`, or its `.index`), a
+.pt / .safetensors file, or an HF folder. The output's kind follows its path: ending in .pt, NVIDIA's
+`{'model': state_dict}` (vocab padded to a multiple of 8), what NVIDIA's `convert_tf_checkpoint.py` writes;
+anything else, an HF transformers `BertForPreTraining` folder (config.json + model.safetensors). An
+existing output is replaced only with `overwrite` (it may be a training checkpoint that a weights-only
+file would replace), and paths that would be read another way are refused, both before the input is read.
 """
 
 from __future__ import annotations
@@ -11,40 +15,58 @@ from pathlib import Path
 
 from bert_pretrain.checkpoint import (export_hf, load_reference_state, read_bert_config, read_hf_directory,
                                       read_weights_file, save_reference_checkpoint)
+from bert_pretrain.command_options import ConvertOptions
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.tf_checkpoint import read_tf_weights
+from bert_pretrain.tf_table import tf_index_path
 
 _HF_FILES = {"config.json", "model.safetensors"}
 
 
-def convert(source: Path, output: Path, bert_config_path: str | None) -> str:
-    """Convert `source` (a .pt/.safetensors file, or an HF folder) to `output`; returns what was written."""
-    check_output(output)  # before the (possibly long) read of the input
-    if source.is_dir():
-        config, state = read_hf_directory(source)
-    elif bert_config_path is None:
-        raise InputError(f"{source}: a checkpoint file needs --bert_config_path to say the model's shape")
-    else:
-        config, state = read_bert_config(bert_config_path), read_weights_file(source)
+def convert(options: ConvertOptions) -> str:
+    """Convert `options.input` to `options.output`; returns what was read and written."""
+    source, output = Path(options.input), Path(options.output)
+    check_output(output, options.overwrite)  # before the (possibly long) read of the input
+    config, state, notes = _read_input(source, options.bert_config_path)
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
+    del state  # the model holds the weights now: one copy in memory while writing
     try:
         if output.suffix == ".pt":
             save_reference_checkpoint(model, output)
-            return f"wrote {output} (NVIDIA format, vocab {config.padded_vocab_size})"
+            return notes + f"wrote {output} (NVIDIA format, vocab {config.padded_vocab_size})"
         export_hf(model, output)
-        return f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)"
+        return notes + f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)"
     except OSError as err:
         raise InputError(f"--output {output}: cannot write it ({err.strerror or err}); pick a writable path") from None
 
 
-def check_output(output: Path) -> None:
-    """A .pt path is a file, anything else an HF folder: refuse what would be read another way, and a
-    folder of other files (the export replaces its folder whole)."""
+def _read_input(source: Path, bert_config_path: str | None):
+    """(config, reference-named weights, lines to print first) of the input."""
+    index = tf_index_path(source)
+    if index is None and source.is_dir():
+        config, state = read_hf_directory(source)
+        return config, state, ""
+    if bert_config_path is None:
+        raise InputError(f"{source}: a checkpoint file needs --bert_config_path to say the model's shape")
+    config = read_bert_config(bert_config_path)
+    if index is None:
+        return config, read_weights_file(source), ""
+    state, skipped = read_tf_weights(index, config)
+    return config, state, (f"read {len(state)} weight tensors from the TensorFlow checkpoint {index}; skipped "
+                           f"{skipped} optimizer variable(s) (LAMB / Adam slots, global_step, beta powers)\n")
+
+
+def check_output(output: Path, overwrite: bool = False) -> None:
+    """A .pt path is a file, anything else an HF folder: refuse what would be read another way, a folder
+    of other files (the export replaces its folder whole), and, unless `overwrite`, anything there."""
     if output.suffix == ".pt":
+        if output.is_dir():
+            raise InputError(f"--output {output}: is a folder; a .pt output is a file, so name a file")
         if not output.parent.is_dir():
             raise InputError(f"--output {output}: the folder {output.parent} does not exist; create it first")
-    elif output.suffix in (".safetensors", ".bin", ".pth", ".ckpt", ".json"):
+    elif output.suffix in (".safetensors", ".bin", ".pth", ".ckpt", ".json", ".index"):
         raise InputError(f"--output {output}: writes a .pt file (NVIDIA format) or an HF folder (config.json + "
                          "model.safetensors), not a bare weights file; end the path in .pt or give a folder name")
     elif output.exists() and not output.is_dir():
@@ -53,3 +75,10 @@ def check_output(output: Path) -> None:
     elif output.is_dir() and not {p.name for p in output.iterdir()} <= _HF_FILES:
         raise InputError(f"--output {output}: a folder with other files in it; the export replaces the folder "
                          "whole, so name a new folder (or an earlier export's)")
+    if output.is_dir() and not overwrite:
+        raise InputError(f"--output {output}: an earlier export is already there; pass --overwrite to replace it, "
+                         "or name a new folder")
+    if output.exists() and not overwrite:
+        raise InputError(f"--output {output}: already exists; convert replaces no file unless asked (a training "
+                         "checkpoint would lose its optimizer state and progress): pass --overwrite to replace it, "
+                         "or name a new output")

@@ -99,7 +99,7 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     export_hf(trained, hf_dir)
     run_summary = json.loads((results / "summary.json").read_text())
     convert = ["bert-pretrain", "convert", "--input", str(checkpoint), "--bert_config_path",
-               str(data_dir / "bert_config.json"), "--output", str(hf_dir)]
+               str(data_dir / "bert_config.json"), "--output", str(hf_dir), "--overwrite"]
     print(f"demo 4/4 export: {shlex.join(convert)}\ndemo 4/4 export: HF transformers folder -> {hf_dir}")
     if "final_mlm_accuracy" in run_summary:
         verdict = "reached" if run_summary["status"] == "success" else "did NOT reach"

@@ -1,10 +1,10 @@
 """`bert-pretrain inspect CHECKPOINT`: what a checkpoint holds, without building a model.
 
 For any weights file this project reads (NVIDIA's `{'model': state_dict}` .pt, a training checkpoint,
-.safetensors, an HF folder): the model's shape as the tensors give it (layers, hidden and
-intermediate sizes, vocab rows, positions, segment types), the parameter count and dtypes. For a
-training checkpoint also where the run stood: step, samples, skipped steps, evals, best accuracy,
-the loss scale, the number of processes, and the options it was started with.
+.safetensors, an HF folder, a TensorFlow checkpoint, of which only the index is read): the model's shape
+as the tensors give it (layers, hidden and intermediate sizes, vocab rows, positions, segment types), the
+parameter count and dtypes. For a training checkpoint also where the run stood: step, samples, skipped
+steps, evals, best accuracy, the loss scale, the number of processes, and the options it was started with.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 
 from bert_pretrain.checkpoint import COPY_KEYS, read_hf_directory, read_weights_file
 from bert_pretrain.errors import InputError
+from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
+from bert_pretrain.tf_table import tf_index_path
 from bert_pretrain.train.state import read_training_checkpoint
 
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
@@ -29,7 +31,10 @@ def checkpoint_summary(path: str | Path) -> dict:
     """What the file or folder at `path` holds, as plain data."""
     path = Path(path)
     training = None
-    if path.is_dir():
+    index = tf_index_path(path)
+    if index is not None:
+        kind, state = _tf_weight_shapes(index)
+    elif path.is_dir():
         kind, state = "HF transformers folder", read_hf_directory(path)[1]
     elif path.suffix == ".safetensors":
         kind, state = "safetensors weights", read_weights_file(path)
@@ -43,6 +48,17 @@ def checkpoint_summary(path: str | Path) -> dict:
     if training is not None:
         summary["training"] = _training_state(training)
     return summary
+
+
+def _tf_weight_shapes(index: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """A TensorFlow checkpoint's kind line and its weights as shape-only tensors (read from the index alone)."""
+    bundle = TensorBundle(index)
+    plan, _, skipped = weight_plan(bundle)
+    state = {name: torch.empty(entry.shape[::-1] if transposed else entry.shape, dtype=entry.dtype, device="meta")
+             for name, (entry, transposed) in plan.items() if entry.dtype is not None}
+    kind = (f"TensorFlow checkpoint ({len(bundle.entries)} variables in {bundle.num_shards} data file(s): "
+            f"{len(plan)} weights, {skipped} optimizer variables)")
+    return kind, state
 
 
 def _model_shape(state: dict[str, torch.Tensor]) -> dict:

@@ -81,7 +81,7 @@ def add_reference_flags(group) -> None:
     for dest, (flag, takes_value, reason, _) in REFERENCE_ONLY.items():
         text = REASONS[reason] or "accepted for the reference scripts"
         if dest == "init_tf_checkpoint":
-            text = "not supported: convert a TF checkpoint with NVIDIA's convert_tf_checkpoint.py first"
+            text = "not read by train: convert the TF checkpoint with `bert-pretrain convert` first"
         if takes_value:
             group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar="X", help=text)
         elif dest == "fused_mha":  # the reference also has --no-fused_mha
@@ -100,8 +100,9 @@ def _as_text(value) -> str:
 def reference_notes(given: dict) -> list[str]:
     """One note per reason for the reference-only flags in `given` (dest -> value)."""
     if "init_tf_checkpoint" in given:
-        raise InputError("--init_tf_checkpoint: TF checkpoints are not read here; convert it with NVIDIA's "
-                         "convert_tf_checkpoint.py to a .pt and pass --init_checkpoint")
+        raise InputError(f"--init_tf_checkpoint {given['init_tf_checkpoint']}: train reads no TF checkpoint; convert "
+                         "it first (bert-pretrain convert --input PREFIX --bert_config_path bert_config.json "
+                         "--output model.ckpt-28252.apex.pt) and pass the .pt as --init_checkpoint")
     by_reason: dict[str, list[str]] = {}
     for dest, value in given.items():
         flag, takes_value, reason, quiet_value = REFERENCE_ONLY[dest]

@@ -1,0 +1,355 @@
+"""TensorFlow checkpoints read without TensorFlow, against a checkpoint TensorFlow itself wrote.
+
+`../shared/data/tf_checkpoint/` holds a `tf.compat.v1.train.Saver` checkpoint of a tiny BERT in
+google-research names with the MLPerf LAMB optimizer's variables, and `tf_values.npz`: every variable as
+TensorFlow's own reader returns it. The expected weights come from a transcription of NVIDIA's
+`convert_tf_checkpoint.py` loop run on HF transformers' `BertForPreTraining` (NVIDIA's attribute names).
+Other layouts (Snappy-compressed index blocks, several data files, damaged files) are built here from the
+real files with a small writer of the table format transcribed from its specification.
+"""
+
+import json
+import os
+import re
+import shutil
+import struct
+
+import cramjam
+import google_crc32c
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bert_pretrain import cli, tf_checkpoint
+from bert_pretrain.checkpoint import read_bert_config, reference_shapes
+from bert_pretrain.data.shards import write_padded
+from bert_pretrain.tf_checkpoint import read_tf_weights
+from bert_pretrain.tf_table import read_table
+from conftest import mlperf_arrays
+
+PREFIX = "model.ckpt-28252"
+SKIPPED = ("adam_v", "adam_m", "global_step", "LAMB", "LAMB_1", "beta1_power", "beta2_power")
+TF_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}
+
+
+@pytest.fixture
+def fixture_dir(shared_data):
+    return shared_data / "tf_checkpoint"
+
+
+@pytest.fixture
+def tf_values(fixture_dir):
+    with np.load(fixture_dir / "tf_values.npz") as values:
+        return {name: values[name] for name in values.files}
+
+
+def nvidia_conversion(values: dict, config_path) -> transformers.BertForPreTraining:
+    """convert_tf_checkpoint.py's loop, transcribed: walk the model's attributes along each TF name."""
+    config = json.loads(config_path.read_text())
+    model = transformers.BertForPreTraining(transformers.BertConfig(**config))
+    for name, array in values.items():
+        parts = name.split("/")
+        if any(n in SKIPPED for n in parts):
+            continue
+        pointer = model
+        for m_name in parts:
+            pieces = re.split(r"_(\d+)", m_name) if re.fullmatch(r"[A-Za-z]+_\d+", m_name) else [m_name]
+            if pieces[0] in ("kernel", "gamma", "output_weights"):
+                pointer = pointer.weight
+            elif pieces[0] in ("output_bias", "beta"):
+                pointer = pointer.bias
+            else:
+                pointer = getattr(pointer, pieces[0])
+            if len(pieces) >= 2:
+                pointer = pointer[int(pieces[1])]
+        if m_name[-11:] == "_embeddings":
+            pointer = pointer.weight
+        elif m_name == "kernel":
+            array = np.ascontiguousarray(np.transpose(array))
+        assert pointer.shape == array.shape, name
+        pointer.data = torch.from_numpy(array)
+    return model
+
+
+# --- the table format and the bundle protos, written from their specification -------------------------
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while data[position] & 0x80:
+        value |= (data[position] & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+    return value | (data[position] << shift), position + 1
+
+
+def masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def block_contents(entries: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
+    out, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0 if i % restart_interval == 0 else len(os.path.commonprefix([previous, key]))
+        if shared == 0:
+            restarts.append(len(out))
+        out += varint(shared) + varint(len(key) - shared) + varint(len(value)) + key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return bytes(out) + struct.pack(f"<{len(restarts) + 1}I", *restarts, len(restarts))
+
+
+class TableWriter:
+    """Blocks appended with their 5-byte trailer; `finish` adds the index block, the metaindex and the footer."""
+
+    def __init__(self, snappy: bool):
+        self.out, self.snappy = bytearray(), snappy
+
+    def block(self, contents: bytes) -> bytes:
+        kind = 0
+        if self.snappy:
+            contents, kind = bytes(cramjam.snappy.compress_raw(contents)), 1
+        handle = varint(len(self.out)) + varint(len(contents))
+        self.out += contents + bytes([kind]) + struct.pack("<I", masked_crc(contents + bytes([kind])))
+        return handle
+
+    def finish(self, index: list[tuple[bytes, bytes]]) -> bytes:
+        metaindex = self.block(block_contents([], 1))
+        index_handle = self.block(block_contents(index, 1))
+        return bytes(self.out) + (metaindex + index_handle).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
+
+
+def write_table(entries: list[tuple[bytes, bytes]], snappy=False, block_size=4096, restart_interval=16) -> bytes:
+    writer, index, block = TableWriter(snappy), [], []
+    for key, value in entries:
+        block.append((key, value))
+        if sum(len(k) + len(v) for k, v in block) >= block_size or key == entries[-1][0]:
+            index.append((key, writer.block(block_contents(block, restart_interval))))
+            block = []
+    return writer.finish(index)
+
+
+def proto_varint(number: int, value: int) -> bytes:
+    return varint(number << 3) + varint(value) if value else b""
+
+
+def proto_bytes(number: int, value: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def entry_proto(array: np.ndarray, shard: int, offset: int) -> bytes:
+    shape = b"".join(proto_bytes(2, proto_varint(1, d)) for d in array.shape)
+    return (proto_varint(1, TF_DTYPES[array.dtype]) + proto_bytes(2, shape) + proto_varint(3, shard)
+            + proto_varint(4, offset) + proto_varint(5, array.nbytes)
+            + varint(6 << 3 | 5) + struct.pack("<I", masked_crc(array.tobytes())))
+
+
+def write_checkpoint(prefix, values: dict, shards=1, snappy=False, block_size=4096, restart_interval=16) -> None:
+    """A bundle of `values`, variable i in data file i % shards; the index as the table writer makes it."""
+    data = [bytearray() for _ in range(shards)]
+    entries = [(b"", proto_varint(1, shards) + proto_bytes(3, proto_varint(1, 1)))]
+    for i, name in enumerate(sorted(values)):
+        array = np.ascontiguousarray(values[name])
+        entries.append((name.encode(), entry_proto(array, i % shards, len(data[i % shards]))))
+        data[i % shards] += array.tobytes()
+    for shard, contents in enumerate(data):
+        prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{shards:05d}").write_bytes(contents)
+    prefix.with_name(prefix.name + ".index").write_bytes(write_table(entries, snappy, block_size, restart_interval))
+
+
+def snappy_reencoded(plain: bytes) -> bytes:
+    """The same table with each of its blocks (TensorFlow's own bytes) Snappy-compressed, as TensorFlow's
+    C++ table builder writes them."""
+    footer, writer, index = plain[-48:], TableWriter(snappy=True), []
+    position = read_varint(footer, read_varint(footer, 0)[1])[1]  # past the metaindex handle (empty in TF's)
+    index_offset, position = read_varint(footer, position)
+    index_size, _ = read_varint(footer, position)
+    assert plain[index_offset + index_size] == 0  # the fixture's blocks are stored plain
+    for key, handle in parse_block(plain[index_offset:index_offset + index_size]):
+        offset, after = read_varint(handle, 0)
+        size, _ = read_varint(handle, after)
+        index.append((key, writer.block(plain[offset:offset + size])))
+    return writer.finish(index)
+
+
+def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
+    (count,) = struct.unpack("<I", block[-4:])
+    end, position, key, out = len(block) - 4 * (count + 1), 0, b"", []
+    while position < end:
+        shared, position = read_varint(block, position)
+        unshared, position = read_varint(block, position)
+        length, position = read_varint(block, position)
+        key = key[:shared] + block[position:position + unshared]
+        out.append((key, block[position + unshared:position + unshared + length]))
+        position += unshared + length
+    return out
+
+
+def copy_checkpoint(fixture_dir, target):
+    target.mkdir(exist_ok=True)
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copyfile(fixture_dir / (PREFIX + suffix), target / (PREFIX + suffix))
+    return target / PREFIX
+
+
+def assert_equals_reference(state: dict, reference: transformers.BertForPreTraining):
+    """Every weight as the transcribed NVIDIA conversion holds it, bit for bit, and no other."""
+    expected = {k: v for k, v in reference.state_dict().items()
+                if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+                             "bert.embeddings.position_ids")}
+    assert set(state) == set(expected)
+    for name, tensor in expected.items():
+        assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- the tests ------------------------------------------------------------------------------------------
+
+def test_the_weights_equal_tensorflows_values_as_nvidias_converter_maps_them(fixture_dir, tf_values):
+    config = read_bert_config(fixture_dir / "bert_config.json")
+    state, skipped = read_tf_weights(fixture_dir / f"{PREFIX}.index", config)
+    assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
+    assert skipped == sum(any(p in SKIPPED for p in name.split("/")) for name in tf_values) == 95
+
+
+def test_tensors_read_in_many_chunks_are_verified_across_them(fixture_dir, tf_values, monkeypatch):
+    monkeypatch.setattr(tf_checkpoint, "_READ_CHUNK", 100)  # every tensor over 100 bytes streams in pieces
+    config = read_bert_config(fixture_dir / "bert_config.json")
+    state, _ = read_tf_weights(fixture_dir / f"{PREFIX}.index", config)
+    assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
+
+
+def test_convert_writes_nvidias_format_with_the_padded_vocab(fixture_dir, tf_values, tmp_path, capsys):
+    output = tmp_path / f"{PREFIX}.apex.pt"
+    code, out, err = run(capsys, "convert", "--input", str(fixture_dir / PREFIX), "--bert_config_path",
+                         str(fixture_dir / "bert_config.json"), "--output", str(output))
+    assert code == 0, err
+    assert "skipped 95 optimizer variable(s)" in out
+    saved = torch.load(output, weights_only=True)
+    assert list(saved) == ["model"] and len(saved["model"]) == 47  # BERT-large: 399 (below)
+    reference = nvidia_conversion(tf_values, fixture_dir / "bert_config.json").state_dict()
+    for name, tensor in saved["model"].items():
+        if tensor.shape[:1] == (1024,):  # vocab 1018 padded with zero rows, as the .pt loader pads it
+            assert not tensor[1018:].any(), name
+            tensor = tensor[:1018]
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_bert_large_is_398_variables_and_399_keys(shared_data):
+    """398 TensorFlow weight variables, plus the tied decoder in the .pt: NVIDIA's 399 keys."""
+    assert len(reference_shapes(read_bert_config(shared_data / "configs" / "bert_config_large_uncased.json"))) == 398
+
+
+def test_an_index_with_snappy_compressed_blocks(fixture_dir, tf_values, tmp_path):
+    prefix = copy_checkpoint(fixture_dir, tmp_path)
+    plain = (fixture_dir / f"{PREFIX}.index").read_bytes()
+    prefix.with_name(PREFIX + ".index").write_bytes(snappy_reencoded(plain))
+    assert read_table(prefix.with_name(PREFIX + ".index")) == read_table(fixture_dir / f"{PREFIX}.index")
+    state, _ = read_tf_weights(prefix.with_name(PREFIX + ".index"), read_bert_config(fixture_dir / "bert_config.json"))
+    assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
+
+
+@pytest.mark.parametrize("layout", [dict(shards=3), dict(snappy=True, block_size=300, restart_interval=4)],
+                         ids=["three-data-files", "many-small-snappy-blocks"])
+def test_checkpoints_written_in_other_layouts(fixture_dir, tf_values, tmp_path, layout):
+    write_checkpoint(tmp_path / PREFIX, tf_values, **layout)
+    state, skipped = read_tf_weights(tmp_path / f"{PREFIX}.index", read_bert_config(fixture_dir / "bert_config.json"))
+    assert_equals_reference(state, nvidia_conversion(tf_values, fixture_dir / "bert_config.json"))
+    assert skipped == 95
+
+
+def test_the_checkpoint_is_named_by_prefix_index_meta_or_data_file(fixture_dir, tmp_path, capsys):
+    for i, name in enumerate((PREFIX, f"{PREFIX}.index", f"{PREFIX}.meta", f"{PREFIX}.data-00000-of-00001")):
+        code, out, err = run(capsys, "convert", "--input", str(fixture_dir / name), "--bert_config_path",
+                             str(fixture_dir / "bert_config.json"), "--output", str(tmp_path / f"{i}.pt"))
+        assert code == 0 and f"TensorFlow checkpoint {fixture_dir / PREFIX}.index" in out, err
+
+
+def _damage_truncated(prefix, values):
+    data = prefix.with_name(PREFIX + ".data-00000-of-00001")
+    data.write_bytes(data.read_bytes()[:-100])
+    return data, "truncated"
+
+
+def _damage_flipped_byte(prefix, values):
+    data = prefix.with_name(PREFIX + ".data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[raw.find(values["bert/encoder/layer_1/output/dense/kernel"].tobytes()) + 77] ^= 0x01
+    data.write_bytes(bytes(raw))
+    return data, "fails its CRC-32C check"
+
+
+def _damage_missing_shard(prefix, values):
+    write_checkpoint(prefix, values, shards=2)
+    missing = prefix.with_name(PREFIX + ".data-00001-of-00002")
+    missing.unlink()
+    return missing, "missing"
+
+
+def _damage_unknown_variable(prefix, values):
+    write_checkpoint(prefix, {**values, "bert/encoder/layer_0/attention/self/extra/kernel": values[
+        "bert/encoder/layer_0/attention/self/query/kernel"]})
+    return prefix.with_name(PREFIX + ".index"), "no model parameter: bert/encoder/layer_0/attention/self/extra/kernel"
+
+
+def _damage_index_block(prefix, values):
+    index = prefix.with_name(PREFIX + ".index")
+    raw = bytearray(index.read_bytes())
+    raw[20] ^= 0x01
+    index.write_bytes(bytes(raw))
+    return index, "checksum"
+
+
+@pytest.mark.parametrize("damage", [_damage_truncated, _damage_flipped_byte, _damage_missing_shard,
+                                    _damage_unknown_variable, _damage_index_block],
+                         ids=["truncated", "flipped-byte", "missing-shard", "unknown-variable", "index-checksum"])
+def test_damaged_checkpoints_are_one_line_errors_naming_the_file(fixture_dir, tf_values, tmp_path, capsys, damage):
+    prefix = copy_checkpoint(fixture_dir, tmp_path / "ckpt")
+    named, fragment = damage(prefix, tf_values)
+    output = tmp_path / "out.pt"
+    code, _, err = run(capsys, "convert", "--input", str(prefix), "--bert_config_path",
+                       str(fixture_dir / "bert_config.json"), "--output", str(output))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"bert-pretrain convert: error: {named}: "), err
+    assert fragment in err and not output.exists()
+
+
+def test_a_shape_that_bert_config_does_not_give_is_named(fixture_dir, tmp_path, capsys):
+    config = json.loads((fixture_dir / "bert_config.json").read_text())
+    (tmp_path / "bert_config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
+    code, _, err = run(capsys, "convert", "--input", str(fixture_dir / PREFIX), "--bert_config_path",
+                       str(tmp_path / "bert_config.json"), "--output", str(tmp_path / "out.pt"))
+    assert code == 2 and err.count("\n") == 1 and f"{fixture_dir / PREFIX}.index: " in err
+    assert "bert/encoder/layer_0/intermediate/dense/kernel (32, 64) (expected (32, 128))" in err
+    assert "bert/encoder/layer_0/output/dense/kernel (64, 32) (expected (128, 32))" in err
+
+
+def test_the_converted_file_evaluates_and_inspects(fixture_dir, tf_values, tmp_path, capsys):
+    output = tmp_path / f"{PREFIX}.apex.pt"
+    assert run(capsys, "convert", "--input", str(fixture_dir / PREFIX), "--bert_config_path",
+               str(fixture_dir / "bert_config.json"), "--output", str(output))[0] == 0
+    arrays = mlperf_arrays(np.random.default_rng(0), n=16, seq_len=32, max_pred=5, vocab_size=1018)
+    write_padded(tmp_path / "eval" / "part_eval_10k.hdf5", arrays)
+    code, out, err = run(capsys, "evaluate", "--init_checkpoint", str(output), "--bert_config_path",
+                         str(fixture_dir / "bert_config.json"), "--eval_dir", str(tmp_path / "eval"),
+                         "--max_seq_length", "32", "--max_predictions_per_seq", "5", "--device", "cpu")
+    assert code == 0 and json.loads(out)["samples"] == 16, err
+    code, out, _ = run(capsys, "inspect", str(output))
+    assert code == 0 and "2 layers, hidden 32, intermediate 64, vocab rows 1024" in out
+    code, out, _ = run(capsys, "inspect", str(fixture_dir / PREFIX))
+    weights = sum(v.size for k, v in tf_values.items() if not any(p in SKIPPED for p in k.split("/")))
+    assert code == 0 and "TensorFlow checkpoint (141 variables in 1 data file(s): 46 weights, 95 optimizer" in out
+    assert f"vocab rows 1018, 128 positions, 2 segment types; {weights:,} parameters in 46 tensors" in out
