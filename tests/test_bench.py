@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.power import EnergyMeter
-from bert_pretrain.bench.run import json_line
+from bert_pretrain.bench.report import json_line
 from bert_pretrain.data.packing import pack_padded_rows
 from bert_pretrain.data.shards import padded_to_varlength, write_padded, write_varlength
 from bert_pretrain.data.synthetic import sample_lengths, synthetic_rows

@@ -3,8 +3,9 @@
 The levels, bottom up, with what each subpackage may use:
   0 helpers        errors, atomic, options, command_options: no project imports beyond each other
   1 kernels/       Triton and compiled pieces; only helpers (each has a plain reference in its tests)
-  2 leaves         batch, attention, model, optim, distributed, tf_table: one concept each; model uses only
-                   its input type, attention and kernels/ (test_model_knows_nothing_of_training)
+  2 leaves         batch, attention, model, optim, distributed, tf_table, fp8: one concept each; model uses only
+                   its input type, attention and kernels/ (test_model_knows_nothing_of_training); fp8 converts
+                   the model from outside, as step.compile_model compiles it
   3 data/          text -> instances -> shards, tokenization, loaders; helpers and leaves (the Batch type)
   4 state          step, checkpoint, tf_checkpoint, evaluate: built from leaves and data/
   5 train/, bench/ peers: each uses everything below and never the other
@@ -23,7 +24,7 @@ PACKAGE = Path(bert_pretrain.__file__).parent
 SUBPACKAGE_LEVELS = {"kernels": 1, "data": 3, "train": 5, "bench": 5}
 MODULE_LEVELS = {
     "errors": 0, "atomic": 0, "options": 0, "command_options": 0,
-    "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2,
+    "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
     "step": 4, "checkpoint": 4, "tf_checkpoint": 4, "evaluate": 4,
     "convert": 6, "inspect_checkpoint": 6, "demo": 6,
     "cli": 7, "__main__": 7, "launch": 7, "": 7,

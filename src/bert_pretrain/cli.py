@@ -76,7 +76,8 @@ def _convert(options) -> int:
 
 
 def _bench(options) -> int:
-    from bert_pretrain.bench.run import format_table, json_line, run_bench
+    from bert_pretrain.bench.report import format_table, json_line
+    from bert_pretrain.bench.run import run_bench
 
     result = run_bench(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(result))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bert_pretrain.options import device_option, option
+from bert_pretrain.options import PRECISIONS, device_option, option
 
 # The demo's defaults (measured on 2 CPU cores: see README "The demo").
 DEMO_TARGET = 0.14
@@ -26,6 +26,8 @@ class EvaluateOptions:
     num_eval_examples: int | None = option(None, "evaluate the first N samples (MLPerf: 10000); default: every "
                                                  "sample in the folder")
     device: str = device_option()
+    precision: str = option("fp32", "autocast precision; fp8 evaluates as an fp8 training run does, in bf16 (float8 "
+                                    "layers are a training speed-up)", choices=PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import load_weights, read_bert_config
 from bert_pretrain.command_options import EvaluateOptions
@@ -91,20 +92,22 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     """Sums of the model's metric counts over `batches` on every rank, reduced, as ratios.
 
     `precision` is the autocast precision (training evaluates in its own, as the reference does in
-    fp16: the fast attention kernels need half precision). Everything stays on the device until the
-    one read at the end.
+    fp16: the fast attention kernels need half precision). 'fp8' evaluates in bf16: float8 layers
+    (fp8.py) are a training speed-up, and the accuracy a run stops on is then what its weights give
+    anyone who loads them. Everything stays on the device until the one read at the end.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    # disable=None: a bar on a terminal only, so a log file gets no carriage-return updates
-    for batch in tqdm(batches, desc="eval", unit="batch", disable=None if progress else True, leave=False):
-        with autocast(device, precision):
-            out = model(batch.to(device, non_blocking=True))
-        sums += torch.stack([
-            out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
-            out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),
-        ])
+    with fp8.float8_off(model):
+        # disable=None: a bar on a terminal only, so a log file gets no carriage-return updates
+        for batch in tqdm(batches, desc="eval", unit="batch", disable=None if progress else True, leave=False):
+            with autocast(device, precision):
+                out = model(batch.to(device, non_blocking=True))
+            sums += torch.stack([
+                out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
+                out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),
+            ])
     model.train(was_training)
     mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, nsp_count = all_reduce_sum(sums).tolist()
     return EvalResult(
@@ -138,6 +141,6 @@ def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
     batches = rank_eval_batches(options.eval_dir, options.num_eval_examples, options.max_seq_length,
                                 options.max_predictions_per_seq, config.vocab_size, options.eval_batch_size,
                                 info.rank, info.world_size)
-    result = evaluate(model, batches, info.device, progress=info.is_main)
+    result = evaluate(model, batches, info.device, progress=info.is_main, precision=options.precision)
     shutdown()
     return result if info.is_main else None

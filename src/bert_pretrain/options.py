@@ -5,7 +5,8 @@ the fields into argparse flags (`--<field name>`, typed, with the default in the
 builds the dataclass back from the parsed flags, and `read_toml` checks a `--config` file's keys and
 values against the same fields. So the command line, a TOML recipe and the Python API cannot drift.
 
-Also here: the choices several commands share (attention backends, compile modes, precisions, devices).
+Also here: the choices several commands share (attention backends, compile modes, precisions, devices,
+the fp8 recipes and layers) and the checks on them that need no torch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ except ModuleNotFoundError:  # Python 3.10
 # checks that they agree), and torch.compile's modes.
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PRECISIONS = ("fp32", "fp16", "bf16")  # what `step.autocast` runs
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")  # what `step.autocast` runs (fp8: bf16, with fp8.py's float8 layers)
+# torchao.float8's recipes (Float8LinearRecipeName values) and the encoder layer's four linear layers
+# (fp8.LAYER_PATHS maps them to modules; tests/test_fp8.py checks that they agree).
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+FP8_LAYERS = ("qkv", "attn_out", "mlp1", "mlp2")
+# The two layers torchao's tensorwise heuristic converts at BERT-large's shapes (K 1024 -> N 3072 and 4096);
+# the other two have N = 1024, where its H100 measurements show no gain.
+DEFAULT_FP8_LAYERS = "qkv,mlp1"
+# With --fused_norm these layers' weights go to the fused kernels through F.linear, past any module swap.
+FUSED_NORM_LAYERS = ("attn_out", "mlp2")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_HELP = "where to run; 'auto' takes this process's GPU when there is one, else the CPU"
 
@@ -227,3 +237,19 @@ def require_trainable_attention(backend: str, on_gpu: bool) -> None:
     if backend == "flex" and not on_gpu:
         raise InputError("--attention flex trains only on CUDA (FlexAttention has no backward on the CPU); "
                          "use --attention auto")
+
+
+def fp8_layer_names(text: str, fused_norm: bool) -> tuple[str, ...]:
+    """`--fp8_layers` ('all' or names from FP8_LAYERS, comma-separated) as names in FP8_LAYERS order."""
+    names = FP8_LAYERS if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FP8_LAYERS]
+    if unknown or not names:
+        raise InputError(f"--fp8_layers {text!r}: name the encoder layer's linear layers to run in float8, "
+                         f"comma-separated, from {', '.join(FP8_LAYERS)} (or 'all'); e.g. {DEFAULT_FP8_LAYERS}")
+    clash = [n for n in names if fused_norm and n in FUSED_NORM_LAYERS]
+    if clash:
+        kept = ",".join(n for n in names if n not in FUSED_NORM_LAYERS) or DEFAULT_FP8_LAYERS
+        raise InputError(f"--fp8_layers {','.join(clash)} cannot run with --fused_norm (its kernels take those "
+                         f"layers' weights directly, past the float8 layers); pass --fp8_layers {kept}, or drop "
+                         "--fused_norm")
+    return tuple(n for n in FP8_LAYERS if n in names)

@@ -34,7 +34,8 @@ class StepResult:
 
 
 def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` ('fp32' runs without one)."""
+    """The autocast context for `precision` ('fp32' runs without one; 'fp8' is bf16 autocast, the float8
+    products coming from the layers fp8.convert_encoder swapped in)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if precision == "fp32":

@@ -49,7 +49,10 @@ def batch_flops(config, lengths, masked) -> float:
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
-    """The dense peak of a known accelerator for `precision`, else None (CPUs, unknown GPUs)."""
+    """The dense peak of a known accelerator for `precision`, else None (CPUs, unknown GPUs). fp8 counts
+    against the bf16 peak: attention, the heads and any layer left unconverted run in bf16, and so its
+    MFU compares with a bf16 run's."""
+    precision = "bf16" if precision == "fp8" else precision
     for fragment, peaks in PEAK_TFLOPS:
         if fragment in device_name:
             return peaks.get(precision)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bert_pretrain.options import ATTENTION_BACKENDS, COMPILE_MODES, PRECISIONS, device_option, option
+from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, DEFAULT_FP8_LAYERS, FP8_RECIPES, PRECISIONS,
+                                   device_option, option)
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,19 @@ class BenchOptions:
     batch: int = option(32, "sequences per micro-batch")
     accumulation: int = option(1, "micro-batches per optimizer step (gradient accumulation), for both contestants")
     device: str = device_option()
-    precision: str = option("fp32", "autocast precision", choices=PRECISIONS)
+    precision: str = option("fp32", "autocast precision; fp8: float8 products in --fp8_layers (torchao), bf16 for "
+                                    "the rest (HF then runs bf16)", choices=PRECISIONS)
+    fp8_recipe: str = option("tensorwise", "torchao's float8 scaling recipe, with --precision fp8", choices=FP8_RECIPES)
+    fp8_layers: str = option(DEFAULT_FP8_LAYERS, "with --precision fp8: the encoder layer's linear layers in float8, "
+                                                 "comma-separated from qkv, attn_out, mlp1, mlp2, or all")
     steps: int = option(20, "timed steps per contestant (rounded down to a multiple of --rounds)")
     warmup: int = option(5, "untimed steps per contestant first (compilation happens here)")
     rounds: int = option(2, "timed blocks per contestant, alternating between them")
     shard: str | None = option(None, "an HDF5 shard (padded or variable-length) to take rows from; default: "
                                      "synthetic rows with the MLPerf Wikipedia length histogram")
-    compare: str | None = option(None, "also run HF transformers on the same batches", choices=("hf",))
+    compare: str | None = option(None, "also run a peer on the same batches: hf, HF transformers; bf16, this "
+                                       "project's own step in bf16 without --precision fp8 or --fused_norm (what "
+                                       "those buy)", choices=("hf", "bf16"))
     max_predictions_per_seq: int | None = option(None, "masked slots per row; default 76 at --seq 512, else "
                                                        "ceil(0.15 * seq)")
     attention: str = option("auto", "attention backend for packed batches", choices=ATTENTION_BACKENDS)

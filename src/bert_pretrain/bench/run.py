@@ -25,6 +25,7 @@ import torch
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
+from bert_pretrain import fp8
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.options import BenchOptions
@@ -41,7 +42,7 @@ from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import MODEL_SHAPES, BertConfig
-from bert_pretrain.options import PRECISIONS, compile_choices, require_trainable_attention
+from bert_pretrain.options import PRECISIONS, compile_choices, fp8_layer_names, require_trainable_attention
 from bert_pretrain.step import compile_model, make_grad_scaler, train_step, training_parts
 
 POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
@@ -58,8 +59,9 @@ def bench_config(options: BenchOptions) -> BertConfig:
 def _validate(options: BenchOptions, config: BertConfig) -> None:
     if options.precision not in PRECISIONS:
         raise InputError(f"--precision {options.precision!r} is not one of {PRECISIONS}")
-    if options.compare not in (None, "hf"):
-        raise InputError(f"--compare {options.compare!r}: the only peer is 'hf'")
+    if options.compare not in (None, "hf", "bf16"):
+        raise InputError(f"--compare {options.compare!r}: the peers are 'hf' and 'bf16'")
+    fp8_layer_names(options.fp8_layers, options.fused_norm)
     for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple", "max_predictions_per_seq"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
@@ -121,7 +123,11 @@ def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict
 
 
 def _packing(options: BenchOptions, max_seqlen: int | None) -> PackingOptions:
-    return PackingOptions(pad_to_multiple=options.pad_to_multiple, max_seqlen=max_seqlen)
+    """fp8: token counts in multiples of 16 as well, as train packs them (both contestants run these batches)."""
+    multiple = options.pad_to_multiple
+    if options.precision == "fp8":
+        multiple = math.lcm(multiple, fp8.TOKEN_MULTIPLE)
+    return PackingOptions(pad_to_multiple=multiple, max_seqlen=max_seqlen)
 
 
 def _fixed_max_seqlen(options: BenchOptions, backend: str) -> int | None:
@@ -134,39 +140,54 @@ def compile_enabled(options: BenchOptions, device: torch.device) -> tuple[bool, 
     return compile_choices(options.compile, options.compile_optimizer, device.type == "cuda")
 
 
+def _project_runner(name: str, options: BenchOptions, config, device, steps, precision: str, fused: bool):
+    """This project's model, LAMB and `step.train_step` at `precision` (fp8: converted, then compiled as train
+    does), from the same initial weights for every `name`. Returns the runner and the fp8 conversion (or None)."""
+    torch.manual_seed(options.seed)
+    compile_model_too, compile_optimizer = compile_enabled(options, device)
+    model, optimizer, scaler = training_parts(config, device, precision, attention=options.attention,
+                                              fused_norm=fused, compiled_optimizer=compile_optimizer)
+    conversion = None
+    if precision == "fp8":  # the same Parameters: LAMB's are still the model's
+        conversion = fp8.convert_encoder(model, options.fp8_recipe, fp8_layer_names(options.fp8_layers, fused),
+                                         emulate=device.type != "cuda")
+    if compile_model_too:
+        compile_model(model, mode=options.compile_mode)
+
+    def step(micro_batches):
+        return train_step(model, optimizer, scaler, micro_batches, precision, device).sums[0]
+
+    return Runner(name, step, steps, model, optimizer), conversion
+
+
 def _contestants(options, config, rows, device, backend: str):
-    """This project's runner and, with --compare hf, HF's, over the same POOL_STEPS steps of micro-batches."""
+    """This project's runner and the --compare peer's, over the same POOL_STEPS steps of micro-batches."""
     size, per_step = options.batch, options.accumulation
     groups = [[{k: v[(i * per_step + j) * size:(i * per_step + j + 1) * size] for k, v in rows.items()}
                for j in range(per_step)] for i in range(POOL_STEPS)]
     pin = device.type == "cuda"
-    torch.manual_seed(options.seed)
-    compile_model_too, compile_optimizer = compile_enabled(options, device)
-    model, optimizer, scaler = training_parts(config, device, options.precision, attention=options.attention,
-                                              fused_norm=options.fused_norm, compiled_optimizer=compile_optimizer)
-    if compile_model_too:
-        compile_model(model, mode=options.compile_mode)
     max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
              for step in groups]
     steps = [[b.pin_memory() if pin else b for b in step] for step in steps]
-
-    def ours(micro_batches):
-        return train_step(model, optimizer, scaler, micro_batches, options.precision, device).sums[0]
-
-    runners = [Runner("bert_pretrain", ours, steps, model, optimizer)]
-    if options.compare == "hf":
+    ours, conversion = _project_runner("bert_pretrain", options, config, device, steps, options.precision,
+                                       options.fused_norm)
+    runners = [ours]
+    if options.compare == "bf16":  # the same batches (fp8's padding to 16 tokens included), plain bf16 path
+        runners.append(_project_runner("bert_pretrain_bf16", options, config, device, steps, "bf16", False)[0])
+    elif options.compare == "hf":
         hf = bench_hf.hf_model(config, device, options.hf_compile)
         hf_opt = bench_hf.hf_optimizer(hf, device)
-        hf_scaler = make_grad_scaler(options.precision, device)
+        precision = "bf16" if options.precision == "fp8" else options.precision  # HF has no float8 path here
+        hf_scaler = make_grad_scaler(precision, device)
         inputs = [[bench_hf.hf_inputs(g) for g in step] for step in groups]
         inputs = [[{k: v.pin_memory() for k, v in x.items()} if pin else x for x in step] for step in inputs]
 
         def peer(x):
-            return bench_hf.hf_train_step(hf, hf_opt, hf_scaler, x, options.precision, device)
+            return bench_hf.hf_train_step(hf, hf_opt, hf_scaler, x, precision, device)
 
         runners.append(Runner("hf_transformers", peer, inputs, hf, hf_opt))
-    return runners, groups
+    return runners, groups, conversion
 
 
 def _keep_freed_memory() -> str:
@@ -227,7 +248,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     device = resolve_device(options.device)
     allocator = _keep_freed_memory() if device.type == "cpu" else "torch CUDA caching allocator"
     rows = load_rows(options, config, options.batch * options.accumulation * POOL_STEPS)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[options.precision]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(options.precision, torch.bfloat16)  # fp8: bf16 too
     try:
         backend = resolve_backend(options.attention, device, dtype, config.attention_probs_dropout_prob, True,
                                   config.hidden_size // config.num_attention_heads)
@@ -239,39 +260,46 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                          "pass --compile on the CPU)")
     if options.fused_norm:
         fused_norm.require(device)
+    if options.precision == "fp8":
+        fp8.require(device, "--precision fp8")
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
              f"seq {options.seq} batch {options.batch}x{options.accumulation} {options.precision} on "
              f"{_device_name(device)}; "
              f"attention {backend}; building")
-    runners, groups = _contestants(options, config, rows, device, backend)
+    runners, groups, conversion = _contestants(options, config, rows, device, backend)
+    for note in conversion.notes if conversion else []:
+        progress(f"bench: {note}")
     meter = EnergyMeter(device)
-    runners, hf_error = time_contestants(runners, options, device, meter, progress)
+    runners, peer_error = time_contestants(runners, options, device, meter, progress)
     peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
     result = {
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
         "accumulation": options.accumulation,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
+        "fp8_recipe": options.fp8_recipe if conversion else None,
+        "fp8_layers": list(conversion.layers) if conversion else None, "compare": options.compare,
         "attention": backend, "compile": compile_enabled(options, device)[0],
         "compile_mode": options.compile_mode if compile_enabled(options, device)[0] else None,
         "compile_optimizer": compile_enabled(options, device)[1], "fused_norm": options.fused_norm,
         "hf_compile": options.hf_compile if options.compare else None, "shard": options.shard,
         "max_predictions_per_seq": options.predictions(), "warmup": options.warmup, "rounds": options.rounds,
-        "pad_to_multiple": options.pad_to_multiple, "seed": options.seed,
+        "pad_to_multiple": _packing(options, None).pad_to_multiple, "seed": options.seed,
         "steps": len(runners[0].timed_indices), "optimizer": type(runners[0].optimizer).__name__,
         "mean_length": float(row_lengths(rows).mean()), "peak_tflops": peak,
         "power": "nvml" if meter.available else meter.reason,
         "torch": torch.__version__, "cpu_allocator": allocator, "threads": torch.get_num_threads(),
     }
     result.update(_summary(runners[0], groups, config, options, device, peak))
-    if hf_error:
-        result["hf_error"] = hf_error
+    if peer_error:
+        result[f"{options.compare}_error"] = peer_error
     if len(runners) > 1:
-        import transformers
+        if options.compare == "hf":
+            import transformers
 
-        result["transformers"] = transformers.__version__
-        hf = _summary(runners[1], groups, config, options, device, peak)
-        result.update({f"hf_{key}": value for key, value in hf.items()})
-        result["ratio"] = result["seq_per_s"] / result["hf_seq_per_s"]
+            result["transformers"] = transformers.__version__
+        peer = _summary(runners[1], groups, config, options, device, peak)
+        result.update({f"{options.compare}_{key}": value for key, value in peer.items()})
+        result["ratio"] = result["seq_per_s"] / peer["seq_per_s"]
         # Per alternating pair of blocks (same step count each): shows how steady the ratio was.
         result["ratio_rounds"] = [hf_s / ours_s for ours_s, hf_s in zip(runners[0].block_seconds,
                                                                           runners[1].block_seconds)]
@@ -293,41 +321,3 @@ def profile_runner(runner: Runner, options: BenchOptions, device: torch.device, 
         tmp.write_text(format_profile(summary) + "\n")
     progress(format_profile(summary))
     return summary
-
-
-def json_line(result: dict) -> str:
-    """The result as one line of strict JSON: a NaN or inf (a diverged loss) becomes null."""
-    def finite(value):
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
-        if isinstance(value, dict):
-            return {key: finite(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(item) for item in value]
-        return value
-
-    return json.dumps(finite(result), allow_nan=False)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
-
-
-def format_table(result: dict) -> str:
-    """A Markdown table: one row per measure, one column per contestant."""
-    keys = ("seq_per_s", "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "power_w", "joules_per_seq", "loss")
-    has_hf = "hf_seq_per_s" in result
-    header = "| measure | bert_pretrain |" + (" hf_transformers |" if has_hf else "")
-    lines = [header, "|---|---:|" + ("---:|" if has_hf else "")]
-    for key in keys:
-        cells = [_fmt(result.get(key))] + ([_fmt(result.get(f"hf_{key}"))] if has_hf else [])
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    if has_hf:
-        lines.append(f"| ratio (seq/s) | {result['ratio']:.2f}x | 1.00x |")
-    lines.append(f"| input pipeline seq/s | {_fmt(result['input_seq_per_s'])} "
-                 f"({result['input_ratio']:.1f}x the step) |" + (" |" if has_hf else ""))
-    return "\n".join(lines)

@@ -30,7 +30,7 @@ CATEGORIES = (
     ("attention", re.compile(r"flash|fmha|attention|attn", re.I)),
     ("optimizer", re.compile(r"multi_tensor|foreach|lamb|amp_update_scale|non_finite|Optimizer\.|"
                              r"^triton_\w*_(sqrt|linalg_vector_norm)(_|$)", re.I)),
-    ("gemm", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma|(^|::)(mm|addmm|bmm|linear|matmul)\b", re.I)),
+    ("gemm", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma|(^|::)(_scaled_mm|mm|addmm|bmm|linear|matmul)\b", re.I)),
     ("compiled (triton)", re.compile(r"^triton_|torchinductor|CompiledFunction|CompiledFxGraph|Torch-Compiled", re.I)),
     ("copy / fill", re.compile(r"memcpy|memset|copy|fill|^aten::(to|_to_copy|zero_|zeros|empty)", re.I)),
     ("loss / softmax", re.compile(r"softmax|nll|cross_entropy|argmax", re.I)),

@@ -88,7 +88,7 @@ class Runner:
 
 
 def time_contestants(runners, options, device, meter, progress):
-    """Warm-up, then `rounds` alternating timed blocks. Returns the runners that finished and HF's error."""
+    """Warm-up, then `rounds` alternating timed blocks. Returns the runners that finished and the peer's error."""
     per_round = options.steps // options.rounds
     active_meter = meter if meter.available else None
     try:
@@ -107,13 +107,13 @@ def time_contestants(runners, options, device, meter, progress):
     except torch.cuda.OutOfMemoryError as err:
         if len(runners) == 1:
             raise
-        # The peer (logits for every position) ran out of memory: time this project alone.
-        hf_error = f"out of memory: {str(err).splitlines()[0]}"
-    progress(f"bench: hf_transformers failed ({hf_error}); timing bert_pretrain alone")
+        # The peer (HF: logits for every position) ran out of memory: time this project alone.
+        peer_error = f"out of memory: {str(err).splitlines()[0]}"
+    progress(f"bench: {runners[1].name} failed ({peer_error}); timing bert_pretrain alone")
     ours = Runner(runners[0].name, runners[0].step_fn, runners[0].inputs, runners[0].model, runners[0].optimizer)
     runners.clear()  # drop the peer's model, optimizer and gradients
     gc.collect()
     torch.cuda.empty_cache()
     for _ in range(options.rounds):
         ours.run(per_round, device, active_meter, None, timed=True)
-    return [ours], hf_error
+    return [ours], peer_error

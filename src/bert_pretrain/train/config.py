@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
-from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, add_options, compile_choices, device_option,
-                                   option, read_toml, require_trainable_attention)
+from bert_pretrain.options import (ATTENTION_BACKENDS, COMPILE_MODES, DEFAULT_FP8_LAYERS, FP8_RECIPES, add_options,
+                                   compile_choices, device_option, fp8_layer_names, option, read_toml,
+                                   require_trainable_attention)
 from bert_pretrain.train.reference_flags import REFERENCE_ONLY, add_reference_flags, reference_notes
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ class SystemOptions:
     fp16: bool = option(False, "float16 autocast with dynamic loss scaling (initial scale: env INIT_LOSS_SCALE, "
                                "default 2**20); falls back to fp32 without a GPU")
     bf16: bool = option(False, "bfloat16 autocast (no loss scaling)")
+    fp8: bool = option(False, "float8 matrix products in the encoder's linear layers (torchao.float8), bf16 for the "
+                              "rest and for evals; needs torchao (pip install 'bert-pretrain[fp8]') and a GPU of "
+                              "compute capability 8.9+ (H100, H200), or the CPU (emulated)")
+    fp8_recipe: str = option("tensorwise", "torchao's float8 scaling recipe, with --fp8", choices=FP8_RECIPES)
+    fp8_layers: str = option(DEFAULT_FP8_LAYERS, "with --fp8: the encoder layer's linear layers in float8, "
+                                                 "comma-separated from qkv, attn_out, mlp1, mlp2, or all")
     dist_backend: str | None = option(None, "collective backend (default: nccl on GPUs, gloo on CPUs)",
                                       choices=("nccl", "gloo"))
     dist_timeout: int = option(600, "seconds a collective waits for a lost process before every process "
@@ -145,7 +152,7 @@ class SystemOptions:
                                           "max-autotune(-no-cudagraphs) also tunes the GEMM kernels (minutes "
                                           "of compilation)",
                                choices=COMPILE_MODES)
-    precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16 and the device
+    precision: str = field(default="fp32", metadata={"derived": True})  # from fp16/bf16/fp8 and the device
 
 
 @dataclass(frozen=True)
@@ -249,9 +256,13 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
     if values.get("fp16") and values.get("bf16"):
         raise InputError("--fp16 and --bf16 are both on (from the flags or the --config file); choose one, "
                          "turning the other off with --no-fp16 or --no-bf16")
+    if values.get("fp16") and values.get("fp8"):  # fp8 runs the rest in bf16, so --bf16 may stay on with it
+        raise InputError("--fp8 and --fp16 are both on (the flags, the --config file or the launcher); --fp8 runs "
+                         "all but its float8 layers in bf16: add --no-fp16")
     device = values.get("device", "auto")
     on_gpu = device == "cuda" or (device == "auto" and cuda_available)
-    precision = "fp16" if values.get("fp16") else "bf16" if values.get("bf16") else "fp32"
+    precision = ("fp8" if values.get("fp8") else "fp16" if values.get("fp16") else "bf16" if values.get("bf16")
+                 else "fp32")
     if precision == "fp16" and not on_gpu:
         notes.append("note: --fp16 needs a GPU and none is in use; training in fp32 "
                      "(--bf16 runs on CPUs)")
@@ -290,6 +301,10 @@ def validate(config: RunConfig) -> None:
     _require(run.target_mlm_accuracy == 0 or run.eval_iter_samples is None or run.eval_iter_samples > 0,
              f"--target_mlm_accuracy needs evals, and --eval_iter_samples {run.eval_iter_samples} turns them off; "
              "leave it out for the MLPerf cadence, or pass --target_mlm_accuracy 0")
+    fp8_layer_names(config.system.fp8_layers, config.system.fused_norm)  # checked with --fp8 off too: typos show
+    _require(config.system.precision != "fp8" or config.system.packed or data.max_seq_length % 16 == 0,
+             f"--fp8 with --no-packed needs --max_seq_length in a multiple of 16 (float8 matrix products take token "
+             f"counts in multiples of 16), got {data.max_seq_length}; use the packed default")
     positive = {
         "train_batch_size": batch.train_batch_size, "gradient_accumulation_steps": batch.gradient_accumulation_steps,
         "eval_batch_size": batch.eval_batch_size, "max_seq_length": data.max_seq_length,

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
 from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.data.exchange import ExchangedStream
@@ -32,6 +33,7 @@ from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
+from bert_pretrain.options import fp8_layer_names
 from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.config import RunConfig
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
@@ -40,9 +42,11 @@ from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingSta
                                           restore_training_state)
 
 POLY_POWER = 1.0
-# Options that must match between a checkpoint and the run resuming it for the continuation to be exact.
+# Options that must match between a checkpoint and the run resuming it for the continuation to be exact
+# (the fp8 ones when it trains in fp8).
 EXACT_RESUME_OPTIONS = ("train_batch_size", "gradient_accumulation_steps", "seed", "precision", "max_steps",
                         "learning_rate", "warmup_steps", "warmup_proportion", "start_warmup_step", "input_dir")
+EXACT_RESUME_FP8_OPTIONS = ("fp8_recipe", "fp8_layers")
 
 
 class PeerLost(RuntimeError):
@@ -93,6 +97,8 @@ def guard(world_size: int, collective, last_checkpoint=lambda: None):
 def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
     """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
     stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
+    if config.system.precision == "fp8":  # before anything is written or read
+        fp8.require(info.device)
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
@@ -120,6 +126,9 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         observers.metrics.resume_at(state.progress.samples)
         observers.say(f"resuming from {resume_path} at step {state.progress.step} "
                       f"({state.progress.samples} samples)")
+    if config.system.precision == "fp8":  # in place, from outside the model, before it is compiled
+        for note in _convert_to_fp8(state.model, config, info.device).notes:
+            observers.say(note)
     if config.system.compile:
         # in place: parameter names, checkpoints and the optimizer are unchanged
         compile_model(state.model, mode=config.system.compile_mode)
@@ -140,6 +149,14 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
+
+
+def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.device) -> fp8.Conversion:
+    """--fp8_layers of every encoder layer as torchao float8 layers (the same Parameters: names, optimizer state
+    and checkpoints do not change); emulated where there are no float8 matrix units."""
+    system = config.system
+    return fp8.convert_encoder(model, system.fp8_recipe, fp8_layer_names(system.fp8_layers, system.fused_norm),
+                               emulate=device.type != "cuda")
 
 
 def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule) -> tuple[Path | None, str]:
@@ -198,7 +215,8 @@ def _init_loss_scale() -> float:
 
 def _changed_options(saved: dict, config: RunConfig) -> list[str]:
     now = config.flat()
-    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in EXACT_RESUME_OPTIONS if k in saved and saved[k] != now[k]]
+    keys = EXACT_RESUME_OPTIONS + (EXACT_RESUME_FP8_OPTIONS if now["precision"] == "fp8" else ())
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if k in saved and saved[k] != now[k]]
     if not changed:
         return []
     return [f"note: resuming with changed options ({', '.join(changed)}); the continuation is not the exact one"]
@@ -225,10 +243,12 @@ def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: Data
 
 
 def _row_converter(config: RunConfig):
-    """Rows -> Batch: packed (padding removed; max_seqlen fixed so a compiled model sees one value) or padded."""
+    """Rows -> Batch: packed (padding removed; max_seqlen fixed so a compiled model sees one value; fp8: token
+    counts in multiples of 16) or padded."""
     if not config.system.packed:
         return padded_rows_batch
-    options = PackingOptions(max_seqlen=config.data.max_seq_length)
+    multiple = fp8.TOKEN_MULTIPLE if config.system.precision == "fp8" else 1
+    options = PackingOptions(max_seqlen=config.data.max_seq_length, pad_to_multiple=multiple)
     return functools.partial(pack_padded_rows, max_predictions_per_seq=config.data.max_predictions_per_seq,
                              options=options)
 
