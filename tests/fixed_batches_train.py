@@ -6,11 +6,16 @@ accumulation consecutive ones starting at r * accumulation, so 2 processes x 1 m
 1 process x 2 micro-batches see the same rows in every step.
 
     torchrun --nproc_per_node 2 tests/fixed_batches_train.py <train flags>
+
+With TEST_COMPILE_BACKEND set (e.g. aot_eager), --compile compiles with that backend: Dynamo, DDP's graph
+splitting and AOT autograd run as in training, without Inductor's CPU code generation (slow on a CPU).
 """
 
+import os
 import sys
 
 import numpy as np
+import torch
 
 from bert_pretrain.cli import build_parser
 from bert_pretrain.data.loader import DataPosition
@@ -45,6 +50,13 @@ class FixedGlobalBatches:
         pass
 
 
+def _compile_with(backend: str) -> None:
+    compile_module = torch.nn.Module.compile
+    torch.nn.Module.compile = lambda self, **kwargs: compile_module(self, **{**kwargs, "backend": backend})
+
+
 if __name__ == "__main__":
+    if os.environ.get("TEST_COMPILE_BACKEND"):
+        _compile_with(os.environ["TEST_COMPILE_BACKEND"])
     config = load_config(build_parser().parse_args(["train", *sys.argv[1:]]))
     sys.exit(train(config, stream_factory=FixedGlobalBatches))
