@@ -21,8 +21,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "init.sh: no torch found; installing the CPU build torch==$TORCH_VERSION"
     .venv/bin/python -m pip install -q "torch==$TORCH_VERSION"
 fi
-# torch is a dependency with no upper bound, so pip keeps the one that is there.
-.venv/bin/python -m pip install -q -e ".[test]"
+# torch is a dependency with no upper bound, so pip keeps the one that is there; the fp8 extra (torchao,
+# which depends on no torch) lets the fp8 tests run.
+.venv/bin/python -m pip install -q -e ".[test,fp8]"
 # The Triton kernels (--fused_norm) are tested on any CPU in Triton's interpreter. A GPU torch brings its
 # own triton (CUDA's, or ROCm's under another package name): an importable one is never replaced.
 if ! .venv/bin/python -c "import triton" 2>/dev/null && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then

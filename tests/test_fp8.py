@@ -86,7 +86,7 @@ def _model(layers=FP8_LAYERS, recipe="tensorwise", emulate=False, **config):
 
 
 def _loss_and_grads(model, batch):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16):
         out = model(batch)
     out.loss.backward()
     return out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -139,25 +139,39 @@ def test_a_gpu_without_float8_tensor_cores_is_refused_naming_the_fix(monkeypatch
         fp8.unavailable_reason.cache_clear()
 
 
+@pytest.fixture
+def cuda_fp8() -> torch.device:
+    """The GPU, where it has float8 tensor cores and torchao is installed."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    reason = fp8.unavailable_reason(torch.device("cuda", 0))
+    if reason:
+        pytest.skip(f"fp8 cannot run on this GPU: {reason}")
+    return torch.device("cuda", 0)
+
+
 @needs_torchao
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("recipe", FP8_RECIPES)
 @pytest.mark.parametrize("emulate", [False, True], ids=["scaled_mm", "emulated"])
-def test_a_float8_layer_computes_the_recipes_arithmetic(recipe, emulate):
-    """torch._scaled_mm on the CPU and the emulation both give the reference's products to bf16 rounding,
-    where the plain bf16 product is EPS_FORWARD away."""
+def test_a_float8_layer_computes_the_recipes_arithmetic(recipe, emulate, device, request):
+    """torch._scaled_mm and the emulation both give the reference's products to bf16 rounding (on a GPU
+    also to the forward GEMM's fast accumulation), where the plain bf16 product is EPS_FORWARD away."""
+    device = request.getfixturevalue("cuda_fp8") if device == "cuda" else CPU
     torch.manual_seed(0)
-    layer = nn.Sequential(nn.Linear(64, 96, bias=False))
+    layer = nn.Sequential(nn.Linear(64, 96, bias=False)).to(device)
     weight = layer[0].weight
     fp8._torchao_float8().convert_to_float8_training(layer, config=dataclasses.replace(
         fp8._torchao_float8().Float8LinearConfig.from_recipe_name(recipe), emulate=emulate))
-    x = (torch.randn(80, 64) * torch.rand(80, 1) * 3).bfloat16().requires_grad_()  # rows of unequal size
-    grad = (torch.randn(80, 96) * torch.rand(1, 96)).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = (torch.randn(80, 64) * torch.rand(80, 1) * 3).bfloat16().to(device).requires_grad_()  # rows of unequal size
+    grad = (torch.randn(80, 96) * torch.rand(1, 96)).bfloat16().to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         y = layer(x)
     y.backward(grad)
     expected = reference_products(x.detach(), weight.detach(), grad, recipe)
+    rtol = 2**-7 if device.type == "cpu" else 2**-6
     for got, want in zip((y, x.grad, weight.grad), expected):
-        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-9 * want.abs().max().item())
+        torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=rtol / 4 * want.abs().max().item())
     plain = (x.detach().float() @ weight.detach().t()).bfloat16()
     assert relative(plain, expected[0]) > EPS_FORWARD / 4  # the check above tells float8 from bf16
 
@@ -292,3 +306,31 @@ def test_fp8_packs_token_counts_in_multiples_of_16(tmp_path):
         tokens = _row_converter(config)(arrays).input_ids.shape[0]
         assert tokens % multiple == 0 and (multiple == 1 or tokens - int(arrays["input_mask"].sum()) < 16)
     assert _packing(BenchOptions(precision="fp8", pad_to_multiple=24), None).pad_to_multiple == 48
+
+
+@pytest.mark.gpu
+def test_compiled_fp8_steps_on_a_gpu_track_bf16_and_compile_once(cuda_fp8):
+    """What train --fp8 runs on a GPU (Inductor, flash attention, LAMB): the first step's gradients within the
+    CPU test's bounds of bf16, compiled steps as eager ones, one layer compilation for three token counts."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from bert_pretrain.optim import Lamb, parameter_groups
+    from bert_pretrain.step import compile_model, make_grad_scaler, train_step
+
+    shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256)
+    batches = [_batch(seed).to(cuda_fp8) for seed in range(3)]
+    _, grads_bf16 = _loss_and_grads(_model(layers=(), **shape).to(cuda_fp8), batches[0])
+    _, grads_fp8 = _loss_and_grads(_model(**shape).to(cuda_fp8), batches[0])
+    assert max(relative(grads_fp8[n], grads_bf16[n]) for n in grads_bf16) < 2 * EPS_BACKWARD
+    losses = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = _model(**shape).to(cuda_fp8)
+        model.attention_backend = "auto"
+        if compiled:
+            compile_model(model)
+        optimizer = Lamb(parameter_groups(model, 0.01), lr=1e-3, compiled=compiled)
+        scaler = make_grad_scaler("fp8", cuda_fp8)
+        losses[compiled] = [float(train_step(model, optimizer, scaler, [b], "fp8", cuda_fp8).sums[0]) for b in batches]
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2)
+    assert len(_debug_get_cache_entry_list(BertLayer.forward.__code__)) == 1
