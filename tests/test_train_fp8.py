@@ -63,13 +63,18 @@ def test_300_fp8_steps_on_wikipedia_end_where_bf16_ends(wikipedia, tmp_path):
              "--warmup_proportion", "0.1", "--max_steps", "300", "--num_eval_examples", "256",
              "--eval_iter_start_samples", "4800", "--eval_iter_samples", "4800", "--log_freq", "50", "--seed", "1",
              "--device", "cpu", "--verify_checkpoint"]
-    ends, start = {}, None
-    for precision in ("bf16", "fp8"):
-        result = train(*flags, "--output_dir", str(tmp_path / precision), f"--{precision}", "--fp8_layers", "all")
-        assert result.returncode == 0, result.stderr[-3000:]
-        start = float(re.search(r"initial weights: masked-LM accuracy \S+, loss (\S+)", result.stderr)[1])
+    runs = {precision: subprocess.Popen(  # side by side: one thread each
+        [sys.executable, "-m", "bert_pretrain", "train", *flags, "--output_dir", str(tmp_path / precision),
+         f"--{precision}", "--fp8_layers", "all"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, **SUBPROCESS_ENV}) for precision in ("bf16", "fp8")}
+    ends, starts = {}, set()
+    for precision, process in runs.items():
+        stderr = process.communicate(timeout=600)[1]
+        assert process.returncode == 0, stderr[-3000:]
+        starts.add(float(re.search(r"initial weights: masked-LM accuracy \S+, loss (\S+)", stderr)[1]))
         (final,) = metrics(tmp_path / precision, "eval")
         ends[precision] = final["mlm_loss"]
+    (start,) = starts  # the same initial weights, evaluated in bf16 by both
     assert start - ends["bf16"] > 0.5
     assert abs(ends["fp8"] - ends["bf16"]) < LOSS_MARGIN * (start - ends["bf16"]), (start, ends)
 
