@@ -293,7 +293,8 @@ def test_regional_compilation_with_float8_layers_matches_eager_and_compiles_once
 
 def test_fp8_packs_token_counts_in_multiples_of_16(tmp_path):
     """The weight gradient's GEMM contracts over the tokens: train's and bench's packers pad to 16."""
-    from bert_pretrain.bench.run import BenchOptions, _packing
+    from bert_pretrain.bench.options import BenchOptions
+    from bert_pretrain.bench.run import _packing
     from bert_pretrain.cli import build_parser
     from bert_pretrain.train.config import load_config
     from bert_pretrain.train.setup import _row_converter
