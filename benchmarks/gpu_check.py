@@ -170,8 +170,8 @@ def _section_train(args, fp8_layers: bool = False) -> dict:
                         num_attention_heads=4, intermediate_size=1024 if cuda else 128, max_position_embeddings=seq)
     rng = np.random.default_rng(0)
     arrays = _copy_task_rows(rng, batch * 32, seq, 20, config.vocab_size)
-    batches = [pack_padded_rows({k: v[i * batch:(i + 1) * batch] for k, v in arrays.items()}, options=packing).to(device)
-               for i in range(32)]
+    batches = [pack_padded_rows({k: v[i * batch:(i + 1) * batch] for k, v in arrays.items()}, options=packing)
+               .to(device) for i in range(32)]
     torch.manual_seed(0)
     model = BertForPreTraining(config, attention_backend="auto").to(device).train()
     if fp8_layers:
