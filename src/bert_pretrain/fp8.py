@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import re
 import sys
 from typing import NamedTuple
@@ -100,8 +101,9 @@ def _version(text: str) -> tuple[int, int]:
 
 
 def _torchao_float8():
-    """torchao.float8, imported without the warnings of its optional C++ kernels, which this project does
-    not use (on a CPU-only torch they cannot load)."""
+    """torchao.float8, without its optional C++ kernels, which float8 training does not use (they are built
+    for one CUDA version and cannot load on a CPU-only torch) and without the warnings about them."""
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
