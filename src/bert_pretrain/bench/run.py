@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert_pretrain import fp8
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
-from bert_pretrain import fp8
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.options import BenchOptions
