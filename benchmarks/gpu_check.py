@@ -20,8 +20,8 @@ BERT-base, runs only when named with --sections):
 - `fp8_<layers>` and `fp8_<recipe>_<layers>`: fp8 against this project's own bf16 step in the same
   process (`--compare bf16`), one section per converted-layer set and recipe;
 - `fused_norm_bf16`: --fused_norm against the plain bf16 step, same process;
-- the GPU tests (`pytest -m gpu`: fp8, fused norm, step, LAMB), LAMB's update alone (multi-tensor against
-  compiled, section `lamb`), short bf16 and fp8 training runs whose loss must fall;
+- LAMB's update alone (multi-tensor against compiled, section `lamb`), the GPU tests (`pytest -m gpu`:
+  fp8, fused norm, step, LAMB), short fp8 and bf16 training runs whose loss must fall;
 - then what is still owed from earlier: one encoder layer compiled several ways (`layer`,
   layer_bench.py) and HF compiled as the peer.
 `--experiments` runs, instead of the check, variants of the bf16 headline (EXPERIMENTS: eager LAMB,
@@ -289,7 +289,7 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
 LARGE_128 = ["--model", "large", "--seq", "512", "--batch", "128", "--accumulation", "2", "--steps", "6",
              "--warmup", "2"]
 LARGE = ["--model", "large", "--seq", "512", "--batch", "64", "--accumulation", "4", "--steps", "6", "--warmup", "2"]
-FP8_CHECK = ("fp8_headline", "fp8_qkv_mlp1", "fp8_all", "fused_norm_bf16")  # before the GPU tests
+FP8_CHECK = ("fp8_headline", "fp8_qkv_mlp1", "fp8_all", "fused_norm_bf16")  # first, then lamb and the GPU tests
 FP8_LATER = ("fp8_rowwise_all", "fp8_rowwise_with_gw_hp_all", "large512_bf16_hf_compiled")  # after them
 # --experiments: variants of the headline (BERT-large, 512, bf16, 256 sequences per update), this project only,
 # each against the unchanged baseline run first in the same call. What each one tests:
@@ -524,8 +524,8 @@ def main(argv=None) -> int:
     gpu_tests = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_fp8.py",
                  "tests/test_fused_norm.py", "tests/test_step.py", "tests/test_optim.py"]
     # In order of importance, so a short budget still measures the fp8 numbers and checks correctness.
-    check = [*(benches[n] for n in FP8_CHECK if n in benches), ("gpu tests", gpu_tests, 150),
-             ("lamb", [*me, "--section", "lamb"], 90), ("train_fp8", [*me, "--section", "train_fp8"], 60),
+    check = [*(benches[n] for n in FP8_CHECK if n in benches), ("lamb", [*me, "--section", "lamb"], 90),
+             ("gpu tests", gpu_tests, 150), ("train_fp8", [*me, "--section", "train_fp8"], 60),
              ("train", [*me, "--section", "train"], 45), *(benches[n] for n in FP8_LATER if n in benches),
              ("layer", [*me, "--section", "layer"], 180)]
     experiments = [(name, [*bench, *rest], limit) for name, rest, limit in _experiment_plan(args)]
