@@ -14,7 +14,6 @@ output deviates from the exact product by an RMS fraction of EPS_FORWARD = sqrt(
 """
 
 import dataclasses
-import json
 import math
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining, BertLayer
 from bert_pretrain.options import DEFAULT_FP8_LAYERS, FP8_LAYERS, FP8_RECIPES, fp8_layer_names
-from conftest import SUBPROCESS_ENV, mlperf_arrays, run_cli, tiny_config, train_flags, write_data_folder
+from conftest import mlperf_arrays, tiny_config, train_flags, write_data_folder
 
 CPU = torch.device("cpu")
 UNAVAILABLE = fp8.unavailable_reason(CPU)
