@@ -124,9 +124,10 @@ def test_an_fp8_checkpoint_is_plain_weights_for_bf16_evaluate_convert_and_an_exa
 
 def test_two_fp8_processes_with_regional_compilation_equal_one_accumulating(tmp_path):
     """DDP (gloo) around the regionally compiled model, as train builds it, with the float8 layers inside the
-    compiled regions: Dynamo splits each region at DDP's buckets, where torchao's known DDP + compile failure
-    lies. aot_eager stands in for Inductor (same graphs, no CPU code generation); the one process runs eagerly
-    (compiled == eager: test_fp8.py), LAMB uncompiled in both (it does not touch the float8 layers)."""
+    compiled regions: Dynamo hands each region to DDP's graph optimizer (DDPOptimizer, which splits graphs at
+    DDP's 100 MB buckets; this model fits one), the path of torchao's known DDP + compile failure. aot_eager
+    stands in for Inductor (same graphs, no CPU code generation); the one process runs eagerly (compiled ==
+    eager: test_fp8.py), LAMB uncompiled in both (it does not touch the float8 layers)."""
     config = tiny_config(64, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = write_data_folder(tmp_path / "data", config=config)
     common = dict(max_steps=6, log_freq=1, eval_iter_start_samples=96, eval_iter_samples=96, target_mlm_accuracy=0.999,
