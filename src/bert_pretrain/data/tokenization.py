@@ -14,8 +14,10 @@ concatenation of its pieces' tokens) and each new piece goes through HF's whole 
 check the result equals HF's whole pipeline on real Wikipedia text, cased and uncased.
 
 Known differences of HF's normalizer from the reference, on characters English text rarely holds
-(checked with tokenizers 0.23): private-use code points are dropped (the reference keeps them), and
-U+2028/U+2029 split words (the reference keeps them inside the word).
+(checked with tokenizers 0.23): private-use and unassigned code points are dropped (the reference
+keeps them). With `exact=True` (prepare's reference method) non-ASCII pieces are cut into words by
+`data/basic_tokenizer.py` (the reference's rules, with Python's unicodedata), so the ids equal the
+reference FullTokenizer's on every line; only WordPiece is left to HF.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from bert_pretrain.atomic import atomic_path
+from bert_pretrain.data.basic_tokenizer import basic_words
 from bert_pretrain.errors import InputError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -105,22 +108,24 @@ class WordPieceTokenizer:
     Holds a memo of pieces it has seen (bounded), so it is stateful; results never depend on it.
     """
 
-    def __init__(self, tokens: list[str], lower_case: bool = True):
+    def __init__(self, tokens: list[str], lower_case: bool = True, exact: bool = False):
         if UNK not in tokens:
             raise InputError(f"the vocab has no {UNK} token, which WordPiece needs for unknown words")
         self.tokens = list(tokens)
         self.lower_case = lower_case
+        self.exact = exact  # non-ASCII text through the reference's own rules (basic_tokenizer.py), not HF's
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         model = models.WordPiece(self.ids, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
         self._hf = _hf_pipeline(model, lower_case)
         self._memo: dict[str, tuple[int, ...]] = {}
 
     @classmethod
-    def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True):
+    def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True,
+                        exact: bool = False):
         tokens = read_vocab(path)
         if pretraining:
             check_pretraining_vocab(tokens, path)
-        return cls(tokens, lower_case)
+        return cls(tokens, lower_case, exact)
 
     @property
     def vocab_size(self) -> int:
@@ -185,6 +190,8 @@ class WordPieceTokenizer:
     def _encode_key(self, key: str) -> tuple[int, ...]:
         if key.isascii():  # a normalized BERT word: only WordPiece is left to do
             return tuple(t.id for t in self._hf.model.tokenize(key))
+        if self.exact:
+            return tuple(t.id for word in basic_words(key, self.lower_case) for t in self._hf.model.tokenize(word))
         return tuple(self._hf.encode(self._lower(key), add_special_tokens=False).ids)  # HF's whole pipeline
 
     def _lower(self, text: str) -> str:
