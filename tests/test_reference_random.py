@@ -88,3 +88,25 @@ def test_truncation_draws_and_cuts_as_the_reference_loop(a_length, b_length, max
         assert truncate_seq_pair(a_length, b_length, max_num_tokens, ours) == reference_truncation(
             a_length, b_length, max_num_tokens, theirs)
         assert ours.random() == theirs.random()  # the same number of draws
+
+
+def test_a_run_past_the_words_at_hand_is_redone_with_more(monkeypatch):
+    """Rejections could in principle outrun the words made ahead: the draw is then redone, the same."""
+    from bert_pretrain.data import reference_random
+
+    real = reference_random.ReferenceRandom._have
+    monkeypatch.setattr(reference_random, "_CHUNK", 1)  # words are made only as asked
+    for draw in ("shuffle", "mask_draws"):
+        stingy = iter([True, True])  # the first two asks get 40 words only
+        monkeypatch.setattr(reference_random.ReferenceRandom, "_have",
+                            lambda self, count: real(self, min(count, 40) if next(stingy, False) else count))
+        theirs, ours = random.Random(11), ReferenceRandom(11)
+        if draw == "shuffle":
+            mine, reference = list(range(300)), list(range(300))
+            ours.shuffle(mine)
+            theirs.shuffle(reference)
+            assert mine == reference
+        else:
+            assert ours.mask_draws(76, 30522) == reference_mask_draws(theirs, 76, 30522)
+        assert next(stingy, None) is None  # both short runs were redone
+        assert ours.random() == theirs.random()

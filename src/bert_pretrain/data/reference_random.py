@@ -62,8 +62,8 @@ class ReferenceRandom:
 
     def shuffle(self, x: list) -> None:
         """random.Random.shuffle(x)."""
-        before, start = list(x), self._at
         self._have(3 * len(x) + 1024)  # rejections are fewer than one per draw but for rare runs
+        before, start = list(x), self._at
         try:
             self._at = _shuffle(x, self._words, self._at)
         except IndexError:  # such a run: redo it with more words
@@ -82,24 +82,33 @@ class ReferenceRandom:
     def mask_draws(self, count: int, vocab_size: int) -> list[int]:
         """create_masked_lm_predictions' draws for `count` masked positions, each: `random() < 0.8` ->
         MASK_DRAW, else `random() < 0.5` -> KEEP_DRAW, else `randint(0, vocab_size - 1)` (the id)."""
-        draws, words, at = [], self._words, self._at
-        for _ in range(count):
-            if at + 4 > len(words):
-                self._at = at
-                self._have(4)
-                words, at = self._words, self._at
-            if ((words[at] >> 5) * _TWO_POW_26 + (words[at + 1] >> 6)) * _INVERSE_TWO_POW_53 < 0.8:
-                draws.append(MASK_DRAW)
-                at += 2
-            elif words[at + 2] < _HALF:
-                draws.append(KEEP_DRAW)
-                at += 4
-            else:
-                self._at = at + 4
-                draws.append(self._below(vocab_size))
-                words, at = self._words, self._at
-        self._at = at
+        self._have(5 * count + 1024)  # at most 4 words and a few rejections per position but for rare runs
+        start = self._at
+        try:
+            draws, self._at = _mask_draws(count, vocab_size, self._words, start)
+        except IndexError:  # such a run: redo it with more words
+            self._have(len(self._words) - start + _CHUNK)
+            return self.mask_draws(count, vocab_size)
         return draws
+
+
+def _mask_draws(count: int, vocab_size: int, words: list[int], at: int) -> tuple[list[int], int]:
+    draws, shift = [], 32 - vocab_size.bit_length()
+    for _ in range(count):
+        if ((words[at] >> 5) * _TWO_POW_26 + (words[at + 1] >> 6)) * _INVERSE_TWO_POW_53 < 0.8:
+            draws.append(MASK_DRAW)
+            at += 2
+        elif words[at + 2] < _HALF:
+            draws.append(KEEP_DRAW)
+            at += 4
+        else:
+            value = words[at + 4] >> shift
+            at += 5
+            while value >= vocab_size:
+                value = words[at] >> shift
+                at += 1
+            draws.append(value)
+    return draws, at
 
 
 def _shuffle(x: list, words: list[int], at: int) -> int:

@@ -43,6 +43,9 @@ MAX_INPUT_CHARS_PER_WORD = 200  # the reference's WordpieceTokenizer default
 _ASCII_CLEAN = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127)} | {9: 32, 10: 32, 13: 32}
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ASCII_WORD = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z ]")
+_ASCII_CLEAN_BUT_NEWLINE = _ASCII_CLEAN | {10: 10}  # for sentences joined by newlines
+_ASCII_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+_END, _END_ID = "\n", -1  # the memo key after each sentence of a batch (no other key is a newline) and its id
 _CACHE_LIMIT = 500_000  # memoized words before the memo starts over (bounds memory: ~80 MB)
 _LONG_PIECE = 100  # words longer than this are not kept in the memo
 
@@ -149,11 +152,10 @@ class WordPieceTokenizer:
 
     def encode_sentences(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of many sentences at once: (ids (sum of lengths,) int32, lengths (S,) int64)."""
-        keys_per_sentence = [self._keys(s) for s in sentences]
-        counts = np.fromiter(map(len, keys_per_sentence), np.int64, len(sentences))
-        keys = list(chain.from_iterable(keys_per_sentence))
+        keys = self._batch_keys(sentences)
         if len(self._memo) > _CACHE_LIMIT:
             self._memo.clear()
+        self._memo[_END] = (_END_ID,)
         new = set(keys).difference(self._memo)
         for key in new:
             self._memo[key] = self._encode_key(key)
@@ -161,11 +163,34 @@ class WordPieceTokenizer:
         for key in new:
             if len(key) > _LONG_PIECE:
                 del self._memo[key]
-        key_lengths = np.fromiter(map(len, key_ids), np.int64, len(keys))
-        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, int(key_lengths.sum()))
-        cumulative = np.concatenate([[0], np.cumsum(key_lengths)])
-        ends = np.cumsum(counts)
-        return ids, cumulative[ends] - cumulative[ends - counts]
+        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, sum(map(len, key_ids)))
+        ends = np.flatnonzero(ids == _END_ID)
+        return ids[ids != _END_ID], np.diff(ends, prepend=-1) - 1
+
+    def _batch_keys(self, sentences: list[str]) -> list[str]:
+        """The memo keys of every sentence, each sentence's followed by _END. Runs of ASCII sentences
+        are normalized and cut in one pass over their text joined by newlines (each newline: an _END)."""
+        keys: list[str] = []
+        run: list[str] = []
+        for sentence in sentences:
+            if sentence.isascii():
+                run.append(sentence)
+                continue
+            keys += self._ascii_run_keys(run)
+            keys += self._keys(sentence)
+            keys.append(_END)
+            run = []
+        return keys + self._ascii_run_keys(run)
+
+    def _ascii_run_keys(self, run: list[str]) -> list[str]:
+        if not run:
+            return []
+        text = "\n".join(run) + "\n"
+        if text.count("\n") != len(run):  # a newline inside a sentence is a space there
+            text = "\n".join(s.replace("\n", " ") for s in run) + "\n"
+        if _ASCII_CONTROL_BUT_NEWLINE.search(text):  # rare: translate() with a dict is slow
+            text = text.translate(_ASCII_CLEAN_BUT_NEWLINE)
+        return _ASCII_WORD.findall(text.lower() if self.lower_case else text)
 
     def _keys(self, sentence: str) -> list[str]:
         """The sentence as memo keys: BERT words for ASCII text (split here, exactly), raw
