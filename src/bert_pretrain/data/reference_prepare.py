@@ -80,8 +80,9 @@ def run(options: PrepareOptions) -> PrepareSummary:
     layout.parts_dir.mkdir(exist_ok=True)
     summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None, vocab_file,
                              eval_source=eval_source)
-    jobs = _part_jobs(options, layout, parts[first:end], eval_source if wants_eval else None,
-                      (str(vocab_file), vocab_sha256), summary)
+    cut_done = all(layout.is_complete(layout.shard_path(i)) for i in range(options.num_shards))
+    jobs = _part_jobs(options, layout, [] if cut_done else parts[first:end], eval_source if wants_eval else None,
+                      (str(vocab_file), vocab_sha256), summary)  # a complete cut needs no part (they may be gone)
     with Workers(options.workers) as workers:
         _make_parts(jobs, layout, workers, options, summary, VocabIds.from_tokens(tokens))
         _cut(options, layout, parts, workers, summary)
@@ -169,17 +170,19 @@ def build_part(job: PartJob, vocab: VocabIds) -> PartResult:
 
 def _cut(options, layout: OutputLayout, parts: list[Path], workers: Workers, summary: PrepareSummary) -> None:
     """Stage 3, once every part is there: the shards of --shard_range that are not complete yet."""
+    first, end = options.shard_bounds()
+    outputs = [layout.shard_path(i) for i in range(options.num_shards)]
+    for path in outputs[first:end]:
+        layout.remove_temporaries(path)
+    summary.shards_skipped = [p for p in outputs[first:end] if layout.is_complete(p)]
+    if len(summary.shards_skipped) == end - first:
+        return
     missing = [layout.part_path(p) for p in parts if not _is_whole(layout.part_path(p))]
     if missing:
         summary.notes.append(f"the cut into {options.num_shards} shards waits for all {len(parts)} parts: "
                              f"{len(missing)} are not made yet (the first: {missing[0]}); rerun when the runs of "
                              "the other --part_range slices are done")
         return
-    first, end = options.shard_bounds()
-    outputs = [layout.shard_path(i) for i in range(options.num_shards)]
-    for path in outputs[first:end]:
-        layout.remove_temporaries(path)
-    summary.shards_skipped = [p for p in outputs[first:end] if layout.is_complete(p)]
     part_paths = [layout.part_path(p) for p in parts]
     counts = [shards.num_samples(p) for p in part_paths]
     if sum(counts) < options.num_shards:

@@ -120,7 +120,11 @@ class WordPieceTokenizer:
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         model = models.WordPiece(self.ids, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
         self._hf = _hf_pipeline(model, lower_case)
-        self._memo: dict[str, tuple[int, ...]] = {}
+        # A vocab entry that can be a word of text is its own WordPiece (the longest match is all of it):
+        # the memo starts with them, so common words are never looked up one by one.
+        self._whole_words = {t: (i,) for t, i in self.ids.items()
+                             if len(t) <= MAX_INPUT_CHARS_PER_WORD and _ASCII_WORD.fullmatch(t)}
+        self._memo: dict[str, tuple[int, ...]] = dict(self._whole_words)
 
     @classmethod
     def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True,
@@ -154,7 +158,7 @@ class WordPieceTokenizer:
         """Token ids of many sentences at once: (ids (sum of lengths,) int32, lengths (S,) int64)."""
         keys = self._batch_keys(sentences)
         if len(self._memo) > _CACHE_LIMIT:
-            self._memo.clear()
+            self._memo = dict(self._whole_words)
         self._memo[_END] = (_END_ID,)
         new = set(keys).difference(self._memo)
         for key in new:
