@@ -22,13 +22,13 @@ from pathlib import Path
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.checkpoint import read_bert_config
+from bert_pretrain.command_options import ConvertOptions
 from bert_pretrain.convert import convert
 from bert_pretrain.data.prepare import run as prepare
-from bert_pretrain.data.prepare_options import PARTS_FOLDER, PrepareOptions, default_workers
+from bert_pretrain.data.prepare_options import PARTS_FOLDER, TEXT_MD5_LIST, PrepareMlperfOptions, PrepareOptions
 from bert_pretrain.data.tokenization import read_vocab
 from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
-from bert_pretrain.options import option
 
 # MLCommons' published md5s of the release's files (its text parts' are in its text md5 list).
 PUBLISHED_MD5 = {
@@ -38,38 +38,8 @@ PUBLISHED_MD5 = {
     "model.ckpt-28252.index": "f97de3ae180eb8d479555c939d50d048",
     "model.ckpt-28252.data-00000-of-00001": "50797acd537880bfb5a7ade80d976129",
 }
-TEXT_MD5_LIST = "bert_reference_results_text_md5.txt"
 RELEASE_PARTS = 500
 CHECKPOINT_NAME = "model.ckpt-28252.apex.pt"  # the recipe's name for the converted checkpoint
-_FLAGS = "instances (MLPerf's values; others make data that is not the reference's)"
-
-
-@dataclass(frozen=True)
-class PrepareMlperfOptions:
-    text_dir: str = option(help="MLCommons' results4/: part-00000-of-00500 ... part-00499-of-00500 and eval.txt "
-                                f"(and {TEXT_MD5_LIST}, which checks them)", group="inputs (MLCommons' release)")
-    tf_checkpoint: str = option(help="the TensorFlow 1 checkpoint, by prefix (tf1_ckpt/model.ckpt-28252) or its "
-                                     ".index", group="inputs (MLCommons' release)")
-    vocab_file: str = option(help="the release's vocab.txt", group="inputs (MLCommons' release)")
-    bert_config: str = option(help="the release's bert_config.json", group="inputs (MLCommons' release)")
-    output_dir: str = option(help="the DATA folder for DATA=... bash train_bert_pretraining_amp_dist.sh",
-                             group="output")
-    keep_parts: bool = option(False, "keep the per-part HDF5 files (as large as the shards) after the cut",
-                              group="output")
-    num_shards: int = option(2048, "training shards", group="output")
-    num_eval_examples: int = option(10000, "eval instances (the first ones of eval.txt's)", group="output")
-    max_seq_length: int = option(512, "tokens per instance", group=_FLAGS)
-    max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_FLAGS)
-    masked_lm_prob: float = option(0.15, "share of an instance's tokens to mask", group=_FLAGS)
-    short_seq_prob: float = option(0.1, "probability of a shorter target length", group=_FLAGS)
-    dupe_factor: int = option(10, "passes over each part's documents", group=_FLAGS)
-    random_seed: int = option(12345, "the seed of every part's random stream", group=_FLAGS)
-    workers: int = option(help="processes on this machine (default: one per CPU this process may use)",
-                          default_factory=default_workers, group="scale")
-    progress: bool = option(True, "progress bars (--no_progress: none)", group="scale",
-                            aliases=(("--no_progress", {"action": "store_false"}),))
-
-
 REFERENCE_FLAGS = {name: PrepareMlperfOptions.__dataclass_fields__[name].default for name in (
     "num_shards", "num_eval_examples", "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
     "short_seq_prob", "dupe_factor", "random_seed")}
@@ -183,7 +153,7 @@ def _convert_checkpoint(options, inputs: _Inputs, data: Path) -> str:
     target = data / CHECKPOINT_NAME
     if target.exists():  # written atomically: whole
         return f"{target}: already converted"
-    return convert(inputs.index, target, options.bert_config)
+    return convert(ConvertOptions(input=str(inputs.index), output=str(target), bert_config_path=options.bert_config))
 
 
 def _prepare_options(options: PrepareMlperfOptions, inputs: _Inputs) -> PrepareOptions:
