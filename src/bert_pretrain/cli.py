@@ -129,7 +129,7 @@ def _prepare_options():
 
 
 def _prepare_mlperf_options():
-    from bert_pretrain.data.prepare_options import PrepareMlperfOptions
+    from bert_pretrain.data.prepare_mlperf_options import PrepareMlperfOptions
 
     return PrepareMlperfOptions
 

@@ -25,7 +25,8 @@ from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.command_options import ConvertOptions
 from bert_pretrain.convert import convert
 from bert_pretrain.data.prepare import run as prepare
-from bert_pretrain.data.prepare_options import PARTS_FOLDER, TEXT_MD5_LIST, PrepareMlperfOptions, PrepareOptions
+from bert_pretrain.data.prepare_mlperf_options import TEXT_MD5_LIST, PrepareMlperfOptions
+from bert_pretrain.data.prepare_options import PARTS_FOLDER, PrepareOptions
 from bert_pretrain.data.tokenization import read_vocab
 from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
