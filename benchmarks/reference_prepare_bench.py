@@ -93,12 +93,18 @@ def memory_run(text: Path, vocab: Path, work: Path) -> dict:
     with open(part, "w", encoding="utf-8") as out:
         while out.tell() < MLPERF_PART_BYTES:
             out.write(source)
+    # the worker's imports only (this module's would add torch, through the tests' helpers)
     probe = ("import json, resource, sys\n"
-             f"sys.path.insert(0, {str(HERE)!r})\n"
-             "from reference_prepare_bench import ours, cpu_seconds\n"
              "from pathlib import Path\n"
-             "t = cpu_seconds(); n = ours(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), 10)\n"
-             "print(json.dumps([cpu_seconds() - t, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))")
+             "from bert_pretrain.data import reference_prepare\n"
+             "from bert_pretrain.data.instances import InstanceOptions, VocabIds\n"
+             "from bert_pretrain.data.tokenization import read_vocab\n"
+             "cpu = lambda: (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))\n"
+             "t = cpu()\n"
+             f"job = reference_prepare.PartJob(Path(sys.argv[1]), Path(sys.argv[3]), sys.argv[2], 'bench', True, "
+             f"InstanceOptions({SEQ}, {PRED}, 0.15, 0.1, 10), {SEED})\n"
+             "n = reference_prepare.build_part(job, VocabIds.from_tokens(read_vocab(sys.argv[2]))).instances\n"
+             "print(json.dumps([cpu() - t, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))")
     out = subprocess.run([sys.executable, "-c", probe, str(part), str(vocab), str(work / "part.hdf5")],
                          capture_output=True, text=True, check=True)
     seconds, instances, peak = json.loads(out.stdout)
