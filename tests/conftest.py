@@ -244,3 +244,31 @@ def reference_packed_batch(arrays: dict):
         masked_labels=torch.tensor(labels.reshape(-1), dtype=torch.int64),
         next_sentence_labels=torch.tensor(arrays["next_sentence_labels"], dtype=torch.int64),
     )
+
+
+def load_reference_peer():
+    """benchmarks/reference_peer.py, the transcription of NVIDIA's create_pretraining_data.py and its
+    tokenizer (strings, the script's own rng calls), loaded by path since benchmarks/ is not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_peer", REPO / "benchmarks" / "reference_peer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_wiki_sentences(shared: Path, target: Path, limit_bytes: int | None = None) -> Path:
+    """The MLPerf Wikipedia sample (WikiExtractor files) as the reference's input format: one sentence
+    per line, a blank line between documents; cut after `limit_bytes` of text when given."""
+    from bert_pretrain.data.text import Tally, document_sentences, wikiextractor_documents
+
+    written = 0
+    with open(target, "w", encoding="utf-8") as out:
+        for path in sorted((shared / "corpus" / "mlperf_wiki_sample").iterdir()):
+            for body in wikiextractor_documents(path, Tally()):
+                text = "\n".join(document_sentences("wikiextractor", body)) + "\n\n"
+                out.write(text)
+                written += len(text)
+                if limit_bytes is not None and written >= limit_bytes:
+                    return target
+    return target

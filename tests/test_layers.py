@@ -26,7 +26,7 @@ MODULE_LEVELS = {
     "errors": 0, "atomic": 0, "options": 0, "command_options": 0,
     "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
     "step": 4, "checkpoint": 4, "tf_checkpoint": 4, "evaluate": 4,
-    "convert": 6, "inspect_checkpoint": 6, "demo": 6,
+    "convert": 6, "inspect_checkpoint": 6, "demo": 6, "prepare_mlperf": 6,
     "cli": 7, "__main__": 7, "launch": 7, "": 7,
 }
 PEERS = [("train", "bench")]  # same level, no imports either way

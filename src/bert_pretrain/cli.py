@@ -20,6 +20,7 @@ DESCRIPTION = """\
 BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defines it.
 
   prepare   raw text or a Wikipedia dump -> HDF5 shards in the MLPerf layout (+ eval set)
+  prepare-mlperf  MLCommons' release -> the recipe's DATA folder, exactly the reference's, md5-checked
   train     shards + bert_config.json (+ init checkpoint) -> checkpoints, MLPerf log, metrics
   evaluate  checkpoint + eval shards -> masked-LM accuracy / loss, NSP accuracy (JSON)
   convert   TensorFlow / NVIDIA .pt / this project's checkpoints, HF folders  ->  NVIDIA .pt or HF folder
@@ -54,6 +55,13 @@ def _prepare(options) -> int:
     from bert_pretrain.data.prepare import run
 
     print(run(options).report())
+    return 0
+
+
+def _prepare_mlperf(options) -> int:
+    from bert_pretrain.prepare_mlperf import run
+
+    print(run(options))
     return 0
 
 
@@ -121,6 +129,12 @@ def _prepare_options():
     return PrepareOptions
 
 
+def _prepare_mlperf_options():
+    from bert_pretrain.data.prepare_mlperf_options import PrepareMlperfOptions
+
+    return PrepareMlperfOptions
+
+
 def _bench_options():
     from bert_pretrain.bench.options import BenchOptions
 
@@ -138,6 +152,9 @@ def _command_options(name: str):
 
 COMMANDS = {
     "prepare": Command("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare_options, _prepare),
+    "prepare-mlperf": Command("MLCommons' BERT release -> the recipe's DATA folder (the reference's exact shards, eval "
+                              "set, config, converted init checkpoint), checked against the published md5s",
+                              _prepare_mlperf_options, _prepare_mlperf),
     "train": Command("pretrain BERT on MLPerf shards (LAMB, mixed precision, DDP, eval to a target, MLPerf log)",
                      None, _train),
     "evaluate": Command("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",

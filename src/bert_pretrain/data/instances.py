@@ -48,6 +48,13 @@ class VocabIds:
     vocab_size: int
     is_continuation: np.ndarray  # (vocab_size,) bool: the token starts with '##' (whole-word masking)
 
+    @classmethod
+    def from_tokens(cls, tokens: list[str]) -> "VocabIds":
+        """From a vocab's tokens (id = index), which hold [CLS], [SEP] and [MASK]."""
+        index = {t: i for i, t in enumerate(tokens)}
+        return cls(index["[CLS]"], index["[SEP]"], index["[MASK]"], len(tokens),
+                   np.array([t.startswith("##") for t in tokens], bool))
+
 
 @dataclass
 class Documents:
@@ -71,9 +78,24 @@ class Documents:
     def num_documents(self) -> int:
         return len(self.doc_starts) - 1
 
+    def reordered(self, order: list[int]) -> "Documents":
+        """The same documents, document `order[k]` as the k-th."""
+        order = np.asarray(order, np.int64)
+        sentences = _ranges(self.doc_starts[order], np.diff(self.doc_starts)[order])
+        lengths = np.diff(self.sentence_starts)[sentences]
+        tokens = self.tokens[_ranges(self.sentence_starts[sentences], lengths)]
+        doc_sizes = np.diff(self.doc_starts)[order]
+        return Documents(tokens, np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([[0], np.cumsum(doc_sizes)]))
+
     def document_tokens(self, d: int) -> np.ndarray:
         s0, s1 = self.doc_starts[d], self.doc_starts[d + 1]
         return self.tokens[self.sentence_starts[s0]:self.sentence_starts[s1]]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(start, start + count) for each (start, count)."""
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()))
 
 
 def create_pairs(docs: Documents, options: InstanceOptions, rng: random.Random) -> np.ndarray:
@@ -85,12 +107,15 @@ def create_pairs(docs: Documents, options: InstanceOptions, rng: random.Random) 
     rows: list[tuple[int, int, int, int, int]] = []
     for _ in range(options.dupe_factor):
         for d in order:
-            _document_pairs(d, sentence_starts, doc_starts, options, rng, rows)
+            document_pairs(d, sentence_starts, doc_starts, options, rng, rows.append)
     return np.array(rows, np.int64).reshape(-1, PAIR_FIELDS)
 
 
-def _document_pairs(d, sentence_starts, doc_starts, options, rng, rows) -> None:
-    """Append the pairs of document `d` to `rows` (the reference's create_instances_from_document)."""
+def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=None) -> None:
+    """emit() each pair of document `d` (the reference's create_instances_from_document), in order;
+    `truncate` (default `_truncate`) trims each pair (data/reference_instances.py passes the
+    reference's own token-by-token draws)."""
+    truncate = truncate or _truncate
     max_num_tokens = options.max_seq_length - 3
     target = max_num_tokens
     if rng.random() < options.short_seq_prob:
@@ -122,8 +147,8 @@ def _document_pairs(d, sentence_starts, doc_starts, options, rng, rows) -> None:
             else:
                 is_random_next = 0
                 b_start, b_length = sentence_starts[a_end], sentence_starts[i + 1] - sentence_starts[a_end]
-            a_front, a_length, b_front, b_length = _truncate(a_length, b_length, max_num_tokens, rng)
-            rows.append((a_start + a_front, a_length, b_start + b_front, b_length, is_random_next))
+            a_front, a_length, b_front, b_length = truncate(a_length, b_length, max_num_tokens, rng)
+            emit((a_start + a_front, a_length, b_start + b_front, b_length, is_random_next))
             chunk_first, length = i + 1, 0
         i += 1
 
@@ -163,8 +188,9 @@ def build_arrays(docs: Documents, pairs: np.ndarray, options: InstanceOptions, v
     return out
 
 
-def _build_block(tokens, pairs, options, vocab, rng, out) -> None:
-    n, seq = len(pairs), options.max_seq_length
+def pair_rows(tokens: np.ndarray, pairs: np.ndarray, seq: int, vocab: VocabIds, out: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Fill out['segment_ids'] and out['input_mask'] of `pairs` (n, 5); return the unmasked
+    [CLS] A [SEP] B [SEP] ids (n, seq) int32 and the (n, seq) bool mask of A and B (the candidates)."""
     a_start, a_len, b_start, b_len = (pairs[:, k:k + 1] for k in range(4))  # each (n, 1)
     length = a_len + b_len + 3
     j = np.arange(seq)[None, :]  # (1, T)
@@ -172,16 +198,20 @@ def _build_block(tokens, pairs, options, vocab, rng, out) -> None:
     in_b = (j >= a_len + 2) & (j < length - 1)
     source = np.where(in_a, a_start + j - 1, np.where(in_b, b_start + j - a_len - 2, 0))
     ids = np.where(in_a | in_b, tokens[source], 0).astype(np.int32)  # (n, T)
-    rows = np.arange(n)
+    rows = np.arange(len(pairs))
     ids[:, 0] = vocab.cls_id
     ids[rows, a_len[:, 0] + 1] = vocab.sep_id
     ids[rows, length[:, 0] - 1] = vocab.sep_id
     out["segment_ids"][:] = (j >= a_len + 2) & (j < length)
     out["input_mask"][:] = j < length
+    return ids, in_a | in_b
 
-    candidates = in_a | in_b
+
+def _build_block(tokens, pairs, options, vocab, rng, out) -> None:
+    ids, candidates = pair_rows(tokens, pairs, options.max_seq_length, vocab, out)
+    length = pairs[:, 1] + pairs[:, 3] + 3
     wanted = np.minimum(options.max_predictions_per_seq,
-                        np.maximum(1, np.round(length[:, 0] * options.masked_lm_prob).astype(np.int64)))
+                        np.maximum(1, np.round(length * options.masked_lm_prob).astype(np.int64)))
     if options.whole_word_mask:
         chosen = _choose_whole_words(ids, candidates, wanted, vocab, rng)
     else:

@@ -17,26 +17,23 @@ machines, and a worker holds one shard, never the corpus (docs/data.md).
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import shutil
-import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
-from bert_pretrain.data import tasks
+from bert_pretrain.data import reference_prepare, tasks
 from bert_pretrain.data.instances import VocabIds
 from bert_pretrain.data.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
 from bert_pretrain.data.text import Tally, detect_format, find_input_files, text_documents, wikiextractor_documents
-from bert_pretrain.data.tokenization import CLS, MASK, SEP, check_pretraining_vocab, read_vocab, write_vocab
+from bert_pretrain.data.tokenization import check_pretraining_vocab, read_vocab, write_vocab
 from bert_pretrain.data.wikidump import iter_articles
+from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
 
 __all__ = ["PrepareOptions", "PrepareSummary", "run"]
@@ -50,6 +47,8 @@ _TRAIN_STREAM, _EVAL_STREAM = 2, 3  # rng keys (seed, stream, shard); ShardAssig
 
 def run(options: PrepareOptions) -> PrepareSummary:
     """Prepare shards (and the eval set) as `options` say; returns what was done."""
+    if options.method == "reference":
+        return reference_prepare.run(options)
     started = time.perf_counter()
     options.check()
     first, end = options.shard_bounds()
@@ -58,7 +57,7 @@ def run(options: PrepareOptions) -> PrepareSummary:
     layout.prepare_folders(shards=False, with_eval=False)  # the vocab and the manifest go here
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
         layout.vocab_corpus_path.unlink(missing_ok=True)
-    with _Workers(options.workers) as workers:
+    with Workers(options.workers) as workers:
         vocab_file, notes = _vocab_file(options, files, layout, workers, first)
         vocab_tokens = _read_pretraining_vocab(vocab_file, trained=options.vocab_file is None)
         vocab_sha256 = _sha256(vocab_file)
@@ -80,7 +79,7 @@ def run(options: PrepareOptions) -> PrepareSummary:
             try:
                 _read_corpus(options, files, (str(vocab_file), vocab_sha256), set(todo), eval_todo, spool, workers,
                              summary)
-                _build(options, layout, todo, eval_todo, spool, _vocab_ids(vocab_tokens), workers, summary)
+                _build(options, layout, todo, eval_todo, spool, VocabIds.from_tokens(vocab_tokens), workers, summary)
             finally:
                 shutil.rmtree(spool.directory, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
@@ -116,66 +115,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _vocab_ids(tokens: list[str]) -> VocabIds:
-    index = {t: i for i, t in enumerate(tokens)}
-    return VocabIds(index[CLS], index[SEP], index[MASK], len(tokens),
-                    np.array([t.startswith("##") for t in tokens], bool))
-
-
-def _start_method() -> str:
-    """fork on Linux: workers start at once and a caller's script needs no `if __name__ == "__main__"`
-    guard (forkserver and spawn import the caller's main module again). The workers use no thread
-    pool the parent may have (prepare never starts tokenizers' thread pool and does not use torch)."""
-    return "fork" if sys.platform == "linux" else "spawn"
-
-
-def _ignore_interrupts() -> None:
-    """In each worker: Ctrl-C reaches the whole process group, and the parent alone ends the run (it
-    terminates the pool), so a worker prints no traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class _Workers:
-    """Runs tasks in `count` processes (a pool), or in this process when count is 1."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self.pool = None
-
-    def __enter__(self) -> "_Workers":
-        if self.count > 1:
-            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count, initializer=_ignore_interrupts)
-        return self
-
-    def __exit__(self, error_type, *_) -> None:
-        if self.pool is not None:
-            self.pool.terminate() if error_type else self.pool.close()
-            self.pool.join()
-
-    def ordered(self, function: Callable, argument_lists: Iterable[tuple]) -> Iterator:
-        """function(*args) for each args, results in order, with at most 2 tasks per worker in flight."""
-        if self.pool is None:
-            yield from (function(*args) for args in argument_lists)
-            return
-        pending: deque = deque()
-        for args in argument_lists:
-            pending.append(self.pool.apply_async(function, args))
-            if len(pending) >= 2 * self.count:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-    def unordered(self, function: Callable, items: list) -> Iterator:
-        if self.pool is None:
-            yield from map(function, items)
-        else:
-            yield from self.pool.imap_unordered(function, items)
-
-    def call(self, function: Callable, *args):
-        """One call, in a worker when there are workers (keeps HF's thread pool out of this process)."""
-        return function(*args) if self.pool is None else self.pool.apply(function, args)
-
-
 def _raw_documents(files: list[tuple[Path, str]], tally: Tally) -> Iterator[tuple[str, str, Path]]:
     """(kind, payload, file) of every document of every input file, in order."""
     for path, fmt in files:
@@ -187,7 +126,7 @@ def _raw_documents(files: list[tuple[Path, str]], tally: Tally) -> Iterator[tupl
             yield from ((tasks.TEXT, doc, path) for doc in text_documents(path, tally))
 
 
-def _vocab_file(options, files, layout: OutputLayout, workers: _Workers, first: int) -> tuple[Path, list[str]]:
+def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: int) -> tuple[Path, list[str]]:
     """The vocab to use: --vocab_file, the one an earlier run trained, or a new one trained here."""
     if options.vocab_file is not None:
         return Path(options.vocab_file), []
@@ -276,7 +215,7 @@ class _Batches:
 
 
 def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_todo: bool, spool: SpoolWriter,
-                 workers: _Workers, summary: PrepareSummary) -> None:
+                 workers: Workers, summary: PrepareSummary) -> None:
     """Stage 1: tokenize the documents this run needs and spool them by shard (and 'eval')."""
     tally = Tally()
     batches = _Batches(options, todo, eval_todo)
@@ -345,7 +284,7 @@ def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: 
 
 
 def _build(options, layout: OutputLayout, todo: list[int], eval_todo: bool, spool: SpoolWriter, vocab: VocabIds,
-           workers: _Workers, summary: PrepareSummary) -> None:
+           workers: Workers, summary: PrepareSummary) -> None:
     """Stage 2: one job per output file, spread over the workers."""
     instance_options = options.instance_options()
     varlength = layout.varlength

@@ -16,6 +16,8 @@ from bert_pretrain.options import Refuse, option, truth
 
 FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
 OUTPUT_FORMATS = ("padded", "varlength")
+METHODS = ("default", "reference")  # this project's streaming builder; NVIDIA's script, exactly, per file
+PARTS_FOLDER = "reference_parts"  # the reference method's per-input-file outputs
 MANIFEST = "prepare_manifest.json"
 EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
 _SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
@@ -79,6 +81,20 @@ class PrepareOptions:
               "whose range starts at 0 writes the eval set", metavar="FIRST:END", group="scale")
     progress: bool = option(True, "progress bars (--no_progress: none)", group="scale",
                             aliases=(("--no_progress", {"action": "store_false"}),))
+    method: str = option("default", "default: this project's streaming builder (the reference's distribution, any "
+                                    "input, any corpus size); reference: each input text file gives exactly the "
+                                    "instances NVIDIA's create_pretraining_data.py writes for it "
+                                    "(OUTPUT_DIR/reference_parts/<file>.hdf5), then all of them in sorted file order "
+                                    "are cut into --num_shards shards (MLPerf's data: --input_file results4/part-* "
+                                    "--eval_file results4/eval.txt); see docs/data.md", choices=METHODS,
+                         group="input and output")
+    eval_file: str | None = option(None, "--method reference: the text file whose first --num_eval_examples "
+                                         "instances are the eval set (pick_eval_samples.py's rule)", metavar="PATH",
+                                   group="shards and eval set")
+    part_range: str | tuple[int, int] | None = option(
+        None, "--method reference: make only the parts of input files FIRST..END-1 (sorted by name), one slice per "
+              "machine; the run whose range starts at 0 makes the eval set, and the cut runs once every part is "
+              "there", metavar="FIRST:END", group="scale")
 
     def input_list(self) -> list[str]:
         files = [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else self.input_files
@@ -90,19 +106,11 @@ class PrepareOptions:
 
     def shard_bounds(self) -> tuple[int, int]:
         """The validated `shard_range` as (first, end)."""
-        value = self.shard_range
-        if value is None:
-            return 0, self.num_shards
-        if isinstance(value, str):
-            try:
-                first, end = (int(v) for v in value.split(":"))
-            except ValueError:
-                raise InputError(f"--shard_range {value}: expected FIRST:END, e.g. 0:512") from None
-        else:
-            first, end = value
-        if not 0 <= first <= end <= self.num_shards:
-            raise InputError(f"--shard_range {first}:{end}: needs 0 <= FIRST <= END <= --num_shards ({self.num_shards})")
-        return first, end
+        return _bounds(self.shard_range, self.num_shards, "--shard_range", "--num_shards")
+
+    def part_bounds(self, parts: int) -> tuple[int, int]:
+        """The validated `part_range` as (first, end), for `parts` input files."""
+        return _bounds(self.part_range, parts, "--part_range", "the number of input files")
 
     def check(self) -> None:
         """Raise InputError naming the first option that makes no sense."""
@@ -126,11 +134,33 @@ class PrepareOptions:
             (self.num_eval_examples == 0 or self.num_eval_documents >= 1,
              "--num_eval_documents must be at least 1 when --num_eval_examples > 0"),
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}"),
+        ]
+        rules += self._reference_rules() if self.method == "reference" else [
+            (self.eval_file is None, "--eval_file is for --method reference (the default method holds out "
+                                     "--num_eval_documents documents of the input)"),
+            (self.part_range is None, "--part_range is for --method reference; the default method's unit is the "
+                                      "shard: use --shard_range"),
         ]
         for ok, message in rules:
             if not ok:
                 raise InputError(message)
         self.shard_bounds()
+
+    def _reference_rules(self) -> list[tuple[bool, str]]:
+        why = "--method reference makes what NVIDIA's create_pretraining_data.py makes"
+        return [
+            (self.vocab_file is not None, f"{why} with a given vocab: pass --vocab_file, not --vocab_size"),
+            (not self.whole_word_mask, f"{why}, which has no whole-word masking: drop --whole_word_mask"),
+            (self.format == "padded", f"{why}: the padded MLPerf layout; drop --format varlength"),
+            (self.input_format in ("auto", "text"), f"{why} from text files (one sentence per line, a blank line "
+                                                    "between documents); drop --input_format"),
+            (self.num_eval_examples == 0 or self.eval_file is not None,
+             "--method reference takes the eval set from --eval_file (MLPerf: results4/eval.txt)"),
+            (self.eval_file is None or self.num_eval_examples > 0,
+             "--eval_file needs --num_eval_examples, the instances to keep (MLPerf: 10000)"),
+            (self.eval_file != "", "--eval_file may not be empty"),
+        ]
 
     def command_line(self) -> list[str]:
         """`bert-pretrain prepare` flags that ask for these options (defaults left out), to print."""
@@ -146,13 +176,31 @@ class PrepareOptions:
         return flags + ["--workers", str(self.workers)]
 
     def manifest(self, input_files: list[Path], vocab_sha256: str) -> dict:
-        """What determines the output's content (not the workers or the shard range)."""
+        """What determines the output's content (not the workers or the shard and part ranges)."""
         values = asdict(self)
-        for key in ("input_files", "output_dir", "vocab_file", "vocab_size", "workers", "shard_range", "progress"):
+        for key in ("input_files", "output_dir", "vocab_file", "vocab_size", "workers", "shard_range", "progress",
+                    "eval_file", "part_range") + (("method",) if self.method == "default" else ()):
             values.pop(key)
+        if self.eval_file is not None:
+            values["eval_input"] = [Path(self.eval_file).name, Path(self.eval_file).stat().st_size]
         values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
         values["vocab_sha256"] = vocab_sha256
         return values
+
+
+def _bounds(value, count: int, flag: str, what: str) -> tuple[int, int]:
+    if value is None:
+        return 0, count
+    if isinstance(value, str):
+        try:
+            first, end = (int(v) for v in value.split(":"))
+        except ValueError:
+            raise InputError(f"{flag} {value}: expected FIRST:END, e.g. 0:512") from None
+    else:
+        first, end = value
+    if not 0 <= first <= end <= count:
+        raise InputError(f"{flag} {first}:{end}: needs 0 <= FIRST <= END <= {what} ({count})")
+    return first, end
 
 
 @dataclass(frozen=True)
@@ -183,6 +231,14 @@ class OutputLayout:
     def vocab_path(self) -> Path:
         return self.output_dir / "vocab.txt"
 
+    @property
+    def parts_dir(self) -> Path:
+        return self.output_dir / PARTS_FOLDER
+
+    def part_path(self, input_file: Path) -> Path:
+        """The reference method's output for one input file, named after it as NVIDIA's scripts name it."""
+        return self.parts_dir / f"{input_file.name}.hdf5"
+
     def shard_path(self, index: int) -> Path:
         if not self.varlength:
             return self.shard_dir / f"part_{index}_of_{self.num_shards}.hdf5"
@@ -211,7 +267,7 @@ class OutputLayout:
         except ValueError:
             return False
         top = relative.parts[0] if relative.parts else ""
-        return (top in (MANIFEST, self.vocab_path.name, *EVAL_FOLDERS.values())
+        return (top in (MANIFEST, self.vocab_path.name, PARTS_FOLDER, *EVAL_FOLDERS.values())
                 or (len(relative.parts) > 1 and _SHARD_FOLDER.fullmatch(top) is not None))
 
     def has_outputs(self) -> bool:
@@ -274,10 +330,14 @@ class PrepareSummary:
     vocab_file: Path
     shards_written: list[Path] = field(default_factory=list)
     shards_skipped: list[Path] = field(default_factory=list)
+    parts_written: list[Path] = field(default_factory=list)  # the reference method's per-file outputs
+    parts_skipped: list[Path] = field(default_factory=list)
+    part_instances: int = 0  # in the parts written by this run
     instances: int = 0  # written by this run, training shards
     eval_instances: int = 0
     documents: int = 0  # in the input stream
     eval_documents: int = 0
+    eval_source: Path | None = None  # the reference method's --eval_file
     tokens: int = 0  # tokenized by this run
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # counted skips, one line each
@@ -286,14 +346,19 @@ class PrepareSummary:
     def report(self) -> str:
         lines = [f"prepare: {len(self.shards_written)} shards written, {len(self.shards_skipped)} already complete, "
                  f"in {self.seconds:.1f} s"]
+        if self.parts_written or self.parts_skipped:
+            lines.append(f"  reference method: {len(self.parts_written)} parts written ({self.part_instances:,} "
+                         f"instances, {self.tokens:,} tokens), {len(self.parts_skipped)} already complete, in "
+                         f"{self.output_dir / PARTS_FOLDER}")
         if self.documents:
             rate = self.instances / self.seconds if self.seconds else 0.0
             lines.append(f"  {self.documents:,} documents read, {self.tokens:,} tokens tokenized (for this run's "
                          f"shards and the eval candidates), {self.instances:,} training instances ({rate:,.0f}/s) in "
                          f"{self.shard_dir}")
         if self.eval_path is not None and self.eval_instances:
-            lines.append(f"  eval set: {self.eval_instances:,} instances from {self.eval_documents:,} held-out "
-                         f"documents in {self.eval_path}")
+            source = f"documents of {self.eval_source}" if self.eval_source else "held-out documents"
+            lines.append(f"  eval set: {self.eval_instances:,} instances from {self.eval_documents:,} {source} in "
+                         f"{self.eval_path}")
         elif self.eval_path is not None:
             lines.append(f"  eval set: already complete in {self.eval_path}")
         lines.append(f"  vocab: {self.vocab_file}")

@@ -209,6 +209,52 @@ def write_padded(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     _write_atomically(path, datasets)
 
 
+@contextmanager
+def padded_writer(path: str | Path, num_rows: int, max_seq_length: int, max_predictions_per_seq: int):
+    """Write a padded shard of `num_rows` rows block by block: yields `write(arrays)`, which appends a
+    block of rows (the six arrays, validated); the file gets its final name once all rows are in."""
+    path = Path(path)
+    widths = {"next_sentence_labels": ()} | {k: (max_seq_length,) for k in SEQUENCE_KEYS} | {
+        k: (max_predictions_per_seq,) for k in PREDICTION_KEYS}
+    written = 0
+
+    def write(arrays: dict[str, np.ndarray]) -> None:
+        nonlocal written
+        validate_padded(arrays, path, max_seq_length, max_predictions_per_seq)
+        rows = len(arrays["next_sentence_labels"])
+        if written + rows > num_rows:
+            raise ValueError(f"{path}: {written + rows} rows written into a shard of {num_rows}")
+        try:
+            for key, dataset in datasets.items():
+                dataset[written:written + rows] = np.asarray(arrays[key]).astype(PADDED_DTYPES[key], copy=False)
+        except OSError as err:
+            raise InputError(f"{path}: could not write the shard ({err}); check the folder has space") from None
+        written += rows
+
+    with atomic_path(path) as tmp:
+        try:
+            handle = h5py.File(tmp, "w")
+        except OSError as err:
+            raise InputError(f"{path}: could not create the shard ({err}); check the folder is writable") from None
+        with handle:
+            datasets = {key: handle.create_dataset(key, shape=(num_rows, *widths[key]), dtype=dtype)
+                        for key, dtype in PADDED_DTYPES.items()}
+            yield write
+            if written != num_rows:
+                raise ValueError(f"{path}: {written} rows written into a shard of {num_rows}")
+
+
+def read_padded_rows(path: str | Path, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows start..stop-1 of a padded shard's six arrays, as stored (not validated: the caller writes
+    them through `padded_writer`, which validates)."""
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        missing = _missing(f, PADDED_DTYPES)
+        if missing:
+            raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
+        return {key: np.asarray(f[key][start:stop]) for key in PADDED_DTYPES}
+
+
 def padded_to_varlength(arrays: dict[str, np.ndarray]) -> dict[str, list[np.ndarray] | np.ndarray]:
     """Per-row arrays holding only the real tokens and the real masked slots."""
     lengths = arrays["input_mask"].astype(bool).sum(axis=1)

@@ -14,8 +14,10 @@ concatenation of its pieces' tokens) and each new piece goes through HF's whole 
 check the result equals HF's whole pipeline on real Wikipedia text, cased and uncased.
 
 Known differences of HF's normalizer from the reference, on characters English text rarely holds
-(checked with tokenizers 0.23): private-use code points are dropped (the reference keeps them), and
-U+2028/U+2029 split words (the reference keeps them inside the word).
+(checked with tokenizers 0.23): private-use and unassigned code points are dropped (the reference
+keeps them). With `exact=True` (prepare's reference method) non-ASCII pieces are cut into words by
+`data/basic_tokenizer.py` (the reference's rules, with Python's unicodedata), so the ids equal the
+reference FullTokenizer's on every line; only WordPiece is left to HF.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from bert_pretrain.atomic import atomic_path
+from bert_pretrain.data.basic_tokenizer import basic_words
 from bert_pretrain.errors import InputError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -40,6 +43,9 @@ MAX_INPUT_CHARS_PER_WORD = 200  # the reference's WordpieceTokenizer default
 _ASCII_CLEAN = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127)} | {9: 32, 10: 32, 13: 32}
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ASCII_WORD = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z ]")
+_ASCII_CLEAN_BUT_NEWLINE = _ASCII_CLEAN | {10: 10}  # for sentences joined by newlines
+_ASCII_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+_END, _END_ID = "\n", -1  # the memo key after each sentence of a batch (no other key is a newline) and its id
 _CACHE_LIMIT = 500_000  # memoized words before the memo starts over (bounds memory: ~80 MB)
 _LONG_PIECE = 100  # words longer than this are not kept in the memo
 
@@ -105,22 +111,28 @@ class WordPieceTokenizer:
     Holds a memo of pieces it has seen (bounded), so it is stateful; results never depend on it.
     """
 
-    def __init__(self, tokens: list[str], lower_case: bool = True):
+    def __init__(self, tokens: list[str], lower_case: bool = True, exact: bool = False):
         if UNK not in tokens:
             raise InputError(f"the vocab has no {UNK} token, which WordPiece needs for unknown words")
         self.tokens = list(tokens)
         self.lower_case = lower_case
+        self.exact = exact  # non-ASCII text through the reference's own rules (basic_tokenizer.py), not HF's
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         model = models.WordPiece(self.ids, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
         self._hf = _hf_pipeline(model, lower_case)
-        self._memo: dict[str, tuple[int, ...]] = {}
+        # A vocab entry that can be a word of text is its own WordPiece (the longest match is all of it):
+        # the memo starts with them, so common words are never looked up one by one.
+        self._whole_words = {t: (i,) for t, i in self.ids.items()
+                             if len(t) <= MAX_INPUT_CHARS_PER_WORD and _ASCII_WORD.fullmatch(t)}
+        self._memo: dict[str, tuple[int, ...]] = dict(self._whole_words)
 
     @classmethod
-    def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True):
+    def from_vocab_file(cls, path: str | Path, lower_case: bool = True, pretraining: bool = True,
+                        exact: bool = False):
         tokens = read_vocab(path)
         if pretraining:
             check_pretraining_vocab(tokens, path)
-        return cls(tokens, lower_case)
+        return cls(tokens, lower_case, exact)
 
     @property
     def vocab_size(self) -> int:
@@ -144,11 +156,10 @@ class WordPieceTokenizer:
 
     def encode_sentences(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of many sentences at once: (ids (sum of lengths,) int32, lengths (S,) int64)."""
-        keys_per_sentence = [self._keys(s) for s in sentences]
-        counts = np.fromiter(map(len, keys_per_sentence), np.int64, len(sentences))
-        keys = list(chain.from_iterable(keys_per_sentence))
+        keys = self._batch_keys(sentences)
         if len(self._memo) > _CACHE_LIMIT:
-            self._memo.clear()
+            self._memo = dict(self._whole_words)
+        self._memo[_END] = (_END_ID,)
         new = set(keys).difference(self._memo)
         for key in new:
             self._memo[key] = self._encode_key(key)
@@ -156,11 +167,34 @@ class WordPieceTokenizer:
         for key in new:
             if len(key) > _LONG_PIECE:
                 del self._memo[key]
-        key_lengths = np.fromiter(map(len, key_ids), np.int64, len(keys))
-        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, int(key_lengths.sum()))
-        cumulative = np.concatenate([[0], np.cumsum(key_lengths)])
-        ends = np.cumsum(counts)
-        return ids, cumulative[ends] - cumulative[ends - counts]
+        ids = np.fromiter(chain.from_iterable(key_ids), np.int32, sum(map(len, key_ids)))
+        ends = np.flatnonzero(ids == _END_ID)
+        return ids[ids != _END_ID], np.diff(ends, prepend=-1) - 1
+
+    def _batch_keys(self, sentences: list[str]) -> list[str]:
+        """The memo keys of every sentence, each sentence's followed by _END. Runs of ASCII sentences
+        are normalized and cut in one pass over their text joined by newlines (each newline: an _END)."""
+        keys: list[str] = []
+        run: list[str] = []
+        for sentence in sentences:
+            if sentence.isascii():
+                run.append(sentence)
+                continue
+            keys += self._ascii_run_keys(run)
+            keys += self._keys(sentence)
+            keys.append(_END)
+            run = []
+        return keys + self._ascii_run_keys(run)
+
+    def _ascii_run_keys(self, run: list[str]) -> list[str]:
+        if not run:
+            return []
+        text = "\n".join(run) + "\n"
+        if text.count("\n") != len(run):  # a newline inside a sentence is a space there
+            text = "\n".join(s.replace("\n", " ") for s in run) + "\n"
+        if _ASCII_CONTROL_BUT_NEWLINE.search(text):  # rare: translate() with a dict is slow
+            text = text.translate(_ASCII_CLEAN_BUT_NEWLINE)
+        return _ASCII_WORD.findall(text.lower() if self.lower_case else text)
 
     def _keys(self, sentence: str) -> list[str]:
         """The sentence as memo keys: BERT words for ASCII text (split here, exactly), raw
@@ -185,6 +219,8 @@ class WordPieceTokenizer:
     def _encode_key(self, key: str) -> tuple[int, ...]:
         if key.isascii():  # a normalized BERT word: only WordPiece is left to do
             return tuple(t.id for t in self._hf.model.tokenize(key))
+        if self.exact:
+            return tuple(t.id for word in basic_words(key, self.lower_case) for t in self._hf.model.tokenize(word))
         return tuple(self._hf.encode(self._lower(key), add_special_tokens=False).ids)  # HF's whole pipeline
 
     def _lower(self, text: str) -> str:
