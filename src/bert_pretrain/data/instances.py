@@ -118,6 +118,7 @@ def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=
     truncate = truncate or _truncate
     max_num_tokens = options.max_seq_length - 3
     target = max_num_tokens
+    # drawn once per document and dupe pass, not per chunk: the reference's create_instances_from_document
     if rng.random() < options.short_seq_prob:
         target = rng.randint(2, max_num_tokens)
     first, end = doc_starts[d], doc_starts[d + 1]

@@ -94,6 +94,7 @@ def build_shard(job: ShardJob) -> ShardResult:
     (through data/shards.py), then delete the spool."""
     spooled = read_spool(job.spool)
     docs = Documents.from_parts([(ids, lengths) for _, ids, lengths in spooled])
+    # one stream per shard (the reference has one per input file), so shards are built in any order or place
     arrays = create_instances(docs, job.options, job.vocab, np.random.default_rng(list(job.rng_key)), job.limit)
     if job.varlength:
         shards.write_varlength(job.output, shards.padded_to_varlength(arrays))
