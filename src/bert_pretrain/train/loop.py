@@ -102,7 +102,7 @@ def _loop(run: Run) -> tuple[str, str]:
         result = _collective(run, lambda: train_step(run.model, state.optimizer, state.scaler, micro_batches,
                                                      precision, run.info.device))
         progress.step = _updates_applied(run)
-        # as the reference: an fp16 step skipped for overflow moves neither the schedule nor max_steps
+        # as the reference counts (it subtracts skipped steps from global_step): an overflow skip is no update
         progress.skipped_steps += progress.step == applied_before
         progress.samples += run.global_batch_size
         state.data_position = run.stream.position
