@@ -260,7 +260,7 @@ def _bench_plan(args) -> list[tuple[str, list[str], int]]:
              "--warmup", "1", "--rounds", "2"] if cpu else LARGE_128)
     fused = [] if cpu else ["--fused_norm"]  # Triton's kernels need a GPU
     plan = [
-        # the targets: >= 1,000 seq/s and >= 2.5x HF with everything built; the profile says whether
+        # the targets: >= 1,000 seq/s and >= 2.5x HF with everything built; the profile says whether
         # the GEMMs or attention stand between the step and 1,000
         ("fp8_headline", [*base, "--precision", "fp8", *fused, "--compare", "hf", *profile("fp8_headline")], 240),
         # fp8 against bf16 in one process, per converted-layer set: torchao's H100 heuristics favour qkv and

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/prepare_bench.py [--corpus DIR] [--vocab FILE] [--repeats 3] [--report PATH]
 
-On ../shared/data/corpus/mlperf_wiki_sample (MLPerf's WikiExtractor sample, 4 MB) at the MLPerf shapes
+On MLPerf's WikiExtractor sample of Wikipedia (4 MB; `--corpus`, by default the test data beside the repository) at the MLPerf shapes
 512/76, dupe factor 2, seed 12345, it times, each as a fresh process with the wall clock of the whole
 command (imports included) and the peak resident memory of its largest process:
 - `prepare` on the WikiExtractor files (cleanup and sentence splitting included), 1 worker and 2 workers;
@@ -13,7 +13,7 @@ command (imports included) and the peak resident memory of its largest process:
   HDF5 out), transcribed here from its semantics with HF tokenizers instead of the Python tokenizer
   and without TensorFlow, so it is faster than the real script; on the sentence-split text.
 Medians of `--repeats` runs go into a markdown report with the machine, versions and the commands.
-The NVIDIA script itself (TensorFlow) is not run here; its figure from the issue (5,684 instances in a
+The NVIDIA script itself (TensorFlow) is not run here; its figure measured separately (5,684 instances in a
 median 18.8 s on this kind of machine, ~300 instances/s) is quoted for comparison.
 """
 
@@ -214,7 +214,7 @@ def report(args, runs: dict, results: dict, splits: dict) -> None:
         wall, parent, kids = (statistics.median(r[k] for r in runs_w) for k in range(3))
         lines.append(f"| {w} | {wall:.2f} | {parent:.2f} | {kids:.2f} | {parent + kids:.2f} | "
                      f"{parent + kids / w if w > 1 else parent:.2f} |")
-    lines += ["", f"NVIDIA's create_pretraining_data.py, from the issue (not re-run here: it needs TensorFlow): "
+    lines += ["", f"NVIDIA's create_pretraining_data.py, measured separately (not re-run here: it needs TensorFlow): "
               f"{NVIDIA_REFERENCE['instances']:,} instances in a median {NVIDIA_REFERENCE['seconds']} s = "
               f"{reference_rate:,.0f} instances/s on one core, peak {NVIDIA_REFERENCE['peak_mib']} MiB.", "",
               "Commands (`OUT` a fresh folder each run):", ""]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/reference_prepare_bench.py [--repeats 5] [--memory] [--report PATH]
 
-On ../shared/data/corpus/mlperf_wiki_sample (MLPerf's Wikipedia sample, 4 MB, split into one sentence
+On MLPerf's Wikipedia sample (4 MB, the test data beside the repository, split into one sentence
 per line) at MLPerf's shapes 512/76, dupe factor 2, seed 12345, it runs, in this process and
 interleaved `--repeats` times:
 - ours: one part as a `prepare --method reference` worker makes it (reading and tokenizing the file,
