@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import statistics

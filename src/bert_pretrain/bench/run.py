@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import math
 import platform
 import resource

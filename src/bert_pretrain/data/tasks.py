@@ -18,7 +18,7 @@ import numpy as np
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import Documents, InstanceOptions, VocabIds, create_instances
 from bert_pretrain.data.partition import read_spool
-from bert_pretrain.data.text import Tally, clean_wiki_leftovers, document_sentences
+from bert_pretrain.data.text import clean_wiki_leftovers, document_sentences
 from bert_pretrain.data.tokenization import WordPieceTokenizer, train_vocab
 from bert_pretrain.data.wikidump import wikitext_to_paragraphs
 
