@@ -322,3 +322,12 @@ def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
             f.create_group("input_ids").create_dataset("values", data=ids)
         else:
             f.create_dataset("input_ids", data=ids.astype({"float64_ids": np.float64, "uint8_ids": np.uint8}[variant]))
+
+
+def flip_byte(path: Path) -> bytes:
+    """Change the byte in the middle of a file in place (its size and name stay); returns the bytes before."""
+    before = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.seek(len(before) // 2)
+        f.write(bytes([before[len(before) // 2] ^ 0xFF]))
+    return before
