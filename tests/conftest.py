@@ -272,3 +272,62 @@ def write_wiki_sentences(shared: Path, target: Path, limit_bytes: int | None = N
                 if limit_bytes is not None and written >= limit_bytes:
                     return target
     return target
+
+
+# Shards that read data from outside themselves, or store another dtype than the schema's: each must be
+# refused by every reader (data/shards.py). The external storage and the links point at a file of the
+# test's own, never at a system file.
+CRAFTED_SHARDS = ("external_storage", "virtual_dataset", "external_link", "soft_link", "float64_ids", "uint8_ids",
+                  "group_ids", "varlength_int32_ids")
+
+
+def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
+    """A padded shard of `arrays` (a varlength one for `varlength_*`) with `input_ids` made as `variant` says;
+    the other datasets are as the schema has them."""
+    import h5py
+
+    from bert_pretrain.data import shards
+
+    ids = np.asarray(arrays["input_ids"], np.int32)
+    other = path.with_name("elsewhere.h5")  # no "part" in the name: not listed as a shard
+    if variant in ("virtual_dataset", "external_link"):
+        with h5py.File(other, "w") as f:
+            f.create_dataset("input_ids", data=ids)
+    if variant == "varlength_int32_ids":
+        rows = shards.padded_to_varlength(arrays)
+        shards.write_varlength(path, rows)
+        with h5py.File(path, "a") as f:
+            del f["input_ids"]
+            data = np.empty(len(rows["input_ids"]), dtype=object)
+            data[:] = [np.asarray(r, np.int32) for r in rows["input_ids"]]
+            f.create_dataset("input_ids", data=data, dtype=h5py.vlen_dtype(np.int32))
+        return
+    with h5py.File(path, "w") as f:
+        for key, dtype in shards.PADDED_DTYPES.items():
+            if key != "input_ids":
+                f.create_dataset(key, data=np.asarray(arrays[key], dtype))
+        if variant == "external_storage":  # the ids' own bytes, kept in a raw file beside the shard
+            other.write_bytes(ids.tobytes())
+            f.create_dataset("input_ids", shape=ids.shape, dtype="i4", external=[(str(other), 0, ids.nbytes)])
+        elif variant == "virtual_dataset":
+            layout = h5py.VirtualLayout(shape=ids.shape, dtype="i4")
+            layout[:] = h5py.VirtualSource(str(other), "input_ids", shape=ids.shape)
+            f.create_virtual_dataset("input_ids", layout)
+        elif variant == "external_link":
+            f["input_ids"] = h5py.ExternalLink(str(other), "/input_ids")
+        elif variant == "soft_link":
+            f.create_dataset("ids", data=ids)
+            f["input_ids"] = h5py.SoftLink("/ids")
+        elif variant == "group_ids":
+            f.create_group("input_ids").create_dataset("values", data=ids)
+        else:
+            f.create_dataset("input_ids", data=ids.astype({"float64_ids": np.float64, "uint8_ids": np.uint8}[variant]))
+
+
+def flip_byte(path: Path) -> bytes:
+    """Change the byte in the middle of a file in place (its size and name stay); returns the bytes before."""
+    before = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.seek(len(before) // 2)
+        f.write(bytes([before[len(before) // 2] ^ 0xFF]))
+    return before

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from bert_pretrain.data.shards import write_padded
-from conftest import cli_here, mlperf_arrays, run_cli
+from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard
 
 VOCAB = 30522  # the real BERT vocab size, padded to 30528 in the NVIDIA file
 SEQ, PRED = 64, 10
@@ -133,6 +133,16 @@ def test_bad_shard_is_a_short_error(hf_setup, tmp_path, damage, fragment):
     for name in ("model.ckpt-28252.apex.pt", "bert_config.json"):
         shutil.copy(root / name, tmp_path / name)
     _assert_clean_failure(cli_here(*_evaluate_args(tmp_path)), str(shard), fragment)
+
+
+def test_a_shard_reading_another_file_is_refused(hf_setup, tmp_path):
+    root, _, arrays = hf_setup
+    (tmp_path / "eval").mkdir()
+    shard = tmp_path / "eval" / "part_eval_10k.hdf5"
+    write_crafted_shard(shard, arrays, "external_storage")
+    for name in ("model.ckpt-28252.apex.pt", "bert_config.json"):
+        shutil.copy(root / name, tmp_path / name)
+    _assert_clean_failure(cli_here(*_evaluate_args(tmp_path)), f"{shard}: 'input_ids' keeps its data outside the shard")
 
 
 @pytest.mark.parametrize("damage, fragment", [

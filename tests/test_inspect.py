@@ -10,7 +10,7 @@ import numpy as np
 from bert_pretrain.data import shards
 from bert_pretrain.data.inspect_shard import decode_instance, shard_statistics
 from bert_pretrain.data.tokenization import write_vocab
-from conftest import mlperf_arrays, run_cli
+from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s"]
 
@@ -92,3 +92,11 @@ def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path):
                f"{tmp_path / 'vocab.txt'} --num_examples 500 | head -c 1")
     out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
     assert out.stderr == "" and out.returncode in (0, 141), out.stderr
+
+
+def test_a_shard_reading_another_file_is_refused_not_printed(tmp_path):
+    path = tmp_path / "part_0.hdf5"
+    write_crafted_shard(path, one_row(), "external_storage")
+    out = cli_here("inspect", str(path))
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert len(out.stderr.splitlines()) == 1 and f"{path}: 'input_ids' keeps its data outside the shard" in out.stderr

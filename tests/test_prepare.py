@@ -19,7 +19,7 @@ from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options import from_args
-from conftest import check_reference_invariants, restored_rows, run_cli, tiny_config
+from conftest import check_reference_invariants, flip_byte, restored_rows, run_cli, tiny_config
 
 SMALL = dict(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=1, progress=False)
 
@@ -154,6 +154,28 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
             run(PrepareOptions(**{**options.__dict__, **change}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3_shards_uncompressed", "prepare_manifest.json"]
     assert not run(options).shards_written  # the folder's own settings still run
+
+
+def test_a_shard_changed_in_place_is_made_again(shared_data, vocab, tmp_path):
+    """A byte changed in a finished shard (size kept) differs from its CRC-32 in the manifest: a rerun makes
+    that shard again, equal to the original, and says so; a shard without a record is opened and recorded."""
+    options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
+                             output_dir=str(tmp_path), num_shards=3, workers=1, **SMALL)
+    run(options)
+    changed = tmp_path / "3_shards_uncompressed" / "part_1_of_3.hdf5"
+    original = flip_byte(changed)
+    again = run(options)
+    assert [p.name for p in again.shards_written] == ["part_1_of_3.hdf5"] and len(again.shards_skipped) == 2
+    assert changed.read_bytes() == original
+    assert f"1 finished files changed since they were written (size or CRC-32 differs from prepare_manifest.json) " \
+           f"and were made again; the first: {changed}" in again.report()
+    manifest = tmp_path / "prepare_manifest.json"
+    records = json.loads(manifest.read_text()).pop("finished_files")
+    assert sorted(records) == [f"3_shards_uncompressed/part_{i}_of_3.hdf5" for i in range(3)]
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "finished_files"}))
+    unrecorded = run(options)  # as a folder made before the records were kept
+    assert not unrecorded.shards_written and "3 finished files had no record" in unrecorded.report()
+    assert json.loads(manifest.read_text())["finished_files"] == records
 
 
 def test_outputs_inside_the_input_folder_are_not_read_as_input(shared_data, tmp_path):

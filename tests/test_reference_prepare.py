@@ -15,7 +15,7 @@ from bert_pretrain.data.reference_documents import read_reference_documents
 from bert_pretrain.data.reference_instances import create_reference_instances, reference_rows
 from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
-from conftest import SHARED_DATA, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import SHARED_DATA, flip_byte, load_reference_peer, run_cli, write_wiki_sentences
 
 KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
@@ -229,6 +229,12 @@ def test_a_rerun_redoes_nothing_finished_and_part_ranges_give_the_same_bytes(voc
     again = run(reference_options(part_files(release), sliced, vocab, eval_file=str(release / "eval.txt"), num_eval_examples=25))
     assert built == [] and not again.shards_written and len(again.shards_skipped) == 5
     assert len(again.parts_skipped) == 0 and "5 already complete" in again.report()  # a whole cut needs no part
+    shard = sliced / "5_shards_uncompressed" / "part_2_of_5.hdf5"
+    original = flip_byte(shard)  # changed in place after it was written: made again from the parts
+    mended = run(reference_options(part_files(release), sliced, vocab, eval_file=str(release / "eval.txt"),
+                                   num_eval_examples=25))
+    assert built == [] and mended.shards_written == [shard] and shard.read_bytes() == original
+    assert "1 finished files changed since they were written" in mended.report()
     shutil.rmtree(sliced / "reference_parts")  # as prepare-mlperf does once the cut is whole
     gone = run(reference_options(part_files(release), sliced, vocab, eval_file=str(release / "eval.txt"),
                                  num_eval_examples=25))

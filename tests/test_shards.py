@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from bert_pretrain.data import shards
+from bert_pretrain.data.inspect_shard import read_any
+from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.errors import InputError
-from conftest import mlperf_arrays
+from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
 
 
 @pytest.fixture
@@ -92,3 +94,43 @@ def test_not_hdf5_and_listing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no HDF5 shard"):
         shards.list_shards(tmp_path / "empty")
+
+
+_CRAFTED_CASES = [
+    ("external_storage", "'input_ids' keeps its data outside the shard (HDF5 external storage in"),
+    ("virtual_dataset", "'input_ids' is a virtual dataset"),
+    ("external_link", "'input_ids' is an HDF5 ExternalLink"),
+    ("soft_link", "'input_ids' is an HDF5 SoftLink"),
+    ("float64_ids", "'input_ids' has dtype float64, but the schema stores int32"),
+    ("uint8_ids", "'input_ids' has dtype uint8, but the schema stores int32"),
+    ("group_ids", "missing key 'input_ids'"),
+    ("varlength_int32_ids", "'input_ids' has dtype variable-length rows of int32, but the schema stores "
+                            "variable-length rows of int16"),
+]
+
+
+@pytest.mark.parametrize("variant, message", _CRAFTED_CASES)
+def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant, message):
+    """Every reader (the training loader, evaluate and bench through read_padded; inspect; prepare's
+    rerun check through num_samples) refuses a shard that reads another file or stores another dtype."""
+    path = tmp_path / "part_0_of_1.hdf5"
+    write_crafted_shard(path, arrays, variant)
+    readers = [lambda: shards.read_padded(path, 32, 5, 100), lambda: read_any(path),
+               lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
+                                   max_predictions_per_seq=5, vocab_size=100)]
+    if variant in ("external_link", "soft_link"):
+        readers.append(lambda: shards.num_samples(path))  # every link of the root is refused, not only the keys
+    for read in readers:
+        with pytest.raises(InputError) as err:
+            read()
+        assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_every_crafted_shard_is_tried():
+    assert [v for v, _ in _CRAFTED_CASES] == list(CRAFTED_SHARDS)
+
+
+def test_nvidia_output_keeps_being_read(shared_data):
+    """NVIDIA's create_pretraining_data.py output has exactly the schema's dtypes."""
+    arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5", 128, 20)
+    assert len(arrays["next_sentence_labels"]) == 60

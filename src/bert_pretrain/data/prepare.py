@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from bert_pretrain.data import reference_prepare, tasks
 from bert_pretrain.data.instances import VocabIds
+from bert_pretrain.data.manifest import FinishedFiles
 from bert_pretrain.data.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
 from bert_pretrain.data.text import Tally, detect_format, find_input_files, text_documents, wikiextractor_documents
@@ -66,11 +67,15 @@ def run(options: PrepareOptions) -> PrepareSummary:
         layout.prepare_folders(with_eval=wants_eval)  # after the manifest check: a refused run creates nothing
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
                                  vocab_file, notes=notes)
-        for path in [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else []):
+        outputs = [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else [])
+        for path in outputs:
             layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
-        todo = [i for i in range(first, end) if not layout.is_complete(layout.shard_path(i))]
+        finished = FinishedFiles(layout.manifest_path)
+        finished.check(outputs, layout.is_complete, workers)
+        summary.notes += finished.notes()
+        todo = [i for i in range(first, end) if not finished.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
-        eval_todo = wants_eval and not layout.is_complete(layout.eval_path)
+        eval_todo = wants_eval and not finished.is_complete(layout.eval_path)
         spool_dir = layout.spool_dir(first, end)
         shutil.rmtree(spool_dir, ignore_errors=True)  # left by a killed run of this range
         if todo or eval_todo:
@@ -79,9 +84,12 @@ def run(options: PrepareOptions) -> PrepareSummary:
             try:
                 _read_corpus(options, files, (str(vocab_file), vocab_sha256), set(todo), eval_todo, spool, workers,
                              summary)
-                _build(options, layout, todo, eval_todo, spool, VocabIds.from_tokens(vocab_tokens), workers, summary)
+                _build(options, layout, todo, eval_todo, spool, VocabIds.from_tokens(vocab_tokens), workers, summary,
+                       finished)
             finally:
                 shutil.rmtree(spool.directory, ignore_errors=True)
+                finished.save()  # what this run finished, also when it fails later
+        finished.save()  # the files `check` found whole without a record
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -284,7 +292,7 @@ def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: 
 
 
 def _build(options, layout: OutputLayout, todo: list[int], eval_todo: bool, spool: SpoolWriter, vocab: VocabIds,
-           workers: Workers, summary: PrepareSummary) -> None:
+           workers: Workers, summary: PrepareSummary, finished: FinishedFiles) -> None:
     """Stage 2: one job per output file, spread over the workers."""
     instance_options = options.instance_options()
     varlength = layout.varlength
@@ -295,6 +303,7 @@ def _build(options, layout: OutputLayout, todo: list[int], eval_todo: bool, spoo
                                       instance_options, vocab, varlength, limit=options.num_eval_examples))
     bar = tqdm(unit="inst", desc="build", disable=not options.progress)
     for result in workers.unordered(tasks.build_shard, jobs):
+        finished.record(result.output, result.digest)
         if result.output == layout.eval_path:
             summary.eval_instances = result.instances
             if result.instances < options.num_eval_examples:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bert_pretrain.atomic import atomic_path
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import InstanceOptions
+from bert_pretrain.data.manifest import RECORDS_KEY, read_manifest, write_manifest
 from bert_pretrain.errors import InputError
 from bert_pretrain.options import Refuse, option, truth
 
@@ -279,22 +278,26 @@ class OutputLayout:
                    for folder in self.output_dir.iterdir() if folder.is_dir()) or any(
             (self.output_dir / name / EVAL_FILE).exists() for name in EVAL_FOLDERS.values())
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.output_dir / MANIFEST
+
     def check_manifest(self, manifest: dict) -> None:
         """Refuse to mix outputs of different settings; record the settings for later runs.
 
-        A manifest with no output beside it (an earlier run failed before writing any) is replaced.
+        A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
+        records of finished files (data/manifest.py) are kept either way.
         """
-        path = self.output_dir / MANIFEST
-        if path.exists() and self.has_outputs():
-            old = json.loads(path.read_text())
+        old = read_manifest(self.manifest_path)
+        records = old.pop(RECORDS_KEY, {})
+        if old and self.has_outputs():
             changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
             if changed:
                 details = "; ".join(f"{k}: {old.get(k)!r} then, {manifest.get(k)!r} now" for k in changed[:4])
                 raise InputError(f"{self.output_dir}: holds shards made with other settings ({details}); "
                                  "use another --output_dir or delete this one")
             return
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        write_manifest(self.manifest_path, {**manifest, RECORDS_KEY: records})
 
     def is_complete(self, path: Path) -> bool:
         """A file with the final name is whole (atomic rename); check that it opens and has rows."""

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import InstanceOptions, VocabIds
+from bert_pretrain.data.manifest import FinishedFiles, file_digest
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
 from bert_pretrain.data.reference_documents import read_reference_documents
 from bert_pretrain.data.reference_instances import create_reference_instances, reference_rows
@@ -58,6 +59,7 @@ class PartResult:
     instances: int  # written
     documents: int
     tokens: int
+    digest: dict  # data/manifest.py's record of the file written
 
 
 def run(options: PrepareOptions) -> PrepareSummary:
@@ -80,12 +82,19 @@ def run(options: PrepareOptions) -> PrepareSummary:
     layout.parts_dir.mkdir(exist_ok=True)
     summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None, vocab_file,
                              eval_source=eval_source)
-    cut_done = all(layout.is_complete(layout.shard_path(i)) for i in range(options.num_shards))
-    jobs = _part_jobs(options, layout, [] if cut_done else parts[first:end], eval_source if wants_eval else None,
-                      (str(vocab_file), vocab_sha256), summary)  # a complete cut needs no part (they may be gone)
+    finished = FinishedFiles(layout.manifest_path)
     with Workers(options.workers) as workers:
-        _make_parts(jobs, layout, workers, options, summary, VocabIds.from_tokens(tokens))
-        _cut(options, layout, parts, workers, summary)
+        shard_paths = [layout.shard_path(i) for i in range(options.num_shards)]
+        finished.check(shard_paths, layout.is_complete, workers)
+        cut_done = all(finished.is_complete(p) for p in shard_paths)
+        jobs = _part_jobs(options, layout, [] if cut_done else parts[first:end], eval_source if wants_eval else None,
+                          (str(vocab_file), vocab_sha256), summary, finished, workers)  # a whole cut needs no part
+        try:
+            _make_parts(jobs, layout, workers, options, summary, VocabIds.from_tokens(tokens), finished)
+            _cut(options, layout, parts, workers, summary, finished)
+        finally:
+            finished.save()
+    summary.notes[:0] = finished.notes()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -106,16 +115,19 @@ def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
     return files
 
 
-def _part_jobs(options, layout, parts, eval_source, vocab, summary) -> list[PartJob]:
+def _part_jobs(options, layout, parts, eval_source, vocab, summary, finished: FinishedFiles,
+               workers: Workers) -> list[PartJob]:
     """The jobs whose output is not complete yet (what a killed run left half-written is deleted)."""
     instance_options = options.instance_options()
     wanted = [(path, layout.part_path(path), None) for path in parts]
     if eval_source is not None:
         wanted.insert(0, (eval_source, layout.eval_path, options.num_eval_examples))
+    for _, output, _ in wanted:
+        layout.remove_temporaries(output)
+    finished.check([output for _, output, _ in wanted], _is_whole, workers)
     jobs = []
     for source, output, limit in wanted:
-        layout.remove_temporaries(output)
-        if not _is_whole(output):
+        if not finished.is_complete(output):
             jobs.append(PartJob(source, output, *vocab, options.lower_case, instance_options, options.random_seed,
                                 limit))
         elif limit is None:
@@ -132,9 +144,11 @@ def _is_whole(path: Path) -> bool:
         return False
 
 
-def _make_parts(jobs, layout, workers: Workers, options, summary: PrepareSummary, vocab: VocabIds) -> None:
+def _make_parts(jobs, layout, workers: Workers, options, summary: PrepareSummary, vocab: VocabIds,
+                finished: FinishedFiles) -> None:
     bar = tqdm(total=len(jobs), unit="part", desc="parts", disable=not options.progress)
     for result in workers.unordered(functools.partial(build_part, vocab=vocab), jobs):
+        finished.record(result.output, result.digest)
         if result.output == layout.eval_path:
             summary.eval_instances, summary.eval_documents = result.instances, result.documents
             if result.instances < options.num_eval_examples:
@@ -165,25 +179,28 @@ def build_part(job: PartJob, vocab: VocabIds) -> PartResult:
                               job.options.max_predictions_per_seq) as write:
         for lo in range(0, rows, _BLOCK_ROWS):
             write(reference_rows(instances, slice(lo, min(rows, lo + _BLOCK_ROWS)), job.options, vocab))
-    return PartResult(job.output, rows, docs.num_documents, len(docs.tokens))
+    return PartResult(job.output, rows, docs.num_documents, len(docs.tokens), file_digest(job.output))
 
 
-def _cut(options, layout: OutputLayout, parts: list[Path], workers: Workers, summary: PrepareSummary) -> None:
-    """Stage 3, once every part is there: the shards of --shard_range that are not complete yet."""
+def _cut(options, layout: OutputLayout, parts: list[Path], workers: Workers, summary: PrepareSummary,
+         finished: FinishedFiles) -> None:
+    """Stage 3, once every part is there: the shards of --shard_range that are not complete yet (`run`
+    checked them all)."""
     first, end = options.shard_bounds()
     outputs = [layout.shard_path(i) for i in range(options.num_shards)]
     for path in outputs[first:end]:
         layout.remove_temporaries(path)
-    summary.shards_skipped = [p for p in outputs[first:end] if layout.is_complete(p)]
+    summary.shards_skipped = [p for p in outputs[first:end] if finished.is_complete(p)]
     if len(summary.shards_skipped) == end - first:
         return
-    missing = [layout.part_path(p) for p in parts if not _is_whole(layout.part_path(p))]
+    part_paths = [layout.part_path(p) for p in parts]
+    finished.check(part_paths, _is_whole, workers)
+    missing = [p for p in part_paths if not finished.is_complete(p)]
     if missing:
         summary.notes.append(f"the cut into {options.num_shards} shards waits for all {len(parts)} parts: "
                              f"{len(missing)} are not made yet (the first: {missing[0]}); rerun when the runs of "
                              "the other --part_range slices are done")
         return
-    part_paths = [layout.part_path(p) for p in parts]
     counts = [shards.num_samples(p) for p in part_paths]
     if sum(counts) < options.num_shards:
         raise InputError(f"{layout.parts_dir}: the parts hold {sum(counts):,} instances, fewer than --num_shards "
@@ -193,9 +210,16 @@ def _cut(options, layout: OutputLayout, parts: list[Path], workers: Workers, sum
                                     options.max_predictions_per_seq)[first:end]
             if job.output not in summary.shards_skipped]
     bar = tqdm(total=len(jobs), unit="shard", desc="cut", disable=not options.progress)
-    for job in workers.unordered(write_cut_shard, jobs):
+    for job, digest in workers.unordered(_write_cut_shard, jobs):
+        finished.record(job.output, digest)
         summary.shards_written.append(job.output)
         summary.instances += job.rows
         bar.update()
     bar.close()
     summary.shards_written.sort()
+
+
+def _write_cut_shard(job) -> tuple:
+    """In a worker: one cut shard, and the record of its bytes (read while they are in the page cache)."""
+    write_cut_shard(job)
+    return job, file_digest(job.output)

@@ -10,6 +10,10 @@ Padded layout (MLPerf v1.0; docs/mlperf.md, "The shards"), N rows:
 Variable-length layout (NVIDIA's later rounds, DeepSparkHub's varlength shards): no input_mask; rows keep only real tokens and real
 masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_sentence_labels i1.
 
+Reading accepts exactly these dtypes (NVIDIA's create_pretraining_data.py writes the padded ones) and
+only data stored in the file itself: external links, soft links, external storage and virtual
+datasets are refused, as they make the reader open other files.
+
 Files are written to a temporary name in the same folder and renamed when complete, so a file
 with the final name is always whole.
 """
@@ -44,6 +48,7 @@ VARLENGTH_KEYS = (*VARLENGTH_DTYPES, "next_sentence_labels")
 SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")
+_PREPARE_AGAIN = "prepare it again with bert-pretrain prepare"
 
 
 def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
@@ -80,12 +85,47 @@ def _open_for_reading(path: Path):
     except OSError as err:
         raise InputError(f"{path}: not a readable HDF5 file ({err}); it may be truncated or not a shard") from None
     with handle:
+        _refuse_links(handle, path)
         yield handle
+
+
+def _refuse_links(f, path: Path) -> None:
+    """A shard is plain data: every member of its root is a hard link, so reading it never opens
+    another file (an external link) or lands somewhere its name does not say (a soft link)."""
+    for name in f:
+        link = f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else getattr(
+                link, "path", "?")
+            raise InputError(f"{path}: '{name}' is an HDF5 {type(link).__name__} (to {target}), not data stored in "
+                             f"the shard; {_PREPARE_AGAIN}")
 
 
 def _missing(f, keys) -> list[str]:
     """The keys that are not datasets in the open file `f` (absent, or groups)."""
     return [k for k in keys if not isinstance(f.get(k), h5py.Dataset)]
+
+
+def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5py.Dataset:
+    """f[key], refused unless it is a dataset whose data lie in this file with the schema's dtype
+    (for `vlen`, the element type of a variable-length dataset). External storage and virtual
+    datasets read other files: a crafted shard would hand any local file to the reader as tokens."""
+    item = f[key]  # a dataset: `_missing` counts a group as missing
+
+    def refuse(problem: str, fix: str = _PREPARE_AGAIN):
+        raise InputError(f"{path}: '{key}' {problem}; {fix}")
+
+    if item.is_virtual:
+        refuse("is a virtual dataset (its data are read from other files), not data stored in the shard")
+    if item.external:
+        refuse(f"keeps its data outside the shard (HDF5 external storage in {item.external[0][0]}), not in it")
+    rows = "variable-length rows of " if vlen else ""
+    stored = h5py.check_vlen_dtype(item.dtype) if vlen else item.dtype
+    if stored != dtype:
+        found = f"{rows}{stored}" if stored is not None else str(item.dtype)
+        refuse(f"has dtype {found}, but the schema stores {rows}{dtype}",
+               f"convert it to {rows}{dtype} or {_PREPARE_AGAIN}")
+    return item
 
 
 def shard_format(path: str | Path) -> str:
@@ -102,7 +142,7 @@ def num_samples(path: str | Path) -> int:
     with _open_for_reading(path) as f:
         if _missing(f, ["next_sentence_labels"]):
             raise InputError(f"{path}: missing key 'next_sentence_labels'; not a pretraining shard")
-        return int(f["next_sentence_labels"].shape[0])
+        return int(_dataset(f, path, "next_sentence_labels", PADDED_DTYPES["next_sentence_labels"]).shape[0])
 
 
 def read_padded(
@@ -126,7 +166,7 @@ def read_padded(
             missing = _missing(f, PADDED_DTYPES)
             if missing:
                 raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
-            arrays = {k: np.asarray(f[k][:]) for k in PADDED_DTYPES}
+            arrays = {k: np.asarray(_dataset(f, path, k, dtype)[:]) for k, dtype in PADDED_DTYPES.items()}
     validate_padded(arrays, path, max_seq_length, max_predictions_per_seq, vocab_size)
     return arrays
 
@@ -252,7 +292,7 @@ def read_padded_rows(path: str | Path, start: int, stop: int) -> dict[str, np.nd
         missing = _missing(f, PADDED_DTYPES)
         if missing:
             raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
-        return {key: np.asarray(f[key][start:stop]) for key in PADDED_DTYPES}
+        return {key: np.asarray(_dataset(f, path, key, dtype)[start:stop]) for key, dtype in PADDED_DTYPES.items()}
 
 
 def padded_to_varlength(arrays: dict[str, np.ndarray]) -> dict[str, list[np.ndarray] | np.ndarray]:
@@ -300,8 +340,9 @@ def read_varlength(path: str | Path) -> dict[str, list[np.ndarray] | np.ndarray]
         missing = _missing(f, (*VARLENGTH_DTYPES, "next_sentence_labels"))
         if missing:
             raise InputError(f"{path}: missing keys {missing}; not a variable-length shard")
-        rows = {k: list(f[k][:]) for k in VARLENGTH_DTYPES}
-        rows["next_sentence_labels"] = np.asarray(f["next_sentence_labels"][:])
+        rows = {k: list(_dataset(f, path, k, dtype, vlen=True)[:]) for k, dtype in VARLENGTH_DTYPES.items()}
+        labels = _dataset(f, path, "next_sentence_labels", PADDED_DTYPES["next_sentence_labels"])
+        rows["next_sentence_labels"] = np.asarray(labels[:])
     n = len(rows["next_sentence_labels"])
     if any(len(v) != n for v in rows.values()):
         raise InputError(f"{path}: keys have different row counts {({k: len(v) for k, v in rows.items()})}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import Documents, InstanceOptions, VocabIds, create_instances
+from bert_pretrain.data.manifest import file_digest
 from bert_pretrain.data.partition import read_spool
 from bert_pretrain.data.text import clean_wiki_leftovers, document_sentences
 from bert_pretrain.data.tokenization import WordPieceTokenizer, train_vocab
@@ -87,6 +88,7 @@ class ShardResult:
     instances: int
     documents: int
     tokens: int
+    digest: dict  # data/manifest.py's record of the file written
 
 
 def build_shard(job: ShardJob) -> ShardResult:
@@ -101,4 +103,5 @@ def build_shard(job: ShardJob) -> ShardResult:
     else:
         shards.write_padded(job.output, arrays)
     os.remove(job.spool)
-    return ShardResult(job.output, len(arrays["next_sentence_labels"]), docs.num_documents, len(docs.tokens))
+    return ShardResult(job.output, len(arrays["next_sentence_labels"]), docs.num_documents, len(docs.tokens),
+                       file_digest(job.output))  # here, where the bytes are still in the page cache
