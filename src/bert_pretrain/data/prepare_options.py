@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.data import shards
 from bert_pretrain.data.instances import InstanceOptions
@@ -294,7 +295,7 @@ class OutputLayout:
                                  "use another --output_dir or delete this one")
             return
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+            tmp.write_text(strict_json.dumps(manifest, indent=1) + "\n")
 
     def is_complete(self, path: Path) -> bool:
         """A file with the final name is whole (atomic rename); check that it opens and has rows."""
