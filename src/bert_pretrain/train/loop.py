@@ -2,8 +2,9 @@
 
 The loop (`_loop`) reads as its steps: next micro-batches, learning rate, `train_step`, counters;
 then, when due, log, eval, checkpoint; stop on the target (status success), --max_steps or
---max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a non-finite
-loss (an error naming the step; no checkpoint is written over the last good one). Losses stay on
+--max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a divergence:
+a non-finite loss, or a state that fails the check before a save (train/divergence.py); the error
+names the step and the last checkpoint that passed, and nothing is saved from the diverged state. Losses stay on
 the device and are read only at sync points (log, eval, checkpoint, every SYNC_EVERY steps), where
 the processes also agree on whether to stop. Counting follows the reference: `step` is updates
 applied (an fp16 step skipped for overflow is not one), `samples` is sequences consumed by all
