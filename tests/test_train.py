@@ -168,16 +168,17 @@ def test_a_new_run_into_an_earlier_runs_folder_or_a_file_is_refused_and_changes_
     assert f"--output_dir {a_file}: is a file" in on_a_file.stderr and a_file.read_text() == "mine"
 
 
-def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(data, tmp_path):
+def test_a_non_finite_loss_stops_naming_the_step_and_deletes_the_checkpoint_whose_weights_gave_it(data, tmp_path):
     out = tmp_path / "out"
-    # A learning rate of 1e30 makes the first update blow the weights up; the second loss is not finite.
+    # A learning rate of 1e30 makes the first update blow the weights up (still finite, so phase1_ckpt_1.pt is
+    # written); the second loss, the one those weights give, is not finite.
     result = train(*train_flags(data, out, learning_rate=1e30, warmup_proportion=0, log_freq=1,
                                 num_samples_per_checkpoint=16, min_samples_to_start_checkpoints=0))
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip().splitlines()[-1]
-    assert "loss of step 2 is not finite" in message and "phase1_ckpt_1.pt" in message
-    assert [p.name for p in out.glob("phase1_ckpt_*.pt")] == ["phase1_ckpt_1.pt"]
-    assert read_training_checkpoint(out / "phase1_ckpt_1.pt")["global_step"] == 1
+    assert "loss of step 2 is not finite" in message and "no checkpoint of this run passed" in message
+    assert "phase1_ckpt_1.pt, the last one written, was deleted" in message
+    assert not list(out.glob("phase1_ckpt_*.pt"))
 
 
 def _corrupt_the_second_shard_of_rank0(data: Path, copy: Path) -> Path:

@@ -12,7 +12,6 @@ unpickles arbitrary objects (`torch.load(weights_only=True)`).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertConfig, BertForPreTraining
@@ -220,6 +220,6 @@ def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+        (tmp / "config.json").write_text(strict_json.dumps(hf_config_dict(config), indent=2) + "\n")
         save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return directory

@@ -66,13 +66,12 @@ def _prepare_mlperf(options) -> int:
 
 
 def _evaluate(options) -> int:
-    import json
-
+    from bert_pretrain import strict_json
     from bert_pretrain.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(options)
     if result is not None:
-        print(json.dumps(result.to_dict()))
+        print(strict_json.dumps(result.to_dict()))
     return 0
 
 

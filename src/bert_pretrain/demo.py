@@ -17,6 +17,7 @@ import json
 import shlex
 from pathlib import Path
 
+from bert_pretrain import strict_json
 from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
 from bert_pretrain.data.builtin_corpus import write_builtin_corpus
 from bert_pretrain.data.prepare import PrepareOptions
@@ -76,7 +77,7 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
     summary = prepare(options)
     vocab_size = len(Path(summary.vocab_file).read_text(encoding="utf-8").splitlines())
     bert_config = {**(model or DEMO_MODEL), "vocab_size": vocab_size}
-    (data_dir / "bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
+    (data_dir / "bert_config.json").write_text(strict_json.dumps(bert_config, indent=2) + "\n")
     print(f"demo 2/4 prepare: vocab of {vocab_size} WordPieces, {summary.instances:,} training and "
           f"{summary.eval_instances:,} eval instances -> {data_dir} (bert_config.json written beside them)",
           flush=True)

@@ -7,6 +7,7 @@ one extra (the reference's split), and the sums are all-reduced before the ratio
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def not_finite(self) -> dict[str, float]:
+        """The ratios that are NaN or infinite (diverged weights give them), by name."""
+        return {key: value for key, value in self.to_dict().items() if not math.isfinite(value)}
 
 
 def load_eval_set(
@@ -143,4 +148,10 @@ def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
                                 info.rank, info.world_size)
     result = evaluate(model, batches, info.device, progress=info.is_main, precision=options.precision)
     shutdown()
+    not_finite = result.not_finite()  # the sums were reduced: every process sees the same, and exits alike
+    if not_finite:
+        values = ", ".join(f"{key} {value}" for key, value in not_finite.items())
+        raise InputError(f"{options.init_checkpoint}: its weights give a non-finite result on {options.eval_dir} "
+                         f"({values}): they have diverged; evaluate an earlier checkpoint of the run (a training run "
+                         "that diverges names the last one that passed its check)")
     return result if info.is_main else None

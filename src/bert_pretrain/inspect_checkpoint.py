@@ -9,12 +9,12 @@ steps, evals, best accuracy, the loss scale, the number of processes, and the op
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
+from bert_pretrain import strict_json
 from bert_pretrain.checkpoint import COPY_KEYS, read_hf_directory, read_weights_file
 from bert_pretrain.errors import InputError
 from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
@@ -97,7 +97,7 @@ def inspect_checkpoint(path: str | Path, as_json: bool = False) -> str:
     """The report `bert-pretrain inspect` prints for a checkpoint."""
     s = checkpoint_summary(path)
     if as_json:
-        return json.dumps(s, default=str)
+        return strict_json.dumps(s, default=str)
     lines = [f"{s['path']}: {s['kind']}",
              f"  model: {s['layers']} layers, hidden {s['hidden_size']}, intermediate {s['intermediate_size']}, "
              f"vocab rows {s['vocab_rows']}, {s['max_position_embeddings']} positions, {s['type_vocab_size']} "

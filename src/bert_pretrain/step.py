@@ -32,6 +32,12 @@ class StepResult:
     skipped: bool  # the update was skipped for an fp16 overflow
     loss_scale: float | None  # fp16: the loss scale after this step; None without loss scaling
 
+    @property
+    def overflow_explained(self) -> bool:
+        """Skipped for an fp16 overflow while the scale is still sane (>= 1): the loss may be inf, no update
+        was applied, and the scaler has lowered the scale; routine, not a divergence."""
+        return self.skipped and self.loss_scale is not None and self.loss_scale >= 1.0
+
 
 def autocast(device: torch.device, precision: str):
     """The autocast context for `precision` ('fp32' runs without one; 'fp8' is bf16 autocast, the float8

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import math
+from bert_pretrain import strict_json
 
 # The peer's name in the table for each --compare (its result keys carry the --compare value as prefix).
 PEER_NAMES = {"hf": "hf_transformers", "bf16": "bert_pretrain_bf16"}
@@ -11,16 +10,7 @@ PEER_NAMES = {"hf": "hf_transformers", "bf16": "bert_pretrain_bf16"}
 
 def json_line(result: dict) -> str:
     """The result as one line of strict JSON: a NaN or inf (a diverged loss) becomes null."""
-    def finite(value):
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
-        if isinstance(value, dict):
-            return {key: finite(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(item) for item in value]
-        return value
-
-    return json.dumps(finite(result), allow_nan=False)
+    return strict_json.dumps(result)
 
 
 def _fmt(value) -> str:

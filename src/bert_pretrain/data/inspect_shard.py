@@ -9,11 +9,11 @@ replaced by another.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from bert_pretrain import strict_json
 from bert_pretrain.data import shards
 from bert_pretrain.data.shards import masked_counts
 from bert_pretrain.data.tokenization import MASK, read_vocab
@@ -98,7 +98,7 @@ def inspect_shard(path: str | Path, vocab_file: str | None = None, num_examples:
         raise InputError(f"{path}: holds token id {int(arrays['input_ids'].max())}, outside the {len(vocab):,}-token "
                          f"vocab {vocab_file}; pass the vocab the shard was made with")
     if as_json:
-        return json.dumps({"path": str(path), "format": shards.shard_format(path), **stats})
+        return strict_json.dumps({"path": str(path), "format": shards.shard_format(path), **stats})
     lines = [f"{path}: {shards.shard_format(path)} shard, {stats['instances']:,} instances, max_seq_length "
              f"{stats['max_seq_length']}, max_predictions_per_seq {stats['max_predictions_per_seq']}",
              f"  tokens {stats['tokens']:,} (mean length {stats['length_mean']:.1f}); lengths:"]

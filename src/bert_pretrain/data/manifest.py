@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.data.workers import Workers
 
@@ -31,7 +32,7 @@ def read_manifest(path: Path) -> dict:
 
 def write_manifest(path: Path, values: dict) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(values, indent=1) + "\n")
+        tmp.write_text(strict_json.dumps(values, indent=1) + "\n")
 
 
 def file_digest(path: Path) -> dict:

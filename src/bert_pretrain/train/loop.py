@@ -2,8 +2,9 @@
 
 The loop (`_loop`) reads as its steps: next micro-batches, learning rate, `train_step`, counters;
 then, when due, log, eval, checkpoint; stop on the target (status success), --max_steps or
---max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a non-finite
-loss (an error naming the step; no checkpoint is written over the last good one). Losses stay on
+--max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a divergence:
+a non-finite loss, or a state that fails the check before a save (train/divergence.py); the error
+names the step and the last checkpoint that passed, and nothing is saved from the diverged state. Losses stay on
 the device and are read only at sync points (log, eval, checkpoint, every SYNC_EVERY steps), where
 the processes also agree on whether to stop. Counting follows the reference: `step` is updates
 applied (an fp16 step skipped for overflow is not one), `samples` is sequences consumed by all
@@ -108,6 +109,7 @@ def _loop(run: Run) -> tuple[str, str]:
         state.data_position = run.stream.position
         attempt = progress.step + progress.skipped_steps  # steps taken, skipped ones included
         run.tracker.add(result, attempt)
+        run.guard.add(result, attempt)
         run.observers.step_done()
 
         log_due = config.run.log_freq > 0 and attempt % config.run.log_freq == 0
@@ -186,6 +188,7 @@ def _log(run: Run) -> None:
     grad_norm = run.state.optimizer.last_grad_norm  # of the last applied update, before clipping
     if grad_norm is not None:  # users watch it for divergence
         values["grad_norm"] = float(grad_norm)
+    run.guard.record.observe(values["loss"])  # already a mean over all processes: every process records alike
     run.observers.train_log(progress.step, progress.samples, values)
 
 
@@ -204,18 +207,21 @@ def _evaluate(run: Run) -> bool:
 
 
 def _checkpoint(run: Run, forced: bool, final: bool) -> None:
-    """Save on rank 0 (every process contributes its data position and RNG states)."""
+    """Save on rank 0 (every process contributes its data position and RNG states), only from a sane state:
+    a divergent one stops the run instead, with an error naming the last checkpoint that passed."""
     config, state, progress = run.config, run.state, run.state.progress
     if (config.checkpoint.skip_checkpoint and not forced) or run.saved_step == progress.step:
         return
     began = time.time()
+    _collective(run, lambda: run.guard.check(state.model.parameters(), progress.step + progress.skipped_steps))
     progress.samples_at_last_checkpoint = progress.samples
     rank_states = _collective(run, lambda: gather_rank_states(state, run.info.device))
+    path = run.schedule.path_for(progress.step)
     if run.info.is_main:
-        path = run.schedule.path_for(progress.step)
         save_training_checkpoint(path, state, rank_states, config.flat())
-        run.schedule.remove_old()
+        run.schedule.remove_old(keep=run.guard.passed)
         run.observers.say(f"{'final ' if final else ''}checkpoint {path}")
+    run.guard.saved(path)
     run.saved_step = progress.step
     _pause(run, began)
 
@@ -240,11 +246,9 @@ def _agree_to_stop(run: Run) -> bool:
     if signalled and not run.signals:
         run.signals.append(int(signalled))
     if negative_bad_step != float("-inf"):
-        latest = run.schedule.latest()
-        kept = f"the last checkpoint, {latest}, is intact" if latest else "no checkpoint had been written"
-        raise InputError(f"training diverged: the loss of step {int(-negative_bad_step)} is not finite and fp16 "
-                         f"loss scaling does not explain it; stopped without saving ({kept}); try a lower "
-                         "--learning_rate")
+        problem = (f"the loss of step {int(-negative_bad_step)} is not finite and fp16 loss scaling does not "
+                   "explain it")
+        raise _collective(run, lambda: run.guard.stopped(run.state.model.parameters(), problem))
     return signalled > 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -94,7 +95,7 @@ class MetricsWriter:
         self._history = [r for r in self._history if r.get("samples", 0) <= samples]
         self._file.close()
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self._history), encoding="utf-8")
+            tmp.write_text("".join(strict_json.dumps(r) + "\n" for r in self._history), encoding="utf-8")
         self._file = open(path, "a", encoding="utf-8")
 
     def train(self, step: int, samples: int, values: dict) -> None:
@@ -113,7 +114,7 @@ class MetricsWriter:
             raise ValueError(f"metric names {clash} are reserved for the record itself; rename them")
         record = {"kind": kind, "step": int(step), "samples": int(samples), "time": round(time.time(), 3),
                   **_checked(values)}
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(strict_json.dumps(record) + "\n")
         self._file.flush()
         self._history.append(record)
         if self._tensorboard is not None:
@@ -183,7 +184,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with atomic_path(self.output_dir / SUMMARY_FILE) as tmp:
-            tmp.write_text(json.dumps(_checked(values), indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(strict_json.dumps(_checked(values), indent=2) + "\n", encoding="utf-8")
 
     def close(self) -> None:
         if self._plotter is not None:

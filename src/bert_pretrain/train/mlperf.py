@@ -22,6 +22,8 @@ from pathlib import Path
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog.mllog import MLLogger
 
+from bert_pretrain import strict_json
+
 BENCHMARK = "bert"
 DIVISIONS = ("closed", "open")
 SUBMISSION_STATUSES = ("cloud", "onprem", "preview", "research")
@@ -100,7 +102,9 @@ class MLPerfLogger:
             return
         if self._mllog is None:
             raise RuntimeError(f"MLPerf log {self.path} is closed (after run_stop); cannot log {key!r}")
-        getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+        # mllog writes the JSON itself: a non-finite number (a diverged eval's accuracy) goes in as null, as
+        # strict JSON has it; finite values are passed unchanged, as the compliance checker expects them
+        getattr(self._mllog, kind)(key=key, value=strict_json.finite(value), metadata=strict_json.finite(metadata))
 
     def init_start(self, cache_cleared: bool = False) -> None:
         """`cache_clear` (True only if the launcher really dropped the OS caches), then `init_start`."""

@@ -37,7 +37,7 @@ class StepTracker:
         and no host-to-device copy (the step number enters as a Python scalar)."""
         self._sums += result.sums
         self._steps += 1
-        if result.skipped and result.loss_scale >= 1.0:  # an overflow the scaler skipped, while the scale is sane
+        if result.overflow_explained:
             return
         bad = ~torch.isfinite(result.sums[0])
         self.first_bad_step = torch.where(bad, self.first_bad_step.clamp(max=float(attempt)), self.first_bad_step)

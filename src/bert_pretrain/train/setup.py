@@ -36,6 +36,7 @@ from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
 from bert_pretrain.options import fp8_layer_names
 from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.config import RunConfig
+from bert_pretrain.train.divergence import DivergenceGuard
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
 from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
@@ -67,6 +68,7 @@ class Run:
     schedule: CheckpointSchedule
     observers: RunObservers
     tracker: StepTracker
+    guard: DivergenceGuard  # checkpoints only from sane states
     global_batch_size: int
     warmup: tuple[int, int]  # (warmup steps, step the warmup starts at)
     signals: list[int]  # signals received, appended by the handler
@@ -144,7 +146,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     run = Run(config=config, info=info, state=state, model=model, stream=stream,
               eval_batches=_eval_batches(config, info, bert_config.vocab_size),
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
-              observers=observers, tracker=StepTracker(info.device), global_batch_size=global_batch_size,
+              observers=observers, tracker=StepTracker(info.device),
+              guard=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
               warmup=(warmup, warmup_start), signals=signals, resumed_from=resume_path,
               samples_at_start=state.progress.samples)
     _log_submission(run)

@@ -184,9 +184,10 @@ class CheckpointSchedule:
         existing = self.existing()
         return existing[-1] if existing else None
 
-    def remove_old(self) -> list[Path]:
-        """Delete all but the newest `keep_n_most_recent_checkpoints`; returns what was deleted."""
-        old = self.existing()[: -self.keep_n_most_recent_checkpoints]
+    def remove_old(self, keep: Path | None = None) -> list[Path]:
+        """Delete all but the newest `keep_n_most_recent_checkpoints` and `keep` (the newest checkpoint known
+        to be sane, train/divergence.py); returns what was deleted."""
+        old = [path for path in self.existing()[: -self.keep_n_most_recent_checkpoints] if path != keep]
         for path in old:
             path.unlink(missing_ok=True)
         return old
