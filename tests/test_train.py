@@ -283,7 +283,8 @@ def test_a_disk_that_fills_during_a_checkpoint_save_is_one_line_and_keeps_the_ea
         saves.append(file)
         if len(saves) < 3:
             return real_save(payload, file, *args, **kwargs)
-        Path(getattr(file, "name", file)).write_bytes(b"PK partial")  # some bytes reached the temporary
+        target = file if isinstance(file, (str, Path)) else file.name  # a path or an open file
+        Path(target).write_bytes(b"PK partial")  # some bytes reached the temporary
         # as torch fails on a full disk: the write's ENOSPC, then closing the archive fails again over it
         try:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
