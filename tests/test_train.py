@@ -1,5 +1,6 @@
 """`bert-pretrain train` in one process: the target, exact resume after SIGKILL, signals, bad input."""
 
+import errno
 import json
 import os
 import shutil
@@ -267,3 +268,103 @@ def test_the_shipped_tiny_config_runs(data, tmp_path):
     result = train(*flags)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 4
+
+
+def _without(flags: list[str], name: str) -> list[str]:
+    """`flags` without `--name VALUE`."""
+    at = flags.index(name)
+    return flags[:at] + flags[at + 2:]
+
+
+def test_a_disk_that_fills_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(data, tmp_path,
+                                                                                            monkeypatch):
+    real_save, saves = torch.save, []
+
+    def disk_fills_on_the_third(payload, file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) < 3:
+            return real_save(payload, file, *args, **kwargs)
+        target = file if isinstance(file, (str, Path)) else file.name  # a path or an open file
+        Path(target).write_bytes(b"PK partial")  # some bytes reached the temporary
+        # as torch fails on a full disk: the write's ENOSPC, then closing the archive fails again over it
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(torch, "save", disk_fills_on_the_third)
+    out = tmp_path / "out"
+    result = cli_here("train", *train_flags(data, out, max_steps=4, num_samples_per_checkpoint=16,
+                                            min_samples_to_start_checkpoints=0))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "phase1_ckpt_3.pt: the checkpoint could not be written (No space left on device)" in message
+    assert f"the last checkpoint, {out / 'phase1_ckpt_2.pt'}, is intact" in message and "--output_dir" in message
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir() if "ckpt" in p.name) == ["phase1_ckpt_1.pt", "phase1_ckpt_2.pt"]
+    assert read_training_checkpoint(out / "phase1_ckpt_2.pt")["global_step"] == 2  # whole, and no temporary left
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_an_output_dir_that_cannot_be_written_is_named_before_training(data, tmp_path, where):
+    if where == "under_a_file":
+        (tmp_path / "a_file").write_text("mine")
+        out = tmp_path / "a_file" / "out"
+    else:
+        out = tmp_path / "read_only"
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):  # root: permission bits do not stop its writes
+            pytest.skip("permission bits do not stop this user's writes")
+    result = cli_here("train", *train_flags(data, out, max_steps=1))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"--output_dir {out}: cannot be written" in result.stderr and "pass a folder" in result.stderr
+
+
+def test_shards_wider_than_the_position_embeddings_are_refused_before_a_step(data, tmp_path):
+    """The shards are 32 tokens wide; a model with 16 positions cannot read them (an IndexError mid-step)."""
+    narrow = tmp_path / "bert_config.json"
+    narrow.write_text(json.dumps(tiny_config(64, max_position_embeddings=16).to_dict()))
+    flags = _without(train_flags(data, tmp_path / "out", max_steps=2), "--init_checkpoint")  # random weights
+    flags[flags.index("--bert_config_path") + 1] = str(narrow)
+    result = cli_here("train", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"--max_seq_length 32 (the width of the shards) is more than the max_position_embeddings 16 of {narrow}"
+            in result.stderr)
+    assert not list((tmp_path / "out").glob("phase1_ckpt_*.pt"))
+
+
+@pytest.mark.parametrize("field, value", [("hidden_dropout_prob", 2.0), ("attention_probs_dropout_prob", -0.1),
+                                          ("layer_norm_eps", 0), ("initializer_range", "0.02")])
+def test_a_bert_config_value_out_of_range_is_named_with_its_file(data, tmp_path, field, value):
+    values = json.loads((data / "bert_config.json").read_text())
+    bad = tmp_path / "bert_config.json"
+    bad.write_text(json.dumps({**values, field: value}))
+    flags = train_flags(data, tmp_path / "out", max_steps=1)
+    flags[flags.index("--bert_config_path") + 1] = str(bad)
+    result = cli_here("train", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{bad}: {field} must be a number" in result.stderr and f"got {value!r}" in result.stderr
+
+
+class _RunsCodeWhenLoaded:
+    """A pickled object that would create a file if unpickled (the safe loader must refuse it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_from_a_checkpoint_the_safe_loader_refuses_says_why_without_torchs_unsafe_advice(data, tmp_path):
+    from bert_pretrain.train.state import FORMAT
+
+    marker, crafted = tmp_path / "code_ran", tmp_path / "phase1_ckpt_1.pt"
+    torch.save({"format": FORMAT, "model": {}, "run": _RunsCodeWhenLoaded(marker)}, crafted)
+    result = cli_here("train", *train_flags(data, tmp_path / "out", max_steps=2),
+                      "--resume_from_checkpoint", str(crafted))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{crafted}: holds objects other than tensors and plain data" in result.stderr
+    assert "refused for safety" in result.stderr and "weights_only" not in result.stderr
+    assert not marker.exists()

@@ -93,6 +93,23 @@ def test_a_bad_shard_on_one_rank_is_named_before_the_others_lose_contact(data, t
     assert errors and f"error: {bad}: not a readable HDF5 file" in errors[0], result.stderr[-3000:]
 
 
+def test_an_error_every_rank_hits_is_printed_once(data, tmp_path):
+    """A flag error (found before the process group forms) and a bad bert_config (after) fail alike on both
+    processes: one line says it, not one per process (a shard only one process reads is still named by that
+    process: the test above)."""
+    bad_config = tmp_path / "bert_config.json"
+    bad_config.write_text(json.dumps({**json.loads((data / "bert_config.json").read_text()), "hidden_dropout_prob": 2}))
+    flags = train_flags(data, tmp_path / "out", max_steps=2)
+    flags[flags.index("--bert_config_path") + 1] = str(bad_config)
+    for extra, said in ((["--train_batch_size", "0"], "--train_batch_size must be at least 1"),
+                        ([], f"{bad_config}: hidden_dropout_prob must be a number in [0, 1)")):
+        result = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", "-m", "bert_pretrain", "train", *flags, *extra],
+                                capture_output=True, text=True, env=env(), timeout=240)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("bert-pretrain train")]
+        assert len(errors) == 1 and said in errors[0], result.stderr[-3000:]
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through Linux /proc")
 def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(data, tmp_path):
     out = tmp_path / "out"

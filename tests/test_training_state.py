@@ -132,3 +132,67 @@ def test_only_the_newest_checkpoints_are_kept_and_partial_writes_ignored(tmp_pat
     assert [p.name for p in s.existing()] == ["phase2_ckpt_11.pt", "phase2_ckpt_100.pt"]
     s.remove_partial_writes()
     assert not list(tmp_path.glob(".*tmp*")) and Path(tmp_path / "phase1_ckpt_500.pt").exists()
+
+
+def _drop(key):
+    return lambda c: c.pop(key)
+
+
+def _set(value, *keys):
+    def edit(checkpoint):
+        inner = checkpoint
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = value
+    return edit
+
+
+# A hand edit -> the field the error names.
+HAND_EDITS = {
+    "no optimizer": (_drop("optimizer"), "optimizer is missing"),
+    "an extra progress field": (_set(1, "progress", "epochs"),
+                                r"progress has fields this version does not know \(epochs\)"),
+    "a progress field removed": (lambda c: c["progress"].pop("converged"), "progress lacks the fields converged"),
+    "empty rank states": (_set([], "rank_states"), "rank_states is empty"),
+    "a negative step": (_set(-3, "global_step"), "global_step is -3"),
+    "a step that disagrees": (_set(7, "global_step"), "global_step 7 differs from progress.step 2"),
+    "a step as text": (_set("2", "progress", "step"), "progress.step is '2'"),
+    "a model as a list": (_set([], "model"), "model is a list, not a dict"),
+    "optimizer groups gone": (_set([], "optimizer", "param_groups"), "optimizer.param_groups is missing or empty"),
+    "a data position cut": (lambda c: c["rank_states"][0]["data_position"].pop("row"),
+                            r"rank_states\[0\].data_position"),
+    "a negative row": (_set(-1, "rank_states", 0, "data_position", "row"), r"rank_states\[0\].data_position.row is -1"),
+    "a torch state of the wrong size": (_set(torch.zeros(3, dtype=torch.uint8), "rank_states", 0, "rng", "torch"),
+                                        r"rank_states\[0\].rng.torch is not a torch random state"),
+    "a python state as a number": (_set(5, "rank_states", 0, "rng", "python"),
+                                   r"rank_states\[0\].rng.python is not a python random state"),
+}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    """A checkpoint as train writes it (read again by each test, so each edits its own copy)."""
+    state = trained_state()
+    path = tmp_path_factory.mktemp("written") / "phase1_ckpt_2.pt"
+    save_training_checkpoint(path, state, gather_rank_states(state, CPU), run={})
+    return path
+
+
+@pytest.mark.parametrize("edit", HAND_EDITS, ids=list(HAND_EDITS))
+def test_a_hand_edited_checkpoint_is_refused_on_reading_naming_the_field(written, tmp_path, edit):
+    read_training_checkpoint(written)  # intact, it passes
+    checkpoint = torch.load(written, weights_only=True)
+    path = tmp_path / written.name
+    change, named = HAND_EDITS[edit]
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match=f"^{path}: {named}.*resume from another checkpoint"):
+        read_training_checkpoint(path)
+
+
+def test_an_optimizer_state_of_another_model_is_refused_on_restoring(written):
+    path = written
+    checkpoint = read_training_checkpoint(path)
+    checkpoint["optimizer"]["param_groups"][0]["params"].pop()  # one parameter fewer than the model has
+    with pytest.raises(InputError, match=f"^{path}: its optimizer or loss-scaler state does not fit"):
+        restore_training_state(make_state(), checkpoint, str(path), rank=0, world_size=1, device=CPU)

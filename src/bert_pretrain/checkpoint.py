@@ -12,6 +12,8 @@ unpickles arbitrary objects (`torch.load(weights_only=True)`).
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
 from pathlib import Path
 
@@ -148,9 +150,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_safetensors(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files (pickle, zip, unsafe globals)
-        # torch's own text for a refused pickle recommends weights_only=False: never the fix for a weights file
-        raise InputError(f"{path}: not a checkpoint this project reads ({type(err).__name__}); pass a PyTorch "
-                         "{'model': state_dict} or state-dict file, a .safetensors file or an HF folder") from None
+        raise refused_as_unsafe(path, err) or InputError(
+            f"{path}: not a checkpoint this project reads ({type(err).__name__}); pass a PyTorch {{'model': "
+            "state_dict}} or state-dict file, a .safetensors file or an HF folder") from None
     if isinstance(loaded, dict) and isinstance(loaded.get(MODEL_KEY), dict):
         loaded = loaded[MODEL_KEY]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -182,10 +184,43 @@ def load_weights(model: BertForPreTraining, path: str | Path) -> None:
 
 
 def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:
-    """`torch.save({'model': reference_state, **extra})` to `path`, atomically."""
+    """`torch.save({'model': reference_state, **extra})` to `path`, atomically. A write the disk refuses (full,
+    failing) raises its OSError and leaves nothing at `path` (nor the temporary)."""
     payload = {MODEL_KEY: reference_state(model), **(extra or {})}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            with open(tmp, "wb") as file:  # a Python file: the disk's error reaches torch with its errno
+                torch.save(payload, file)
+        except RuntimeError as err:  # torch's zip writer fails again closing the archive, hiding the cause
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
+
+def require_positions(config: BertConfig, config_path: str | Path, max_seq_length: int) -> None:
+    """Shards of `max_seq_length` tokens need that many position embeddings: refused before any step, not as an
+    IndexError inside the model."""
+    if max_seq_length > config.max_position_embeddings:
+        raise InputError(f"--max_seq_length {max_seq_length} (the width of the shards) is more than the "
+                         f"max_position_embeddings {config.max_position_embeddings} of {config_path}: the model "
+                         f"has no position for tokens past {config.max_position_embeddings}; pass a bert_config "
+                         f"with max_position_embeddings of at least {max_seq_length}, or shards made with "
+                         f"--max_seq_length {config.max_position_embeddings} or less")
+
+
+def refused_as_unsafe(path: str | Path, err: Exception) -> InputError | None:
+    """The error for a file the safe loader (`weights_only=True`) refused because it holds objects other than
+    tensors and plain data; None for any other failure. torch's own text advises `weights_only=False`, which
+    would run whatever code the file carries, so it is never quoted."""
+    text = str(err)
+    if not isinstance(err, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    what = f" (such as {named.group(1)})" if named else ""
+    return InputError(f"{path}: holds objects other than tensors and plain data{what}, refused for safety (loading "
+                      "them would run code the file carries); pass a file written by this project, or, if the "
+                      "file comes from a source you trust, convert its weights to a plain state dict or "
+                      ".safetensors file there and pass that")
 
 
 def read_bert_config(path: str | Path) -> BertConfig:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.options import add_options, from_args
 
 DESCRIPTION = """\
@@ -186,7 +186,8 @@ def _options(name: str, args: argparse.Namespace):
     if name == "train":
         from bert_pretrain.train.config import is_main_process, load_config
 
-        config = load_config(args)
+        with said_by_the_first_process():  # every process of the run reads the same flags and files
+            config = load_config(args)
         if is_main_process():
             for note in config.notes:
                 print(note, file=sys.stderr)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         if args.debug or args.debug_anywhere:
             raise
-        if not getattr(err, "reported", False):  # train reports its own under several processes
+        if not getattr(err, "reported", False):  # said already (train, several processes) or by the first process
             print(f"bert-pretrain {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

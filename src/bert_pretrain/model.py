@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from bert_pretrain.kernels.fused_norm import dropout_add_layer_norm
 # in HF `config.json` "gelu" is the exact erf form, so HF files are read with `hf_names=True`.
 _TANH_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "gelu_fast")
 _ERF_NAMES = ("gelu_exact", "gelu_erf", "gelu_python")
+# The config's float fields, as checked when it is read.
+_DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+_POSITIVE_SCALES = ("initializer_range", "layer_norm_eps")
 
 
 # The standard shapes (google-research/bert's BERT-base and -large; "tiny" is this project's CPU-sized
@@ -80,6 +84,17 @@ class BertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        # a dropout of 1 drops everything; an initializer scale or LayerNorm epsilon of 0 or less is no model
+        for name in _DROPOUTS + _POSITIVE_SCALES:
+            value = getattr(self, name)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if name in _DROPOUTS:
+                allowed, fits = "in [0, 1)", is_number and 0 <= value < 1
+            else:
+                allowed, fits = "above 0", is_number and 0 < value < math.inf
+            if not fits:  # NaN fits neither
+                usual = {f.name: f.default for f in dataclasses.fields(self)}[name]
+                raise ValueError(f"{name} must be a number {allowed}, got {value!r} (BERT's is {usual})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"

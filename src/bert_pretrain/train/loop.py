@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from bert_pretrain.distributed import gather_objects, init_distributed, is_distributed, shutdown
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
 from bert_pretrain.optim import lr_at
 from bert_pretrain.step import train_step
@@ -39,12 +39,14 @@ def train(config: RunConfig, stream_factory=None) -> int:
     """Run training; returns the exit code (0 when done, 128 + signal number when interrupted).
     `stream_factory` replaces the shard stream (see `train_setup.setup`)."""
     started = time.time()
-    info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
+    with said_by_the_first_process():  # the flags and files are the same on every process, so are their errors
+        info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
     signals: list[int] = []
     previous_handlers = _catch_signals(signals)
     run, peer_lost = None, False
     try:
-        run = setup(config, info, signals, stream_factory)
+        with said_by_the_first_process():  # but for each process's own shards (setup marks those)
+            run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
         loop_started = time.time()
         status, reason = _loop(run)
@@ -55,8 +57,8 @@ def train(config: RunConfig, stream_factory=None) -> int:
         print(f"bert-pretrain train (rank {info.rank}): {err}", file=sys.stderr, flush=True)
         return 1
     except InputError as err:
-        if info.world_size > 1:  # said before the group is torn down, so the cause comes before the other
-            # processes' "lost contact"; the CLI then prints nothing more for it
+        if info.world_size > 1 and not err.reported:  # said before the group is torn down, so the cause comes
+            # before the other processes' "lost contact"; the CLI then prints nothing more for it
             print(f"bert-pretrain train (rank {info.rank}): error: {err}", file=sys.stderr, flush=True)
             err.reported = True
         raise
@@ -218,12 +220,26 @@ def _checkpoint(run: Run, forced: bool, final: bool) -> None:
     rank_states = _collective(run, lambda: gather_rank_states(state, run.info.device))
     path = run.schedule.path_for(progress.step)
     if run.info.is_main:
-        save_training_checkpoint(path, state, rank_states, config.flat())
+        _save(run, path, rank_states)
         run.schedule.remove_old(keep=run.guard.passed)
         run.observers.say(f"{'final ' if final else ''}checkpoint {path}")
     run.guard.saved(path)
     run.saved_step = progress.step
     _pause(run, began)
+
+
+def _save(run: Run, path, rank_states: list[dict]) -> None:
+    """Write the checkpoint; a disk that fills or fails mid-write is a one-line error. The write goes to a
+    temporary that is removed on failure (atomic_path), so the checkpoints before it stay whole."""
+    try:
+        save_training_checkpoint(path, run.state, rank_states, run.config.flat())
+    except OSError as err:
+        reason = err.strerror or str(err)
+        latest = run.schedule.latest()
+        kept = f"the last checkpoint, {latest}, is intact" if latest else "no earlier checkpoint was written"
+        raise InputError(f"{path}: the checkpoint could not be written ({reason}); {kept}; free space on the "
+                         "disk of --output_dir (or pass another one) and resume with --resume_from_checkpoint"
+                         ) from None
 
 
 def _pause(run: Run, began: float) -> None:

@@ -14,6 +14,7 @@ import functools
 import os
 import random
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
-from bert_pretrain.checkpoint import read_bert_config
+from bert_pretrain.checkpoint import read_bert_config, require_positions
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
-from bert_pretrain.errors import InputError, SettingsMismatch
+from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
@@ -104,8 +105,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
-    if schedule.output_dir.exists() and not schedule.output_dir.is_dir():
-        raise InputError(f"--output_dir {schedule.output_dir}: is a file; pass a folder (it is created if missing)")
+    _require_writable_folder(schedule.output_dir)
     resume_path, resume_note = _resume_path(config, info, schedule)
     if resume_path is None:
         _refuse_an_earlier_runs_folder(info, schedule)
@@ -119,6 +119,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     if info.is_main:
         schedule.remove_partial_writes()
     bert_config = read_bert_config(ckpt.bert_config_path)
+    require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
     state = _initial_state(config, info, bert_config, load_init=resume_path is None)
     if resume_path is not None:
         checkpoint = read_training_checkpoint(resume_path)
@@ -152,6 +153,20 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
+
+
+def _require_writable_folder(output_dir: Path) -> None:
+    """--output_dir exists as a folder (made here if missing) this process can write: found now, not as a traceback
+    from the first log line or checkpoint."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir}: is a file; pass a folder (it is created if missing)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:  # a regular file on the way (ENOTDIR), no permission, a read-only file system
+        raise InputError(f"--output_dir {output_dir}: cannot be written ({err.strerror or err}); pass a folder "
+                         "this user may write to, on a writable file system") from None
 
 
 def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.device) -> fp8.Conversion:
@@ -225,6 +240,7 @@ def _changed_options(saved: dict, config: RunConfig) -> list[str]:
     return [f"note: resuming with changed options ({', '.join(changed)}); the continuation is not the exact one"]
 
 
+@own_to_this_process()  # each process reads its own share of the shards
 def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: DataPosition) -> ShardStream:
     """The default stream: this process's share of --input_dir, from `start` (token-balanced over the
     processes with --exchange_padding)."""

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bert_pretrain.checkpoint import load_reference_state, save_reference_checkpoint
+from bert_pretrain.checkpoint import load_reference_state, refused_as_unsafe, save_reference_checkpoint
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.distributed import gather_objects
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.train.checkpoint_check import check_training_checkpoint
 
 FORMAT = "bert-pretrain training state v1"
 _STEP = re.compile(r"^phase[12]_ckpt_(\d+)\.pt$")
@@ -113,10 +114,12 @@ def read_training_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+        raise refused_as_unsafe(path, err) or InputError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise InputError(f"{path}: holds weights only, not a training state to resume; start a run from it with "
                          "--init_checkpoint instead")
+    check_training_checkpoint(checkpoint, path, tuple(f.name for f in fields(Progress)))
     return checkpoint
 
 
@@ -126,10 +129,15 @@ def restore_training_state(
     """Load `checkpoint` into `state` in place; returns notes on what could not continue exactly."""
     notes = []
     load_reference_state(state.model, checkpoint["model"], source)
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if state.scaler.is_enabled() and checkpoint["scaler"]:
-        state.scaler.load_state_dict(checkpoint["scaler"])
-    elif state.scaler.is_enabled():
+    try:  # the structure is checked on reading; whether it fits this model and optimizer is known only here
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        if state.scaler.is_enabled() and checkpoint["scaler"]:
+            state.scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{source}: its optimizer or loss-scaler state does not fit this run's model "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); resume with the bert_config it "
+                         "was written with, or start a new run from its weights with --init_checkpoint") from None
+    if state.scaler.is_enabled() and not checkpoint["scaler"]:
         notes.append(f"note: {source} was written without fp16 loss scaling; the scale starts afresh")
     state.progress = Progress(**checkpoint["progress"])
     rank_states = checkpoint["rank_states"]
