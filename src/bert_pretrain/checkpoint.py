@@ -12,7 +12,6 @@ unpickles arbitrary objects (`torch.load(weights_only=True)`).
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from pathlib import Path
