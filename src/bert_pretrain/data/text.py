@@ -31,6 +31,7 @@ from typing import BinaryIO, Iterator
 
 import blingfire
 
+from bert_pretrain.data.markup_scan import cut_comments_and_refs, cut_tags
 from bert_pretrain.errors import InputError
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is not a sentence or paragraph; it is skipped and counted
@@ -214,17 +215,18 @@ _CATEGORY = re.compile(r"\[\[Category:[^\[\]]*\]\]")
 _FILE_LINK = re.compile(r"\[\[:?(?:[Ff]ile|[Ii]mage|[Mm]edia):[^\[\]]*\]\]")
 _PIPED_LINK = re.compile(r"\[\[[^\[\]|]*\|([^\[\]|]*)\]\]")
 _PLAIN_LINK = re.compile(r"\[\[([^\[\]|]*)\]\]")
-_REF = re.compile(r"<ref\b[^>/]*>.*?</ref>|<ref\b[^>]*/>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"</?(?:ref|br|sup|sub|small|big|div|span|del|ins|nowiki|poem|math|chem|gallery|onlyinclude|"
-                  r"includeonly|noinclude|references|mapframe|graph|section|meta|hr|center|font|blockquote)\b[^>]*>",
-                  re.IGNORECASE)
+_TAG_OPENER = re.compile(r"</?(?:ref|br|sup|sub|small|big|div|span|del|ins|nowiki|poem|math|chem|gallery|onlyinclude|"
+                         r"includeonly|noinclude|references|mapframe|graph|section|meta|hr|center|font|blockquote)\b",
+                         re.IGNORECASE)
 
 
 def clean_wiki_leftovers(text: str) -> str:
-    for pattern, replacement in ((_REF, ""), (_CATEGORY, ""), (_FILE_LINK, ""), (_PIPED_LINK, r"\1"),
-                                 (_PLAIN_LINK, r"\1"), (_TAG, "")):
+    """Refs, category and file links, link brackets and leftover tags removed; in time linear in the text
+    (refs and tags are cut by one scan for their closers, the link patterns stop at the next bracket)."""
+    text = cut_comments_and_refs(text, ref_end="</ref>", comments=False)
+    for pattern, replacement in ((_CATEGORY, ""), (_FILE_LINK, ""), (_PIPED_LINK, r"\1"), (_PLAIN_LINK, r"\1")):
         text = pattern.sub(replacement, text)
-    return text
+    return cut_tags(text, _TAG_OPENER)
 
 
 def split_sentences(paragraphs: str) -> list[str]:
