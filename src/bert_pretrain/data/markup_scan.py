@@ -149,7 +149,7 @@ _TAG_START = re.compile(r"<(/?)([A-Za-z][\w-]*)([^<>]*)(>?)")
 _SINGLE_TAGS = {"br", "wbr", "hr", "meta", "link", "img", "li", "dt", "dd", "th", "td", "tr", "p"}
 _TABLE_START = re.compile(r"^\{\|", re.MULTILINE)
 _TABLE_END = re.compile(r"^\|\}", re.MULTILINE)
-_BRACKETED_URL = re.compile(r"\[(?:https?:|ftp:|//)[^\]\n]*(\]?)", re.IGNORECASE)
+_BRACKETED_URL = re.compile(r"\[(?:https?:|ftp:|//)[^\[\]\n]*(\]?)", re.IGNORECASE)  # each '[' counts
 
 
 def unclosed_openers(text: str) -> int:
