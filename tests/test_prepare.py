@@ -4,6 +4,7 @@ the XML dump read by `evaluate`, determinism across workers and machines, reruns
 import bz2
 import errno
 import json
+import random
 import shutil
 
 import h5py
@@ -19,7 +20,7 @@ from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options import from_args
-from conftest import check_reference_invariants, flip_byte, restored_rows, run_cli, tiny_config
+from conftest import check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config
 
 SMALL = dict(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=1, progress=False)
 
@@ -253,7 +254,7 @@ def test_bad_text_inputs_are_counted_and_reported(tmp_path, vocab):
 
 
 @pytest.mark.parametrize("problem", ["vocab", "not xml", "unwritable", "truncated", "laughs", "shards", "eval",
-                                     "nothing"])
+                                     "nothing", "long line", "binary", "device"])
 def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, vocab, shared_data, problem):
     text = shared_data / "google_bert" / "sample_text.txt"
     args = {"input": str(text), "vocab": vocab, "out": str(tmp_path / "out"), "extra": []}
@@ -280,11 +281,22 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, vocab, shared_
     elif problem == "eval":
         args["extra"] = ["--num_eval_examples", "10", "--num_eval_documents", "3"]
         expected = r"3 documents, 3 held out for the eval set, leave 0 for 1 shards"
+    elif problem == "long line":
+        (tmp_path / "one_line.txt").write_text("word " * 300_000 + "\n")  # 1.5 MB, over the 1 MiB a line may have
+        args["input"] = str(tmp_path / "one_line.txt")
+        expected = (r"one_line\.txt: no documents found: 1 lines were skipped because they are longer than the "
+                    r"1,048,576 bytes allowed \(first: .*one_line\.txt:1\)")
+    elif problem == "binary":
+        (tmp_path / "noise.txt").write_bytes(bytes(b for b in random.Random(0).randbytes(50_000) if b))
+        args["input"], args["extra"] = str(tmp_path / "noise.txt"), ["--input_format", "text"]
+        expected = r"noise\.txt: has \d+% bytes that are not UTF-8 .*so it is not text"
+    elif problem == "device":
+        args["input"], expected = "/dev/zero", r"--input_file /dev/zero: is a character device, not a regular file"
     else:
         (tmp_path / "blank.txt").write_text("\n\n  \n")
         args["input"], expected = str(tmp_path / "blank.txt"), r"blank\.txt: no documents found"
-    result = run_cli("prepare", "--input_file", args["input"], "--vocab_file", args["vocab"], "--output_dir",
-                     args["out"], "--workers", "1", "--no_progress", *args["extra"])
+    result = cli_here("prepare", "--input_file", args["input"], "--vocab_file", args["vocab"], "--output_dir",
+                      args["out"], "--workers", "1", "--no_progress", *args["extra"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert __import__("re").search(expected, result.stderr), result.stderr

@@ -15,7 +15,7 @@ from bert_pretrain.data.reference_documents import read_reference_documents
 from bert_pretrain.data.reference_instances import create_reference_instances, reference_rows
 from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
-from conftest import SHARED_DATA, flip_byte, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import SHARED_DATA, cli_here, flip_byte, load_reference_peer, run_cli, write_wiki_sentences
 
 KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 
@@ -279,3 +279,14 @@ def test_parts_with_the_same_name_are_refused(vocab, release, tmp_path):
 
 def test_the_vocab_is_read_as_the_reference_reads_it(vocab, peer):
     assert read_vocab(vocab) == list(peer.load_vocab(vocab))
+
+
+def test_binary_input_is_refused_naming_the_file(vocab, tmp_path):
+    """Random bytes without a NUL are refused before any part is made; text the reference reads is not."""
+    noise = tmp_path / "in" / "noise.txt"
+    noise.parent.mkdir()
+    noise.write_bytes(bytes(b for b in random.Random(1).randbytes(20_000) if b))
+    proc = cli_here("prepare", "--method", "reference", "--input_file", str(noise.parent), "--vocab_file", str(vocab),
+                    "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--workers", "1", "--no_progress")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "noise.txt: has" in proc.stderr and "so it is not text" in proc.stderr

@@ -116,3 +116,24 @@ def test_wiki_leftovers_are_cleaned_as_mlperf_does():
     raw = ('See [[Category:Things]][[File:x.jpg|thumb|a cap]] the [[Albedo|reflectivity]] of [[Earth]]'
            '<ref name="a">Cited.</ref><ref name="b"/> today<br/>.')
     assert clean_wiki_leftovers(raw) == "See  the reflectivity of Earth today."
+
+
+def test_special_files_are_named_for_what_they_are(tmp_path):
+    import os
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"--input_file .*pipe: is a named pipe \(FIFO\), not a regular file"):
+        find_input_files([str(fifo)])
+    with pytest.raises(InputError, match=r"--input_file /dev/zero: is a character device, not a regular file"):
+        find_input_files(["/dev/zero"])
+
+
+def test_binary_without_nul_is_refused_and_latin1_text_is_not(tmp_path):
+    import random
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(bytes(b for b in random.Random(0).randbytes(100_000) if b))  # no NUL byte at all
+    with pytest.raises(InputError, match=r"noise\.txt: has \d+% bytes that are not UTF-8 or are control characters"):
+        detect_format(noise)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9 of the d\u00e9j\u00e0 vu.\n".encode("latin-1") * 2000)
+    assert detect_format(latin1) == "text"  # a few bad bytes per line: read, the bytes dropped and counted

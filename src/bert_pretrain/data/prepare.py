@@ -31,7 +31,8 @@ from bert_pretrain.data.instances import VocabIds
 from bert_pretrain.data.manifest import FinishedFiles
 from bert_pretrain.data.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
-from bert_pretrain.data.text import Tally, detect_format, find_input_files, text_documents, wikiextractor_documents
+from bert_pretrain.data.text import (LONG_LINES, MAX_LINE_BYTES, Tally, detect_format, find_input_files, refuse_binary, text_documents,
+                                     wikiextractor_documents)
 from bert_pretrain.data.tokenization import check_pretraining_vocab, read_vocab, write_vocab
 from bert_pretrain.data.wikidump import iter_articles
 from bert_pretrain.data.workers import Workers
@@ -103,8 +104,15 @@ def _input_files(options: PrepareOptions, layout: OutputLayout) -> list[tuple[Pa
     if not files:
         raise InputError(f"--input_file {' '.join(options.input_list())}: holds no input besides the vocab and "
                          f"prepare's own outputs in {layout.output_dir}")
-    return [(path, detect_format(path) if options.input_format == "auto" else options.input_format)
-            for path in files]
+    return [(path, _input_format(path, options.input_format)) for path in files]
+
+
+def _input_format(path: Path, asked: str) -> str:
+    """The format of one input file; a binary file is refused whatever --input_format says."""
+    if asked == "auto":
+        return detect_format(path)
+    refuse_binary(path)
+    return asked
 
 
 def _read_pretraining_vocab(path: Path, trained: bool) -> list[str]:
@@ -270,11 +278,16 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
     spool.flush()
     summary.eval_documents = len(eval_members)
     summary.skipped = tally.lines()
-    _check_corpus(options, files, todo, eval_todo, spool, summary)
+    _check_corpus(options, files, todo, eval_todo, spool, summary, tally)
 
 
-def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: PrepareSummary) -> None:
+def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: PrepareSummary,
+                  tally: Tally) -> None:
     names = ", ".join(str(p) for p, _ in files[:3]) + (" ..." if len(files) > 3 else "")
+    if summary.documents == 0 and tally.counts[LONG_LINES]:
+        raise InputError(f"{names}: no documents found: {tally.counts[LONG_LINES]:,} lines were skipped because "
+                         f"they are longer than the {MAX_LINE_BYTES:,} bytes allowed (first: "
+                         f"{tally.examples[LONG_LINES]}); put one sentence or paragraph per line")
     if summary.documents == 0:
         raise InputError(f"{names}: no documents found (empty files, or no text in the expected format); "
                          "check --input_file and --input_format")

@@ -31,7 +31,7 @@ from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, Pre
 from bert_pretrain.data.reference_documents import read_reference_documents
 from bert_pretrain.data.reference_instances import create_reference_instances, reference_rows
 from bert_pretrain.data.shard_cut import cut_jobs, write_cut_shard
-from bert_pretrain.data.text import find_input_files
+from bert_pretrain.data.text import find_input_files, refuse_binary
 from bert_pretrain.data.tokenization import WordPieceTokenizer, check_pretraining_vocab, read_vocab
 from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
@@ -108,6 +108,8 @@ def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
     if not files:
         raise InputError(f"--input_file {' '.join(options.input_list())}: holds no text file besides the vocab, "
                          f"the eval file and prepare's own outputs")
+    for path in files:
+        refuse_binary(path)  # only what is clearly not text: invalid UTF-8 in text stops the reference too
     for one, two in zip(files, files[1:]):
         if one.name == two.name:
             raise InputError(f"--input_file: {one} and {two} have the same name, and a part is named after its "

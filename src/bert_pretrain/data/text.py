@@ -24,6 +24,7 @@ import glob
 import gzip
 import html
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,15 @@ from typing import BinaryIO, Iterator
 
 import blingfire
 
+from bert_pretrain.data.markup_scan import cut_comments_and_refs, cut_tags
 from bert_pretrain.errors import InputError
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is not a sentence or paragraph; it is skipped and counted
+LONG_LINES = f"lines over {MAX_LINE_BYTES:,} bytes skipped"  # the Tally's reason for them
 MAX_DOCUMENT_CHARS = 16 << 20  # a longer document is cut into parts (bounds a worker's memory)
 _PEEK_BYTES = 1 << 16
+BINARY_SHARE = 0.3  # of the first bytes undecodable or control characters: more is binary (random bytes: ~55%)
+_CONTROL_CHARS = re.compile(r"[\x01-\x08\x0b\x0e-\x1f\x7f]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DOC_START = re.compile(r"^<doc\b([^>]*)>\s*$")
 _DOC_TITLE = re.compile(r'\btitle="([^"]*)"')
@@ -77,10 +82,26 @@ def find_input_files(specs: list[str]) -> list[Path]:
                 raise InputError(f"--input_file {spec}: the folder holds no file")
         elif Path(spec).is_file():
             matches = [Path(spec)]
+        elif (kind := _special_file_kind(Path(spec))) is not None:
+            raise InputError(f"--input_file {spec}: is {kind}, not a regular file; pass a text file, a folder of "
+                             "them or a Wikipedia dump")
         else:
             raise InputError(f"--input_file {spec}: no such file or folder")
         found.update(dict.fromkeys(matches))
     return list(found)
+
+
+def _special_file_kind(path: Path) -> str | None:
+    """What `path` is when it exists but is neither a regular file nor a folder (None otherwise)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -102,22 +123,45 @@ def read_error(path: Path, err: Exception) -> InputError:
     return InputError(f"{path}: cannot read ({err}); the file may be damaged, download or copy it again")
 
 
-def detect_format(path: Path) -> str:
-    """'wikidump', 'wikiextractor' or 'text', from the file's first bytes."""
+def refuse_binary(path: Path) -> bytes:
+    """The file's first bytes (decompressed); an InputError naming the file when they are binary."""
     try:
         with open_binary(path) as f:
             head = f.read(_PEEK_BYTES)
     except (EOFError, OSError) as err:
         raise read_error(path, err) from None
-    if b"\0" in head:
-        raise InputError(f"{path}: holds NUL bytes, so it is not text; pass plain text, WikiExtractor output "
+    if (why := binary_reason(head)) is not None:
+        raise InputError(f"{path}: {why}, so it is not text; pass plain text, WikiExtractor output "
                          "or a pages-articles .xml/.xml.bz2 dump")
+    return head
+
+
+def detect_format(path: Path) -> str:
+    """'wikidump', 'wikiextractor' or 'text', from the file's first bytes (binary files are refused)."""
+    head = refuse_binary(path)
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if start.startswith((b"<mediawiki", b"<?xml", b"<!DOCTYPE")):
         return "wikidump"
     if start.startswith(b"<doc "):
         return "wikiextractor"
     return "text"
+
+
+def binary_reason(head: bytes) -> str | None:
+    """Why a file whose first bytes are `head` is binary, or None when it reads as text. Text may hold a
+    few bytes that are not UTF-8 (they are dropped and counted) but never NUL; binary data (random,
+    compressed, an image) has no NUL only by chance and then fails UTF-8 on most of its high bytes, so
+    more than BINARY_SHARE of undecodable bytes or control characters in the head means binary."""
+    if b"\0" in head:
+        return "holds NUL bytes"
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == _PEEK_BYTES:
+        text = text[:-3]  # a character cut at the end of the head is not an error
+    odd = text.count("\ufffd") + len(_CONTROL_CHARS.findall(text))
+    if text and odd > BINARY_SHARE * len(text):
+        return (f"has {odd / len(text):.0%} bytes that are not UTF-8 or are control characters in its first "
+                f"{len(head):,} bytes (text has under {BINARY_SHARE:.0%})")
+    return None
 
 
 def read_lines(path: Path, tally: Tally) -> Iterator[str]:
@@ -131,7 +175,7 @@ def read_lines(path: Path, tally: Tally) -> Iterator[str]:
                 if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                     while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
                         pass
-                    tally.add(f"lines over {MAX_LINE_BYTES:,} bytes skipped", f"{path}:{number}")
+                    tally.add(LONG_LINES, f"{path}:{number}")
                     continue
                 try:
                     text = line.decode("utf-8")
@@ -214,17 +258,18 @@ _CATEGORY = re.compile(r"\[\[Category:[^\[\]]*\]\]")
 _FILE_LINK = re.compile(r"\[\[:?(?:[Ff]ile|[Ii]mage|[Mm]edia):[^\[\]]*\]\]")
 _PIPED_LINK = re.compile(r"\[\[[^\[\]|]*\|([^\[\]|]*)\]\]")
 _PLAIN_LINK = re.compile(r"\[\[([^\[\]|]*)\]\]")
-_REF = re.compile(r"<ref\b[^>/]*>.*?</ref>|<ref\b[^>]*/>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"</?(?:ref|br|sup|sub|small|big|div|span|del|ins|nowiki|poem|math|chem|gallery|onlyinclude|"
-                  r"includeonly|noinclude|references|mapframe|graph|section|meta|hr|center|font|blockquote)\b[^>]*>",
-                  re.IGNORECASE)
+_TAG_OPENER = re.compile(r"</?(?:ref|br|sup|sub|small|big|div|span|del|ins|nowiki|poem|math|chem|gallery|onlyinclude|"
+                         r"includeonly|noinclude|references|mapframe|graph|section|meta|hr|center|font|blockquote)\b",
+                         re.IGNORECASE)
 
 
 def clean_wiki_leftovers(text: str) -> str:
-    for pattern, replacement in ((_REF, ""), (_CATEGORY, ""), (_FILE_LINK, ""), (_PIPED_LINK, r"\1"),
-                                 (_PLAIN_LINK, r"\1"), (_TAG, "")):
+    """Refs, category and file links, link brackets and leftover tags removed; in time linear in the text
+    (refs and tags are cut by one scan for their closers, the link patterns stop at the next bracket)."""
+    text = cut_comments_and_refs(text, ref_end="</ref>", comments=False)
+    for pattern, replacement in ((_CATEGORY, ""), (_FILE_LINK, ""), (_PIPED_LINK, r"\1"), (_PLAIN_LINK, r"\1")):
         text = pattern.sub(replacement, text)
-    return text
+    return cut_tags(text, _TAG_OPENER)
 
 
 def split_sentences(paragraphs: str) -> list[str]:
