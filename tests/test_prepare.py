@@ -354,3 +354,42 @@ def test_the_printed_command_line_parses_back_to_the_same_options():
                              format="varlength", workers=3, shard_range="0:4", progress=False)
     args = cli.build_parser().parse_args(["prepare", *options.command_line()])
     assert from_args(PrepareOptions, args) == options
+
+
+def snapshot(folder) -> dict:
+    """Every path under `folder` with its size and modification time."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("method", ["default", pytest.param("reference", marks=pytest.mark.slow)])
+def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing(shared_data, vocab, tmp_path,
+                                                                                 monkeypatch, method):
+    """Two runs into one folder would spool, and write, each shard twice; the second is refused at once,
+    naming the first's pid, and the first's shards equal an uninterrupted run's."""
+    import os
+
+    from bert_pretrain.data import prepare as default_prepare
+    from bert_pretrain.data import reference_prepare
+
+    text = shared_data / "google_bert" / "sample_text.txt"
+    flags = ["--input_file", str(text), "--vocab_file", vocab, "--max_seq_length", "64", "--max_predictions_per_seq",
+             "10", "--dupe_factor", "1", "--num_shards", "2", "--workers", "1", "--method", method]
+    module = reference_prepare if method == "reference" else default_prepare
+    middle = "_cut" if method == "reference" else "_build"  # called once the first run has written into its folder
+    real, seen = getattr(module, middle), []
+
+    def second_run_meanwhile(*args, **kwargs):
+        before = snapshot(tmp_path / "busy")
+        seen.append(run_cli("prepare", *flags, "--output_dir", str(tmp_path / "busy"), timeout=120))
+        seen.append(before == snapshot(tmp_path / "busy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, middle, second_run_meanwhile)
+    assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "busy")]) == 0
+    monkeypatch.undo()
+    second, unchanged = seen
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"another bert-pretrain process (pid {os.getpid()}) is writing into this folder" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and unchanged
+    assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "alone")]) == 0
+    assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))
