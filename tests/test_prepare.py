@@ -17,6 +17,7 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.prepare import PrepareOptions, run
 from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import LOCK_FILE
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options import from_args
 from conftest import check_reference_invariants, restored_rows, run_cli, tiny_config
@@ -152,7 +153,8 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     for change in ({"num_shards": 2}, {"format": "varlength"}):
         with pytest.raises(InputError, match="other settings"):
             run(PrepareOptions(**{**options.__dict__, **change}))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["3_shards_uncompressed", "prepare_manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_FILE) == ["3_shards_uncompressed",
+                                                                                 "prepare_manifest.json"]
     assert not run(options).shards_written  # the folder's own settings still run
 
 
@@ -189,7 +191,7 @@ def test_a_rerun_cleans_up_after_a_killed_or_failed_run(shared_data, vocab, tmp_
     (spool / "part_1.spool").write_bytes(b"tokens of a killed run")
     (tmp_path / ".vocab-corpus.txt").write_text("text of a killed vocab run")
     assert len(run(options).shards_written) == 2
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
 
 
 def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, tmp_path, monkeypatch):
@@ -207,7 +209,8 @@ def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, t
     monkeypatch.setattr(h5py.Group, "create_dataset", fill_the_disk)
     with pytest.raises(InputError, match=r"part_0_of_1\.hdf5: could not write the shard.*No space left"):
         run(options)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["prepare_manifest.json"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p.name != LOCK_FILE) == [
+        "prepare_manifest.json"]
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert len(run(options).shards_written) == 1
 

@@ -89,7 +89,7 @@ def _lock_path(folder: Path, option: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"{option} {folder}: cannot create the folder ({err.strerror or err}); "
+        raise InputError(f"{option} {folder}: cannot write the output folder ({err.strerror or err}); "
                          f"pick a writable {option}") from None
     return folder.resolve() / LOCK_FILE
 
@@ -98,7 +98,7 @@ def _open(path: Path, option: str) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise InputError(f"{option} {path.parent}: cannot write the folder ({err.strerror or err}); "
+        raise InputError(f"{option} {path.parent}: cannot write the output folder ({err.strerror or err}); "
                          f"pick a writable {option}") from None
 
 
