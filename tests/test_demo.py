@@ -39,3 +39,12 @@ def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     exported = (tmp_path / "hf_model" / "model.safetensors").read_bytes()
     assert cli.main(commands["demo 4/4 export"][1:]) == 0
     assert (tmp_path / "hf_model" / "model.safetensors").read_bytes() == exported
+
+    # A rerun into the same folder trains anew: the earlier run's checkpoints and logs are the demo's own
+    # and go, where a `train` by hand would be refused.
+    (tmp_path / "results" / "mine.txt").write_text("kept")
+    demo.run_demo(tmp_path, target_accuracy=0.02, max_steps=5, workers=1, eval_every_samples=640, model=tiny)
+    rerun = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert rerun["steps"] == 5 and (tmp_path / "results" / "mine.txt").read_text() == "kept"
+    records = [json.loads(line) for line in (tmp_path / "results" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["step"] <= 5 for r in records)  # none of the earlier run's (it wrote evals, above)

@@ -223,3 +223,47 @@ def test_resume_continues_in_the_newest_results_folder(data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from results/{folder.name}/phase2_ckpt_20.pt" in resumed.stderr
     assert list((tmp_path / "results").iterdir()) == [folder] and (folder / "phase2_ckpt_30.pt").exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_stops_when_the_launcher_is_killed_outright_and_frees_the_folder(data, tmp_path):
+    """kill -9 of the launcher: its worker does not train on alone (parent 1) into the folder a resume uses."""
+    from bert_pretrain.folder_lock import hold_folder
+    from test_parent_death import wait_until_gone
+
+    out = tmp_path / "out"
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, "DATA": str(data)}
+    flags = tiny_overrides(data, out, max_steps=100_000, target_mlm_accuracy=0.999, log_freq=1,
+                           gradient_accumulation_steps=1)
+    launcher = subprocess.Popen(["bash", str(LAUNCHER), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env)  # bash execs python: the launcher keeps this pid
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists():
+        assert launcher.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    workers = _children(launcher.pid)
+    assert workers
+    launcher.kill()
+    launcher.wait()
+    try:
+        assert all(wait_until_gone(pid) for pid in workers)
+    finally:  # an orphan left by a failure would train on
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    with hold_folder(out, "--output_dir", "a resumed run"):  # the worker's lock went with it
+        pass

@@ -1,7 +1,8 @@
 """Imports go one way: a module may import its own level or those below it, never above.
 
 The levels, bottom up, with what each subpackage may use:
-  0 helpers        errors, atomic, options, command_options, strict_json: no project imports beyond each other
+  0 helpers        errors, atomic, options, command_options, strict_json, folder_lock (one writer per output folder),
+                   parent_death (a child that ends with its parent): no project imports beyond each other
   1 kernels/       Triton and compiled pieces; only helpers (each has a plain reference in its tests)
   2 leaves         batch, attention, model, optim, distributed, tf_table, fp8: one concept each; model uses only
                    its input type, attention and kernels/ (test_model_knows_nothing_of_training); fp8 converts
@@ -23,7 +24,7 @@ import bert_pretrain
 PACKAGE = Path(bert_pretrain.__file__).parent
 SUBPACKAGE_LEVELS = {"kernels": 1, "data": 3, "train": 5, "bench": 5}
 MODULE_LEVELS = {
-    "errors": 0, "atomic": 0, "options": 0, "command_options": 0, "strict_json": 0,
+    "errors": 0, "atomic": 0, "options": 0, "command_options": 0, "strict_json": 0, "folder_lock": 0, "parent_death": 0,
     "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
     "step": 4, "checkpoint": 4, "tf_checkpoint": 4, "evaluate": 4,
     "convert": 6, "inspect_checkpoint": 6, "demo": 6, "prepare_mlperf": 6,

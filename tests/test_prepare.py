@@ -18,6 +18,7 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.prepare import PrepareOptions, run
 from bert_pretrain.data.tokenization import WordPieceTokenizer, read_vocab
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import LOCK_FILE
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options import from_args
 from conftest import check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config
@@ -153,7 +154,8 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     for change in ({"num_shards": 2}, {"format": "varlength"}):
         with pytest.raises(InputError, match="other settings"):
             run(PrepareOptions(**{**options.__dict__, **change}))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["3_shards_uncompressed", "prepare_manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_FILE) == ["3_shards_uncompressed",
+                                                                                 "prepare_manifest.json"]
     assert not run(options).shards_written  # the folder's own settings still run
 
 
@@ -212,7 +214,7 @@ def test_a_rerun_cleans_up_after_a_killed_or_failed_run(shared_data, vocab, tmp_
     (spool / "part_1.spool").write_bytes(b"tokens of a killed run")
     (tmp_path / ".vocab-corpus.txt").write_text("text of a killed vocab run")
     assert len(run(options).shards_written) == 2
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
 
 
 def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, tmp_path, monkeypatch):
@@ -230,7 +232,8 @@ def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, t
     monkeypatch.setattr(h5py.Group, "create_dataset", fill_the_disk)
     with pytest.raises(InputError, match=r"part_0_of_1\.hdf5: could not write the shard.*No space left"):
         run(options)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["prepare_manifest.json"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p.name != LOCK_FILE) == [
+        "prepare_manifest.json"]
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert len(run(options).shards_written) == 1
 
@@ -388,3 +391,42 @@ def test_the_printed_command_line_parses_back_to_the_same_options():
                              format="varlength", workers=3, shard_range="0:4", progress=False)
     args = cli.build_parser().parse_args(["prepare", *options.command_line()])
     assert from_args(PrepareOptions, args) == options
+
+
+def snapshot(folder) -> dict:
+    """Every path under `folder` with its size and modification time."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("method", ["default", pytest.param("reference", marks=pytest.mark.slow)])
+def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing(shared_data, vocab, tmp_path,
+                                                                                 monkeypatch, method):
+    """Two runs into one folder would spool, and write, each shard twice; the second is refused at once,
+    naming the first's pid, and the first's shards equal an uninterrupted run's."""
+    import os
+
+    from bert_pretrain.data import prepare as default_prepare
+    from bert_pretrain.data import reference_prepare
+
+    text = shared_data / "google_bert" / "sample_text.txt"
+    flags = ["--input_file", str(text), "--vocab_file", vocab, "--max_seq_length", "64", "--max_predictions_per_seq",
+             "10", "--dupe_factor", "1", "--num_shards", "2", "--workers", "1", "--method", method]
+    module = reference_prepare if method == "reference" else default_prepare
+    middle = "_cut" if method == "reference" else "_build"  # called once the first run has written into its folder
+    real, seen = getattr(module, middle), []
+
+    def second_run_meanwhile(*args, **kwargs):
+        before = snapshot(tmp_path / "busy")
+        seen.append(run_cli("prepare", *flags, "--output_dir", str(tmp_path / "busy"), timeout=120))
+        seen.append(before == snapshot(tmp_path / "busy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, middle, second_run_meanwhile)
+    assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "busy")]) == 0
+    monkeypatch.undo()
+    second, unchanged = seen
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"another bert-pretrain process (pid {os.getpid()}) is writing into this folder" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and unchanged
+    assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "alone")]) == 0
+    assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))

@@ -19,6 +19,7 @@ from bert_pretrain import prepare_mlperf
 from bert_pretrain.data import shards
 from bert_pretrain.data.tokenization import train_vocab, write_vocab
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import LOCK_FILE
 from conftest import REPO, SHARED_DATA, SUBPROCESS_ENV, load_reference_peer, run_cli, write_wiki_sentences
 from test_launcher import launch, tiny_overrides
 
@@ -64,9 +65,9 @@ def test_the_data_folder_it_makes_is_the_reference_s_and_the_launcher_trains_on_
     data = tmp_path / "DATA"
     proc = run_cli(*command(release, data))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in data.iterdir()) == ["4_shards_uncompressed", "bert_config.json",
-                                                      "eval_set_uncompressed", "model.ckpt-28252.apex.pt",
-                                                      "prepare_manifest.json"]  # the parts deleted after the cut
+    assert sorted(p.name for p in data.iterdir() if p.name != LOCK_FILE) == [
+        "4_shards_uncompressed", "bert_config.json", "eval_set_uncompressed", "model.ckpt-28252.apex.pt",
+        "prepare_manifest.json"]  # the parts deleted after the cut
     peer = load_reference_peer()
     parts = [peer.create_pretraining_data(release / "results4" / f"part-0000{i}-of-00003", release / "vocab.txt",
                                           True, 128, 20, 0.15, 0.1, 2, 12345) for i in range(3)]

@@ -158,15 +158,63 @@ def test_a_new_run_into_an_earlier_runs_folder_or_a_file_is_refused_and_changes_
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = cli_here("train", *flags)
     assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert again.stderr.strip().endswith(f"{out}: holds checkpoints of an earlier run (phase1_ckpt_3.pt); pass "
-                                         "--resume_from_checkpoint to continue it, or another --output_dir for a new "
-                                         "run"), again.stderr
+    assert f"{out}: holds the checkpoints and logs of an earlier run (phase1_ckpt_3.pt, " in again.stderr
+    assert again.stderr.strip().endswith("pass --resume_from_checkpoint to continue it, or another --output_dir for "
+                                         "a new run (or delete them)"), again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     on_a_file = cli_here("train", *train_flags(data, a_file, max_steps=3))
     assert on_a_file.returncode == 2 and "Traceback" not in on_a_file.stderr
     assert f"--output_dir {a_file}: is a file" in on_a_file.stderr and a_file.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_new_run_into_a_folder_with_an_earlier_runs_logs_is_refused_unless_it_resumes(data, tmp_path):
+    """--skip_checkpoint leaves no checkpoint to refuse on; the logs alone are the earlier run's record."""
+    out = tmp_path / "out"
+    flags = train_flags(data, out, max_steps=2, log_freq=1, skip_checkpoint=True)
+    assert cli_here("train", *flags).returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = cli_here("train", *flags)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    message = again.stderr.strip().splitlines()[-1]
+    assert f"{out}: holds the logs of an earlier run (" in message and "--resume_from_checkpoint" in message
+    assert all(name in message for name in ("metrics.jsonl", "mlperf.log")), message
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    told = cli_here("train", *flags, "--resume_from_checkpoint", "latest")  # nothing to resume: anew, as asked
+    assert told.returncode == 0, told.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_folder_being_trained_into_is_refused_with_the_pid(data, tmp_path, monkeypatch):
+    """The first run holds --output_dir; a second launch meanwhile is one line, exit 2, and touches nothing."""
+    from bert_pretrain.train import loop
+
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    flags = train_flags(data, out, max_steps=3, log_freq=1, num_samples_per_checkpoint=16,
+                        min_samples_to_start_checkpoints=0)
+    real, seen = loop._loop, []
+
+    def second_run_meanwhile(run):
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        seen.append(train(*flags, timeout=120))
+        seen.append(before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()})
+        return real(run)
+
+    monkeypatch.setattr(loop, "_loop", second_run_meanwhile)
+    assert cli_here("train", *flags).returncode == 0
+    monkeypatch.undo()
+    second, unchanged = seen
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"--output_dir {out.resolve()}: another bert-pretrain process (pid {os.getpid()})" in second.stderr
+    assert unchanged
+    assert cli_here("train", *train_flags(data, alone, max_steps=3, log_freq=1, num_samples_per_checkpoint=16,
+                                          min_samples_to_start_checkpoints=0)).returncode == 0
+    weights = [read_training_checkpoint(folder / "phase1_ckpt_3.pt")["model"] for folder in (out, alone)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_non_finite_loss_stops_naming_the_step_and_deletes_the_checkpoint_whose_weights_gave_it(data, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 from bert_pretrain import strict_json
@@ -22,9 +23,11 @@ from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
 from bert_pretrain.data.builtin_corpus import write_builtin_corpus
 from bert_pretrain.data.prepare import PrepareOptions
 from bert_pretrain.data.prepare import run as prepare
+from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.model import MODEL_SHAPES, BertForPreTraining
 from bert_pretrain.train.config import add_arguments, load_config
 from bert_pretrain.train.loop import train
+from bert_pretrain.train.setup import earlier_run_files
 from bert_pretrain.train.state import checkpoints_in
 
 # A BERT small enough to learn on two CPU cores in minutes (vocab_size is filled in from the vocab).
@@ -65,7 +68,13 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
              eval_every_samples: int = 6400, model: dict | None = None,
              learning_rate: float = DEMO_LEARNING_RATE) -> int:
     """Run the four stages into `output_dir`; 0 when the target was reached, else non-zero."""
-    out = Path(output_dir)
+    with hold_folder(output_dir, "--output_dir", "the demo's corpus, data and results"):
+        return _run_demo(Path(output_dir), target_accuracy, max_steps, workers, eval_every_samples, model,
+                         learning_rate)
+
+
+def _run_demo(out: Path, target_accuracy: float, max_steps: int, workers: int, eval_every_samples: int,
+              model: dict | None, learning_rate: float) -> int:
     data_dir, results = out / "data", out / "results"
     corpus = out / "corpus" / "python_docs.txt"
     stats = write_builtin_corpus(corpus)
@@ -82,8 +91,12 @@ def run_demo(output_dir: str | Path, target_accuracy: float, max_steps: int, wor
           f"{summary.eval_instances:,} eval instances -> {data_dir} (bert_config.json written beside them)",
           flush=True)
 
-    if results.is_dir():  # a rerun of the demo trains anew: its last run's checkpoints would refuse that
-        for earlier in checkpoints_in(results, phase2=False):
+    # A rerun of the demo trains anew: the last run's checkpoints and logs would refuse that. They are the
+    # demo's own (the lock on its folder keeps another demo out), so they go; any other file stays.
+    for earlier in earlier_run_files(results, phase2=False):
+        if earlier.is_dir():
+            shutil.rmtree(earlier)
+        else:
             earlier.unlink()
     flags = _train_flags(data_dir, results, target_accuracy, max_steps, eval_every_samples, learning_rate)
     print("demo 3/4 train: " + shlex.join(["bert-pretrain", "train", *flags]), flush=True)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from bert_pretrain.errors import InputError
+from bert_pretrain.parent_death import LAUNCHER_PID_VARIABLE, die_with_parent
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
     `backend` defaults to nccl on CUDA and gloo on CPU. The timeout bounds how long a collective
     waits for a dead peer before every survivor fails with an error instead of hanging.
     """
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: it stops when its launcher is killed outright
+        launcher = os.environ.get(LAUNCHER_PID_VARIABLE, "")
+        die_with_parent(int(launcher) if launcher.isdigit() else None)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -6,14 +6,18 @@ torchrun answers a worker that exits non-zero with a page of `ChildFailedError` 
 print what went wrong (one line and exit code 2 for bad input, their traceback otherwise), so this
 launcher adds only one line, for a worker killed by a signal, and exits as a single process would:
 the first failed worker's code, or 128 + the signal's number. The train_bert_pretraining_amp_dist.sh
-script calls it; it takes exactly torchrun's options.
+script calls it; it takes exactly torchrun's options. Its workers stop (SIGTERM: a checkpoint, then
+exit) when it is killed outright, as they do when it is stopped by a signal.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+
+from bert_pretrain.parent_death import LAUNCHER_PID_VARIABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The agent's own ERROR lines repeat what the worker printed, with pids and paths.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # The workers are this process's children: told its pid, a worker that starts after this process was
+    # killed outright notices (see parent_death.py) and stops instead of training on alone.
+    os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as err:

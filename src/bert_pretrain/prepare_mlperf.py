@@ -30,6 +30,7 @@ from bert_pretrain.data.prepare_options import PARTS_FOLDER, PrepareOptions
 from bert_pretrain.data.tokenization import read_vocab
 from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import hold_folder
 
 # MLCommons' published md5s of the release's files (its text parts' are in its text md5 list).
 PUBLISHED_MD5 = {
@@ -64,7 +65,11 @@ def run(options: PrepareMlperfOptions) -> str:
         raise InputError(f"--vocab_file {options.vocab_file}: {vocab_size:,} tokens, more than the vocab_size "
                          f"{config.vocab_size:,} of --bert_config {options.bert_config}; pass the release's pair")
     data = Path(options.output_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    with hold_folder(data, "--output_dir", "the DATA folder"):  # prepare's own lock nests inside it
+        return _build(options, inputs, data)
+
+
+def _build(options: PrepareMlperfOptions, inputs: _Inputs, data: Path) -> str:
     with Workers(options.workers) as workers:
         differences = _checksum_differences(options, inputs, workers)
     lines = [_copy_config(options, data), _convert_checkpoint(options, inputs, data)]

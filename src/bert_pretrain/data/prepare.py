@@ -55,6 +55,11 @@ def run(options: PrepareOptions) -> PrepareSummary:
     options.check()
     first, end = options.shard_bounds()
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
+    with layout.hold(shards=(first, end), shared=first == 0):  # before anything in the folder is touched
+        return _prepare(options, layout, first, end, started)
+
+
+def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int, started: float) -> PrepareSummary:
     files = _input_files(options, layout)
     layout.prepare_folders(shards=False, with_eval=False)  # the vocab and the manifest go here
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete

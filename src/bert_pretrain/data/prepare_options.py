@@ -11,6 +11,7 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.instances import InstanceOptions
 from bert_pretrain.data.manifest import RECORDS_KEY, read_manifest, write_manifest
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.options import Refuse, option, truth
 
 FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
@@ -21,6 +22,8 @@ MANIFEST = "prepare_manifest.json"
 EVAL_FILE = "part_eval_10k.hdf5"  # the MLPerf name, whatever the number of examples
 _SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
 EVAL_FOLDERS = {"padded": "eval_set_uncompressed", "varlength": "eval_varlength"}  # MLPerf's, DeepSparkHub's
+# The folder lock's slots (folder_lock.py): the vocab and eval set, then one per shard, then one per reference part.
+_SHARED_SLOT, _FIRST_SHARD_SLOT, _FIRST_PART_SLOT = 0, 1, 1 << 40
 
 
 def default_workers() -> int:
@@ -316,8 +319,22 @@ class OutputLayout:
 
     def spool_dir(self, first: int, end: int) -> Path:
         """The tokens spooled for shards first..end-1 (and the eval set): one name per range, so a rerun
-        of the range finds and deletes what a killed run left (ranges of concurrent runs never overlap)."""
+        of the range finds and deletes what a killed run left (`hold` keeps concurrent runs' ranges apart)."""
         return self.output_dir / f".spool-{first}-{end}"
+
+    def hold(self, shards: tuple[int, int] = (0, 0), parts: tuple[int, int] = (0, 0), shared: bool = False):
+        """This run's share of the folder, locked for it alone while the block runs (FolderBusy if another
+        process holds any of it): the vocab and eval set when `shared`, shards and the reference method's
+        parts [first, end). Runs of disjoint ranges (one per machine) write one folder side by side."""
+        spans, named = [], []
+        if shared:
+            spans.append((_SHARED_SLOT, _SHARED_SLOT + 1))
+            named.append("the vocab and eval set")
+        for (first, end), base, kind in ((shards, _FIRST_SHARD_SLOT, "shards"), (parts, _FIRST_PART_SLOT, "parts")):
+            if end > first:
+                spans.append((base + first, base + end))
+                named.append(f"{kind} {first}:{end}")
+        return hold_folder(self.output_dir, "--output_dir", " and ".join(named) or "nothing", spans)
 
     @property
     def vocab_corpus_path(self) -> Path:

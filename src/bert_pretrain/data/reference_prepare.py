@@ -35,6 +35,7 @@ from bert_pretrain.data.text import find_input_files, refuse_binary
 from bert_pretrain.data.tokenization import WordPieceTokenizer, check_pretraining_vocab, read_vocab
 from bert_pretrain.data.workers import Workers
 from bert_pretrain.errors import InputError
+from bert_pretrain.folder_lock import FolderBusy
 
 _BLOCK_ROWS = 2048  # rows built and written at once
 
@@ -71,30 +72,33 @@ def run(options: PrepareOptions) -> PrepareSummary:
     vocab_file = Path(options.vocab_file)
     tokens = read_vocab(vocab_file)
     check_pretraining_vocab(tokens, vocab_file)
-    vocab_sha256 = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
     eval_source = Path(options.eval_file) if options.eval_file else None
     if eval_source is not None and not eval_source.is_file():
         raise InputError(f"--eval_file {eval_source}: no such file")
-    layout.prepare_folders(shards=False, with_eval=False)
-    layout.check_manifest(options.manifest(parts + ([eval_source] if eval_source else []), vocab_sha256))
-    wants_eval = eval_source is not None and first == 0
-    layout.prepare_folders(shards=False, with_eval=wants_eval)
-    layout.parts_dir.mkdir(exist_ok=True)
-    summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None, vocab_file,
-                             eval_source=eval_source)
-    finished = FinishedFiles(layout.manifest_path)
-    with Workers(options.workers) as workers:
-        shard_paths = [layout.shard_path(i) for i in range(options.num_shards)]
-        finished.check(shard_paths, layout.is_complete, workers)
-        cut_done = all(finished.is_complete(p) for p in shard_paths)
-        jobs = _part_jobs(options, layout, [] if cut_done else parts[first:end], eval_source if wants_eval else None,
-                          (str(vocab_file), vocab_sha256), summary, finished, workers)  # a whole cut needs no part
-        try:
-            _make_parts(jobs, layout, workers, options, summary, VocabIds.from_tokens(tokens), finished)
-            _cut(options, layout, parts, workers, summary, finished)
-        finally:
-            finished.save()
-    summary.notes[:0] = finished.notes()
+    # the cut's shards are locked when it starts: the runs of the other part ranges may be running still
+    with layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
+        vocab_sha256 = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
+        layout.prepare_folders(shards=False, with_eval=False)
+        layout.check_manifest(options.manifest(parts + ([eval_source] if eval_source else []), vocab_sha256))
+        wants_eval = eval_source is not None and first == 0
+        layout.prepare_folders(shards=False, with_eval=wants_eval)
+        layout.parts_dir.mkdir(exist_ok=True)
+        summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
+                                 vocab_file, eval_source=eval_source)
+        finished = FinishedFiles(layout.manifest_path)
+        with Workers(options.workers) as workers:
+            shard_paths = [layout.shard_path(i) for i in range(options.num_shards)]
+            finished.check(shard_paths, layout.is_complete, workers)
+            cut_done = all(finished.is_complete(p) for p in shard_paths)
+            jobs = _part_jobs(options, layout, [] if cut_done else parts[first:end],
+                              eval_source if wants_eval else None, (str(vocab_file), vocab_sha256), summary,
+                              finished, workers)  # a whole cut needs no part (they may be gone)
+            try:
+                _make_parts(jobs, layout, workers, options, summary, VocabIds.from_tokens(tokens), finished)
+                _cut(options, layout, parts, workers, summary, finished)
+            finally:
+                finished.save()
+        summary.notes[:0] = finished.notes()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -189,6 +193,16 @@ def _cut(options, layout: OutputLayout, parts: list[Path], workers: Workers, sum
     """Stage 3, once every part is there: the shards of --shard_range that are not complete yet (`run`
     checked them all)."""
     first, end = options.shard_bounds()
+    try:
+        with layout.hold(shards=(first, end)):
+            _cut_shards(options, layout, parts, (first, end), workers, summary, finished)
+    except FolderBusy as busy:  # the run of another part range has made the last part too, and cuts
+        summary.notes.append(f"the cut is left to the run making it now: {busy}")
+
+
+def _cut_shards(options, layout: OutputLayout, parts: list[Path], shard_range: tuple[int, int], workers: Workers,
+                summary: PrepareSummary, finished: FinishedFiles) -> None:
+    first, end = shard_range
     outputs = [layout.shard_path(i) for i in range(options.num_shards)]
     for path in outputs[first:end]:
         layout.remove_temporaries(path)

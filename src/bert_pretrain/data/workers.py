@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 from collections import deque
 from typing import Callable, Iterable, Iterator
+
+from bert_pretrain.parent_death import die_with_parent
 
 
 def _start_method() -> str:
@@ -16,10 +19,12 @@ def _start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(parent_pid: int) -> None:
     """In each worker: Ctrl-C reaches the whole process group, and the parent alone ends the run (it
-    terminates the pool), so a worker prints no traceback of its own."""
+    terminates the pool), so a worker prints no traceback of its own; a parent killed outright takes
+    its workers with it (an orphan would go on writing a shard into the folder the next run uses)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 class Workers:
@@ -31,7 +36,8 @@ class Workers:
 
     def __enter__(self) -> "Workers":
         if self.count > 1:
-            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count, initializer=_ignore_interrupts)
+            self.pool = multiprocessing.get_context(_start_method()).Pool(self.count, initializer=_start_worker,
+                                                                      initargs=(os.getpid(),))
         return self
 
     def __exit__(self, error_type, *_) -> None:

@@ -17,6 +17,7 @@ import gc
 import signal
 import sys
 import time
+from contextlib import ExitStack
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from bert_pretrain.optim import lr_at
 from bert_pretrain.step import train_step
 from bert_pretrain.train.config import RunConfig
 from bert_pretrain.train.metrics import peak_memory_gb
-from bert_pretrain.train.setup import PeerLost, Run, guard, setup
+from bert_pretrain.train.setup import PeerLost, Run, guard, hold_output_folder, setup
 from bert_pretrain.train.state import Progress, gather_rank_states, save_training_checkpoint
 
 # Several processes agree on stopping (signals, non-finite loss) at least this often, in steps.
@@ -43,8 +44,9 @@ def train(config: RunConfig, stream_factory=None) -> int:
         info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
     signals: list[int] = []
     previous_handlers = _catch_signals(signals)
-    run, peer_lost = None, False
+    run, peer_lost, output_folder = None, False, ExitStack()
     try:
+        hold_output_folder(config, info, output_folder)  # before anything in the folder is read or written
         with said_by_the_first_process():  # but for each process's own shards (setup marks those)
             run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
@@ -68,6 +70,7 @@ def train(config: RunConfig, stream_factory=None) -> int:
             run.observers.close()
             run.stream.close()
             _release_ddp(run)
+        output_folder.close()  # once the last log is written
         if not peer_lost:  # a group with a dead member cannot be torn down collectively
             shutdown()
 

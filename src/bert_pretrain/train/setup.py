@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,16 +33,18 @@ from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
+from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
 from bert_pretrain.options import fp8_layer_names
 from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.config import RunConfig
 from bert_pretrain.train.divergence import DivergenceGuard
+from bert_pretrain.train.metrics import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
-from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, read_training_checkpoint,
-                                          restore_training_state)
+from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, checkpoints_in,
+                                          read_training_checkpoint, restore_training_state)
 
 POLY_POWER = 1.0
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact
@@ -107,8 +110,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
     _require_writable_folder(schedule.output_dir)
     resume_path, resume_note = _resume_path(config, info, schedule)
-    if resume_path is None:
-        _refuse_an_earlier_runs_folder(info, schedule)
+    if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
+        _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
     log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
                              resumed=resume_path is not None, progress_bar=config.system.progress,
@@ -192,14 +195,46 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
     return Path(latest), ""
 
 
+def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> None:
+    """Make this run the only writer of --output_dir until `stack` closes (see folder_lock.py). Rank 0 alone
+    writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
+    launch raises the same error."""
+    refusal = None
+    if info.is_main:
+        try:
+            stack.enter_context(hold_folder(config.checkpoint.output_dir, "--output_dir",
+                                            "this training run's checkpoints and logs"))
+        except InputError as err:
+            refusal = str(err)
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise InputError(refusal)
+
+
+def earlier_run_files(output_dir: Path, phase2: bool) -> list[Path]:
+    """What a run of this phase left in `output_dir`: its checkpoints, MLPerf logs (the one in progress
+    too), metrics.jsonl, metrics.png, summary.json and TensorBoard folder."""
+    if not output_dir.is_dir():
+        return []
+    logs = [output_dir / name for name in (METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR)]
+    logs += sorted(output_dir.glob("mlperf.log*")) + sorted(output_dir.glob("mlperf_resumed_*.log*"))
+    return checkpoints_in(output_dir, phase2) + [path for path in logs if path.exists()]
+
+
 def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule) -> None:
     """A new run in a folder that holds another run's checkpoints would mix its logs with that run's and,
-    keeping --keep_n_most_recent_checkpoints, delete its own newer checkpoints as the older ones."""
-    found = schedule.latest() if info.is_main else None
-    earlier = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process raises
-    if earlier is not None:
-        raise InputError(f"{schedule.output_dir}: holds checkpoints of an earlier run ({Path(earlier).name}); "
-                         "pass --resume_from_checkpoint to continue it, or another --output_dir for a new run")
+    keeping --keep_n_most_recent_checkpoints, delete its own newer checkpoints as the older ones; one that
+    holds only its logs (--skip_checkpoint) would have them replaced without a word."""
+    found = earlier_run_files(schedule.output_dir, schedule.phase2) if info.is_main else []
+    earlier = broadcast_object([path.name for path in found])  # rank 0 decides, so every process raises
+    if earlier:
+        named = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        kinds = (("checkpoints", any(name.endswith(".pt") for name in earlier)),
+                 ("logs", not all(name.endswith(".pt") for name in earlier)))
+        what = " and ".join(kind for kind, present in kinds if present)
+        raise InputError(f"{schedule.output_dir}: holds the {what} of an earlier run ({named}); pass "
+                         "--resume_from_checkpoint to continue it, or another --output_dir for a new run (or delete "
+                         "them)")
 
 
 def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
