@@ -46,8 +46,8 @@ def train(config: RunConfig, stream_factory=None) -> int:
     previous_handlers = _catch_signals(signals)
     run, peer_lost, output_folder = None, False, ExitStack()
     try:
-        hold_output_folder(config, info, output_folder)  # before anything in the folder is read or written
         with said_by_the_first_process():  # but for each process's own shards (setup marks those)
+            hold_output_folder(config, info, output_folder)  # before anything in the folder is read or written
             run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
         loop_started = time.time()

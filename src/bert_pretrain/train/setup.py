@@ -103,12 +103,9 @@ def guard(world_size: int, collective, last_checkpoint=lambda: None):
 def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
     """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
     stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
-    if config.system.precision == "fp8":  # before anything is written or read
-        fp8.require(info.device)
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
-    _require_writable_folder(schedule.output_dir)
     resume_path, resume_note = _resume_path(config, info, schedule)
     if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
         _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
@@ -198,10 +195,14 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
 def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> None:
     """Make this run the only writer of --output_dir until `stack` closes (see folder_lock.py). Rank 0 alone
     writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
-    launch raises the same error."""
+    launch raises the same error. What would refuse the run anyway is checked first, so that a refused run
+    creates no folder."""
+    if config.system.precision == "fp8":
+        fp8.require(info.device)
     refusal = None
     if info.is_main:
         try:
+            _require_writable_folder(Path(config.checkpoint.output_dir))
             stack.enter_context(hold_folder(config.checkpoint.output_dir, "--output_dir",
                                             "this training run's checkpoints and logs"))
         except InputError as err:
