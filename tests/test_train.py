@@ -60,6 +60,7 @@ def assert_same_training_state(a: Path, b: Path) -> None:
     assert first["global_step"] == second["global_step"]
 
 
+@pytest.mark.slow
 def test_a_run_stops_at_the_target_and_its_checkpoint_evaluates_the_same(data, tmp_path):
     out = tmp_path / "out"
     result = train(*train_flags(data, out, phase2=True))
@@ -79,6 +80,7 @@ def test_a_run_stops_at_the_target_and_its_checkpoint_evaluates_the_same(data, t
     assert "summary: status success" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["multi_tensor", "compiled"])
 def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_end(data, tmp_path, optimizer):
     flags = dict(max_steps=80, num_samples_per_checkpoint=16 * 10, min_samples_to_start_checkpoints=0,
@@ -241,6 +243,7 @@ def _corrupt_the_second_shard_of_rank0(data: Path, copy: Path) -> Path:
     return second
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_met_mid_run_stops_naming_it_with_checkpoints_intact(data, tmp_path):
     bad = _corrupt_the_second_shard_of_rank0(data, tmp_path / "copy")
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from bert_pretrain import fp8
 from bert_pretrain.checkpoint import reference_state
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.train.state import read_training_checkpoint
-from conftest import REPO, SUBPROCESS_ENV, run_cli, tiny_config, train_flags, write_data_folder
+from conftest import REPO, SUBPROCESS_ENV, cli_here, run_cli, tiny_config, train_flags, write_data_folder
 from test_train import assert_same_training_state
 
 UNAVAILABLE = fp8.unavailable_reason(torch.device("cpu"))
@@ -99,18 +99,19 @@ def test_an_fp8_checkpoint_is_plain_weights_for_bf16_evaluate_convert_and_an_exa
     assert weights.keys() == plain.keys()  # a bf16 run's names (NVIDIA's)
     assert all(type(t) is torch.Tensor and t.dtype == plain[n].dtype for n, t in weights.items())
 
-    evaluated = run_cli("evaluate", "--init_checkpoint", str(checkpoint), "--bert_config_path",
+    evaluated = cli_here("evaluate", "--init_checkpoint", str(checkpoint), "--bert_config_path",
                         str(data / "bert_config.json"), "--eval_dir", str(data / "eval_set_uncompressed"),
                         "--max_seq_length", "32", "--max_predictions_per_seq", "5", "--num_eval_examples", "64",
-                        "--device", "cpu", "--precision", "fp8", env=SUBPROCESS_ENV)
+                        "--device", "cpu", "--precision", "fp8")
     assert evaluated.returncode == 0, evaluated.stderr
     (final,) = metrics(out, "eval")  # the run's own eval, bf16 on packed batches; evaluate's are padded
     assert json.loads(evaluated.stdout)["mlm_loss"] == pytest.approx(final["mlm_loss"], rel=1e-2)
 
-    onward = train(*train_flags(data, tmp_path / "bf16", max_steps=2, bf16=True, init_checkpoint=str(checkpoint)))
+    onward = cli_here("train", *train_flags(data, tmp_path / "bf16", max_steps=2, bf16=True,
+                                            init_checkpoint=str(checkpoint)))
     assert onward.returncode == 0, onward.stderr
-    converted = run_cli("convert", "--input", str(checkpoint), "--bert_config_path", str(data / "bert_config.json"),
-                        "--output", str(tmp_path / "hf"), env=SUBPROCESS_ENV)
+    converted = cli_here("convert", "--input", str(checkpoint), "--bert_config_path", str(data / "bert_config.json"),
+                         "--output", str(tmp_path / "hf"))
     assert converted.returncode == 0, converted.stderr
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf")
     assert torch.equal(hf.bert.encoder.layer[1].attention.self.query.weight,

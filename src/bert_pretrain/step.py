@@ -73,7 +73,7 @@ def training_parts(bert_config: BertConfig, device: torch.device, precision: str
     return model, optimizer, make_grad_scaler(precision, device, init_scale=init_scale)
 
 
-def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+def compile_model(model: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> torch.nn.Module:
     """Compile the model's hot regions in place and return the model.
 
     Each encoder layer, the embeddings, the masked-LM head's transform and the loss are compiled
@@ -82,13 +82,14 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.M
     attention backend is resolved outside the layers. The packed token count is marked dynamic
     before the first call, so batches of any token count share one compilation (keep
     `Batch.max_seqlen` fixed as well, see data/packing.py, or its first change costs one more).
+    `backend` is torch.compile's (tests of what Dynamo traces use "aot_eager", which generates no code).
     """
     from bert_pretrain.model import (BertEmbeddings, BertEncoder, BertLayer, BertModel, BertPredictionHeadTransform,
                                      PretrainingLoss)
 
     for module in model.modules():
         if isinstance(module, (BertEmbeddings, BertLayer, BertPredictionHeadTransform, PretrainingLoss)):
-            module.compile(mode=mode)
+            module.compile(mode=mode, backend=backend)
         elif isinstance(module, BertModel):
             module.register_forward_pre_hook(_mark_packed_tokens_dynamic)
         elif isinstance(module, BertEncoder):
