@@ -15,6 +15,11 @@ from bert_pretrain.model import BertConfig
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n W: the cores shared out, or the workers' threads
+    import torch  # wait on each other (a descheduled OpenMP thread stalls every parallel op)
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture
 def shared_data() -> Path:
