@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/prepare_bench.py [--corpus DIR] [--vocab FILE] [--repeats 3] [--report PATH]
 
-On MLPerf's WikiExtractor sample of Wikipedia (4 MB; `--corpus`, by default the test data beside the repository) at the MLPerf shapes
-512/76, dupe factor 2, seed 12345, it times, each as a fresh process with the wall clock of the whole
-command (imports included) and the peak resident memory of its largest process:
+On MLPerf's WikiExtractor sample of Wikipedia (4 MB; `--corpus`, by default the test data beside the
+repository) at the MLPerf shapes 512/76, dupe factor 2, seed 12345, it times, each as a fresh process
+with the wall clock of the whole command (imports included) and the peak resident memory of its largest
+process:
 - `prepare` on the WikiExtractor files (cleanup and sentence splitting included), 1 worker and 2 workers;
 - `prepare` on the same text already split into sentences (google format), 1 worker;
 - the peer: google-research/NVIDIA create_pretraining_data.py's algorithm as that script runs it (one

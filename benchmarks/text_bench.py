@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/text_bench.py [--corpus DIR] [--vocab FILE] [--repeats 3] [--report PATH]
 
-On MLPerf's WikiExtractor sample of Wikipedia (4 MB; `--corpus`, by default the test data beside the repository) and the BERT
-uncased vocab, in this one process (one core: RAYON_NUM_THREADS=1 is set before tokenizers loads):
+On MLPerf's WikiExtractor sample of Wikipedia (4 MB; `--corpus`, by default the test data beside the
+repository) and the BERT uncased vocab, in this one process (one core: RAYON_NUM_THREADS=1 is set
+before tokenizers loads):
 - sentence splitting of the first 400 paragraphs of wiki_00 (WikiExtractor's leftovers cleaned as
   `prepare` cleans them): blingfire, and pysbd when it is installed (`pip install pysbd`), with the
   sentence counts and the share of sentences the two agree on;

@@ -31,8 +31,8 @@ from bert_pretrain.data.instances import VocabIds
 from bert_pretrain.data.manifest import FinishedFiles
 from bert_pretrain.data.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.data.prepare_options import OutputLayout, PrepareOptions, PrepareSummary
-from bert_pretrain.data.text import (LONG_LINES, MAX_LINE_BYTES, Tally, detect_format, find_input_files, refuse_binary, text_documents,
-                                     wikiextractor_documents)
+from bert_pretrain.data.text import (LONG_LINES, MAX_LINE_BYTES, Tally, detect_format, find_input_files, refuse_binary,
+                                     text_documents, wikiextractor_documents)
 from bert_pretrain.data.tokenization import check_pretraining_vocab, read_vocab, write_vocab
 from bert_pretrain.data.wikidump import iter_articles
 from bert_pretrain.data.workers import Workers
