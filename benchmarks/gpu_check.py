@@ -50,10 +50,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bert_pretrain.bench.report import PEER_NAMES  # noqa: E402  (the package need not be installed)
-from bert_pretrain.bench.step_profile import format_profile  # noqa: E402
 import layer_bench  # noqa: E402  (beside this script)
 from gpu_sections import SECTIONS  # noqa: E402  (beside this script: what runs inside a section's own process)
+
+from bert_pretrain.bench.report import PEER_NAMES  # noqa: E402  (the package need not be installed)
+from bert_pretrain.bench.step_profile import format_profile  # noqa: E402
 
 
 def _bench_plan(args) -> list[tuple[str, list[str], int]]:

@@ -113,7 +113,7 @@ def _section_train(args, fp8_layers: bool = False) -> dict:
     from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
     from bert_pretrain.model import BertConfig, BertForPreTraining
     from bert_pretrain.optim import Lamb, parameter_groups
-    from bert_pretrain.options import FP8_LAYERS
+    from bert_pretrain.options.fields import FP8_LAYERS
     from bert_pretrain.step import make_grad_scaler, train_step
 
     device = torch.device(args.device)
@@ -151,8 +151,7 @@ def _section_lamb(args, rounds: int = 3, updates: int = 5) -> dict:
 
     import torch
 
-    from bert_pretrain.model import MODEL_SHAPES
-    from bert_pretrain.model import BertConfig, BertForPreTraining
+    from bert_pretrain.model import MODEL_SHAPES, BertConfig, BertForPreTraining
     from bert_pretrain.optim import Lamb, parameter_groups
 
     device = torch.device(args.device)

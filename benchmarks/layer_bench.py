@@ -37,7 +37,8 @@ from bert_pretrain.attention import resolve_backend
 from bert_pretrain.bench.step_profile import profile_steps
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.data.synthetic import synthetic_rows
-from bert_pretrain.kernels.fused_norm import BYTES_PER_ELEMENT as FUSED_NORM_BYTES, unavailable_reason
+from bert_pretrain.kernels.fused_norm import BYTES_PER_ELEMENT as FUSED_NORM_BYTES
+from bert_pretrain.kernels.fused_norm import unavailable_reason
 from bert_pretrain.model import MODEL_SHAPES, BertConfig, BertLayer
 
 VARIANTS = ("compiled_dynamic", "fused_norm", "compiled_static", "native_layernorm", "eager")

@@ -33,9 +33,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reference_peer import reference_instances
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the oracles shared with the tests (one direction: benchmarks -> tests)
+
+from oracles.reference_peer import reference_instances  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 SHAPES = ["--max_seq_length", "512", "--max_predictions_per_seq", "76", "--masked_lm_prob", "0.15",
           "--dupe_factor", "2", "--random_seed", "12345"]
@@ -61,7 +63,8 @@ def cpu_split(corpus: str, vocab: str, workers: int, output: Path) -> tuple[floa
     """(wall s, CPU s of the parent process, CPU s of its worker processes) of `prepare` through the
     Python API in a fresh process: the parent's share is the part that does not run in parallel."""
     probe = ("import json, resource, sys, time\n"
-             "from bert_pretrain.data.prepare import PrepareOptions, run\n"
+             "from bert_pretrain.options.prepare import PrepareOptions\n"
+             "from bert_pretrain.prepare.pipeline import run\n"
              "cpu = lambda who: (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(who))\n"
              "t, before = time.perf_counter(), cpu(resource.RUSAGE_SELF)\n"
              "run(PrepareOptions(input_files=sys.argv[1], vocab_file=sys.argv[2], output_dir=sys.argv[4], num_shards=4,"
@@ -86,7 +89,7 @@ def instances_in(folder: Path) -> int:
 
 def google_format(corpus: Path, target: Path) -> None:
     """The corpus as one sentence per line, a blank line between documents (the reference's input)."""
-    from bert_pretrain.data.text import Tally, document_sentences, wikiextractor_documents
+    from bert_pretrain.prepare.text import Tally, document_sentences, wikiextractor_documents
 
     with open(target, "w", encoding="utf-8") as out:
         for path in sorted(p for p in corpus.iterdir() if p.is_file()):

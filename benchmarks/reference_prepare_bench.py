@@ -7,7 +7,7 @@ per line) at MLPerf's shapes 512/76, dupe factor 2, seed 12345, it runs, in this
 interleaved `--repeats` times:
 - ours: one part as a `prepare --method reference` worker makes it (reading and tokenizing the file,
   the instances, the rows, the HDF5 file), `reference_prepare.build_part`;
-- the peer: benchmarks/reference_peer.py, the literal transcription of the NVIDIA script (its
+- the peer: tests/oracles/reference_peer.py, the literal transcription of the NVIDIA script (its
   FullTokenizer, strings, its own rng calls, its arrays), plus the same HDF5 write; without
   TensorFlow, so a little faster than the script itself.
 Both outputs are compared array for array every time. CPU seconds are this process's user + system
@@ -39,14 +39,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
-from reference_peer import create_pretraining_data  # noqa: E402
+from oracles.reference_peer import create_pretraining_data  # noqa: E402
 
-from bert_pretrain.data import reference_prepare  # noqa: E402
-from bert_pretrain.data.instances import InstanceOptions, VocabIds  # noqa: E402
-from bert_pretrain.data.tokenization import read_vocab  # noqa: E402
+from bert_pretrain.data.vocab import read_vocab  # noqa: E402
+from bert_pretrain.options.prepare import InstanceOptions  # noqa: E402
+from bert_pretrain.prepare.instances import VocabIds  # noqa: E402
+from bert_pretrain.prepare.reference import pipeline as reference_prepare  # noqa: E402
 
 SEQ, PRED, DUPE, SEED = 512, 76, 2, 12345
 NVIDIA = {"instances": 5684, "seconds": 18.8}
@@ -95,9 +95,10 @@ def memory_run(text: Path, vocab: Path, work: Path) -> dict:
     # the worker's imports only (this module's would add torch, through the tests' helpers)
     probe = ("import json, resource, sys\n"
              "from pathlib import Path\n"
-             "from bert_pretrain.data import reference_prepare\n"
-             "from bert_pretrain.data.instances import InstanceOptions, VocabIds\n"
-             "from bert_pretrain.data.tokenization import read_vocab\n"
+             "from bert_pretrain.options.prepare import InstanceOptions\n"
+             "from bert_pretrain.prepare.instances import VocabIds\n"
+             "from bert_pretrain.prepare.reference import pipeline as reference_prepare\n"
+             "from bert_pretrain.data.vocab import read_vocab\n"
              "cpu = lambda: (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))\n"
              "t = cpu()\n"
              f"job = reference_prepare.PartJob(Path(sys.argv[1]), Path(sys.argv[3]), sys.argv[2], 'bench', True, "
@@ -164,7 +165,7 @@ def report(args, corpus_bytes: int, instances: int, runs: dict, memory: dict | N
              "|---|---:|---:|---:|---:|",
              f"| ours: `prepare --method reference`, one part | {ours_s:.2f} | {instances / ours_s:,.0f} | "
              f"{statistics.median(ratios):.1f}x | {instances / ours_s / nvidia_rate:.1f}x |",
-             f"| the transcription of the script (benchmarks/reference_peer.py), no TensorFlow | {peer_s:.2f} | "
+             f"| the transcription of the script (tests/oracles/reference_peer.py), no TensorFlow | {peer_s:.2f} | "
              f"{instances / peer_s:,.0f} | 1.0x | {instances / peer_s / nvidia_rate:.1f}x |",
              f"| NVIDIA's script, measured elsewhere (issue 13; NLTK-split text) | {NVIDIA['seconds']} | "
              f"{nvidia_rate:,.0f} | | 1.0x |", "",

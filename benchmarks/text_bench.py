@@ -43,7 +43,7 @@ def best_of(repeats: int, function) -> tuple[float, object]:
 
 def paragraphs_of(path: Path, count: int) -> list[str]:
     """The first `count` paragraphs of a WikiExtractor file, cleaned as `prepare` cleans them."""
-    from bert_pretrain.data.text import clean_wiki_leftovers
+    from bert_pretrain.prepare.text import clean_wiki_leftovers
 
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     kept = [clean_wiki_leftovers(line) for line in lines if line and not line.startswith(("<doc", "</doc"))]
@@ -51,7 +51,7 @@ def paragraphs_of(path: Path, count: int) -> list[str]:
 
 
 def splitter_rows(paragraphs: list[str], repeats: int) -> list[str]:
-    from bert_pretrain.data.text import split_sentences
+    from bert_pretrain.prepare.text import split_sentences
 
     text = "\n".join(paragraphs)
     seconds, ours = best_of(repeats, lambda: split_sentences(text))
@@ -69,8 +69,8 @@ def splitter_rows(paragraphs: list[str], repeats: int) -> list[str]:
 
 
 def tokenizer_rows(corpus: Path, vocab: Path, repeats: int) -> tuple[list[str], int]:
-    from bert_pretrain.data.text import split_sentences
-    from bert_pretrain.data.tokenization import WordPieceTokenizer
+    from bert_pretrain.prepare.text import split_sentences
+    from bert_pretrain.prepare.tokenization import WordPieceTokenizer
 
     sentences = []
     for path in sorted(corpus.glob("wiki_*")):

@@ -5,7 +5,7 @@
 Writes a BERT-large checkpoint in google-research names with the MLPerf LAMB slots (`<var>/LAMB`,
 `<var>/LAMB_1`, `global_step`, `beta1_power`, `beta2_power`), random float32 values, one data file: the
 layout and size of MLCommons' `tf1_ckpt/model.ckpt-28252` (4,034,713,312 data bytes there). The index is
-written by the table writer of tests/test_tf_checkpoint.py (Snappy blocks, as TensorFlow's C++ writer).
+written by the table writer of tests/oracles/tf_table_writer.py (Snappy blocks, as TensorFlow's C++ writer).
 Then, in the same run, alternating, medians of `--repeats`:
 - a plain read of the weight tensors' bytes into one reused buffer (the page cache's rate, keeps nothing);
 - peer: `np.fromfile` of the same bytes into a new array per tensor, all kept (what any reader that returns
@@ -37,7 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_tf_checkpoint import entry_proto, proto_bytes, proto_varint, write_table  # noqa: E402
+from oracles.tf_table_writer import entry_proto, proto_bytes, proto_varint, write_table  # noqa: E402
 
 CONFIG = {"vocab_size": 30522, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
           "intermediate_size": 4096, "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu",
@@ -148,8 +148,8 @@ def main() -> None:
     import crc32c
     import torch
 
-    from bert_pretrain.checkpoint import read_bert_config
     from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
+    from bert_pretrain.weights import read_bert_config
 
     work = Path(tempfile.mkdtemp(prefix="tf-ckpt-bench-", dir=args.work))
     try:

@@ -112,9 +112,9 @@ def write_data_folder(root: Path, seed: int = 0, num_shards: int = 4, rows_per_s
 
     import torch
 
-    from bert_pretrain.checkpoint import save_reference_checkpoint
     from bert_pretrain.data.shards import write_padded
     from bert_pretrain.model import BertForPreTraining
+    from bert_pretrain.weights import save_reference_checkpoint
 
     rng = np.random.default_rng(seed)
     shards = root / f"{num_shards}_shards_uncompressed"
@@ -199,8 +199,8 @@ def write_prepared_data_folder(root: Path, seed: int = 0) -> Path:
 
     import torch
 
-    from bert_pretrain.checkpoint import save_reference_checkpoint
     from bert_pretrain.model import BertForPreTraining
+    from bert_pretrain.weights import save_reference_checkpoint
 
     rng = np.random.default_rng(seed)
     words = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(59)]
@@ -252,20 +252,17 @@ def reference_packed_batch(arrays: dict):
 
 
 def load_reference_peer():
-    """benchmarks/reference_peer.py, the transcription of NVIDIA's create_pretraining_data.py and its
-    tokenizer (strings, the script's own rng calls), loaded by path since benchmarks/ is not a package."""
-    import importlib.util
+    """tests/oracles/reference_peer.py, the transcription of NVIDIA's create_pretraining_data.py and its
+    tokenizer (strings, the script's own rng calls)."""
+    from oracles import reference_peer
 
-    spec = importlib.util.spec_from_file_location("reference_peer", REPO / "benchmarks" / "reference_peer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_peer
 
 
 def write_wiki_sentences(shared: Path, target: Path, limit_bytes: int | None = None) -> Path:
     """The MLPerf Wikipedia sample (WikiExtractor files) as the reference's input format: one sentence
     per line, a blank line between documents; cut after `limit_bytes` of text when given."""
-    from bert_pretrain.data.text import Tally, document_sentences, wikiextractor_documents
+    from bert_pretrain.prepare.text import Tally, document_sentences, wikiextractor_documents
 
     written = 0
     with open(target, "w", encoding="utf-8") as out:

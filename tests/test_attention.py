@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from bert_pretrain.attention import (BACKENDS, packed_attention, padded_attention, resolve_backend,
-                                     unsupported_reason)
+from bert_pretrain.attention import BACKENDS, packed_attention, padded_attention, resolve_backend, unsupported_reason
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

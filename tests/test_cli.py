@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli
 
 from bert_pretrain.cli import COMMANDS, build_parser
-from conftest import run_cli
 
 
 def test_building_the_parser_imports_no_data_preparation_library_and_no_torch():

@@ -4,15 +4,20 @@ weights-only file would make impossible to resume."""
 import json
 
 import torch
+from conftest import tiny_config
 
 from bert_pretrain import cli
-from bert_pretrain.checkpoint import save_reference_checkpoint
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.step import make_grad_scaler
-from bert_pretrain.train.state import (Progress, TrainingState, gather_rank_states, read_training_checkpoint,
-                                          save_training_checkpoint)
-from conftest import tiny_config
+from bert_pretrain.train.checkpoint import (
+    Progress,
+    TrainingState,
+    gather_rank_states,
+    read_training_checkpoint,
+    save_training_checkpoint,
+)
+from bert_pretrain.weights import save_reference_checkpoint
 
 CPU = torch.device("cpu")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard
 
 from bert_pretrain.data.shards import write_padded
-from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard
 
 VOCAB = 30522  # the real BERT vocab size, padded to 30528 in the NVIDIA file
 SEQ, PRED = 64, 10
@@ -181,10 +181,11 @@ def test_config_that_is_not_json_is_a_short_error(hf_setup, tmp_path):
 def test_training_evaluates_in_its_own_precision(precision, dtype):
     """The fast attention kernels need half precision: an eval in fp32 after bf16/fp16 training would
     fall back to a slow path (auto) or fail (an explicit flash backend)."""
+    from conftest import tiny_config
+
     from bert_pretrain.data.packing import pack_padded_rows
     from bert_pretrain.evaluate import evaluate
     from bert_pretrain.model import BertForPreTraining
-    from conftest import tiny_config
 
     keys = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
     arrays = mlperf_arrays(np.random.default_rng(0), n=6, seq_len=32, max_pred=5, vocab_size=100)

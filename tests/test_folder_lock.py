@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import LOCK_FILE, FolderBusy, hold_folder
-from conftest import REPO
 
 HOLDER = """
 import sys, time

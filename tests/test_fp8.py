@@ -21,14 +21,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import mlperf_arrays, tiny_config, train_flags, write_data_folder
 from torch import nn
 
 from bert_pretrain import fp8
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining, BertLayer
-from bert_pretrain.options import DEFAULT_FP8_LAYERS, FP8_LAYERS, FP8_RECIPES, fp8_layer_names
-from conftest import mlperf_arrays, tiny_config, train_flags, write_data_folder
+from bert_pretrain.options.fields import DEFAULT_FP8_LAYERS, FP8_LAYERS, FP8_RECIPES, fp8_layer_names
 
 CPU = torch.device("cpu")
 UNAVAILABLE = fp8.unavailable_reason(CPU)
@@ -292,10 +292,10 @@ def test_regional_compilation_with_float8_layers_matches_eager_and_compiles_once
 
 def test_fp8_packs_token_counts_in_multiples_of_16(tmp_path):
     """The weight gradient's GEMM contracts over the tokens: train's and bench's packers pad to 16."""
-    from bert_pretrain.bench.options import BenchOptions
     from bert_pretrain.bench.run import _packing
     from bert_pretrain.cli import build_parser
-    from bert_pretrain.train.config import load_config
+    from bert_pretrain.options.bench import BenchOptions
+    from bert_pretrain.options.train import load_config
     from bert_pretrain.train.setup import _row_converter
 
     data = write_data_folder(tmp_path / "data", num_shards=1)

@@ -3,13 +3,13 @@
 import json
 
 import pytest
+from conftest import run_cli, tiny_config
+from support.states import CPU, trained_state
 
-from bert_pretrain.checkpoint import export_hf, save_reference_checkpoint
 from bert_pretrain.inspect_checkpoint import checkpoint_summary
 from bert_pretrain.model import BertForPreTraining
-from bert_pretrain.train.state import gather_rank_states, save_training_checkpoint
-from conftest import run_cli, tiny_config
-from test_training_state import CPU, trained_state
+from bert_pretrain.train.checkpoint import gather_rank_states, save_training_checkpoint
+from bert_pretrain.weights import export_hf, save_reference_checkpoint
 
 
 def test_weights_and_an_hf_folder_give_the_models_shape_and_parameter_count(tmp_path):

@@ -10,36 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO, SUBPROCESS_ENV, train_flags, write_data_folder, write_prepared_data_folder
-
-LAUNCHER = REPO / "train_bert_pretraining_amp_dist.sh"
-
-
-def launch(data: Path | None, *flags, extra_env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, **(extra_env or {})}
-    env.pop("DATA", None)
-    if data is not None:
-        env["DATA"] = str(data)
-    return subprocess.run(["bash", str(LAUNCHER), *flags], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=cwd)
-
-
-def tiny_overrides(data: Path, output_dir: Path, **overrides) -> list[str]:
-    """The TINY_RUN values as flags after the launcher's defaults (the data paths come from DATA)."""
-    flags = train_flags(data, output_dir, **overrides)
-    return flags[flags.index("--output_dir"):]
-
+from conftest import REPO, SUBPROCESS_ENV, write_data_folder, write_prepared_data_folder
+from support.launcher import LAUNCHER, compliance, launch, tiny_overrides
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_data_folder(tmp_path_factory.mktemp("DATA"), num_shards=4)
-
-
-def compliance(log: Path, ruleset: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                           "--ruleset", ruleset, "--werror", "--log_output", str(log.with_suffix(f".{ruleset}.txt")),
-                           str(log)], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
@@ -240,8 +216,9 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_worker_stops_when_the_launcher_is_killed_outright_and_frees_the_folder(data, tmp_path):
     """kill -9 of the launcher: its worker does not train on alone (parent 1) into the folder a resume uses."""
+    from support.processes import wait_until_gone
+
     from bert_pretrain.folder_lock import hold_folder
-    from test_parent_death import wait_until_gone
 
     out = tmp_path / "out"
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHON": sys.executable, "DATA": str(data)}

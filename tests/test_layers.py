@@ -1,36 +1,45 @@
 """Imports go one way: a module may import its own level or those below it, never above.
 
 The levels, bottom up, with what each subpackage may use:
-  0 helpers        errors, atomic, options, command_options, strict_json, folder_lock (one writer per output folder),
-                   parent_death (a child that ends with its parent): no project imports beyond each other
+  0 helpers        errors, atomic, strict_json, folder_lock (one writer per output folder), parent_death (a child
+                   that ends with its parent): no project imports beyond each other
+  0 options/       every command's flags (dataclass fields -> argparse and TOML); helpers only, and no torch,
+                   h5py or numpy (test_the_command_line_is_built_without_heavy_imports)
   1 kernels/       Triton and compiled pieces; only helpers (each has a plain reference in its tests)
   2 leaves         batch, attention, model, optim, distributed, tf_table, fp8: one concept each; model uses only
                    its input type, attention and kernels/ (test_model_knows_nothing_of_training); fp8 converts
-                   the model from outside, as step.compile_model compiles it
-  3 data/          text -> instances -> shards, tokenization, loaders; helpers and leaves (the Batch type)
-  4 state          step, checkpoint, tf_checkpoint, evaluate: built from leaves and data/
+                   the model from outside, as build.py compiles it
+  3 data/          the files on disk and reading them: the shard schema, the vocab file, rows -> batches, the
+                   training stream; helpers and leaves (the Batch type)
+  4 prepare/       text -> sentences -> WordPiece -> instances -> shards, offline; writes through data/shards
+                   and data/vocab, and imports no torch (test_prepare_imports_no_torch)
+  4 state          step, build, weights, tf_checkpoint, evaluate: built from leaves and data/
   5 train/, bench/ peers: each uses everything below and never the other
-  6 tools          convert, inspect_checkpoint, demo: commands that reuse train/ or bench/
+  6 tools          convert, inspect_checkpoint, demo, prepare/reference/mlperf (prepare-mlperf: NVIDIA's exact data
+                   and the converted TF checkpoint): commands that reuse the levels below
   7 entry          cli, __main__, launch
 
 Every module of the package must be placed here, so a new module is a decision.
 """
-
 import ast
 from pathlib import Path
 
 import bert_pretrain
 
 PACKAGE = Path(bert_pretrain.__file__).parent
-SUBPACKAGE_LEVELS = {"kernels": 1, "data": 3, "train": 5, "bench": 5}
+SUBPACKAGE_LEVELS = {"options": 0, "kernels": 1, "data": 3, "prepare": 4, "train": 5, "bench": 5}
 MODULE_LEVELS = {
-    "errors": 0, "atomic": 0, "options": 0, "command_options": 0, "strict_json": 0, "folder_lock": 0, "parent_death": 0,
+    "errors": 0, "atomic": 0, "strict_json": 0, "folder_lock": 0, "parent_death": 0,
     "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
-    "step": 4, "checkpoint": 4, "tf_checkpoint": 4, "evaluate": 4,
-    "convert": 6, "inspect_checkpoint": 6, "demo": 6, "prepare_mlperf": 6,
+    "step": 4, "weights": 4, "tf_checkpoint": 4, "evaluate": 4,
+    "convert": 6, "inspect_checkpoint": 6, "demo": 6,
+    # prepare-mlperf also converts MLCommons' TensorFlow checkpoint (convert, torch): a tool, kept beside the
+    # reference method whose data step it runs
+    "prepare.reference.mlperf": 6,
     "cli": 7, "__main__": 7, "launch": 7, "": 7,
 }
-PEERS = [("train", "bench")]  # same level, no imports either way
+PEERS = [("train", "bench"), ("prepare", "step"), ("prepare", "weights"), ("prepare", "tf_checkpoint"),
+         ("prepare", "evaluate")]  # same level, no imports either way
 
 
 def module_name(path: Path) -> str:
@@ -57,7 +66,7 @@ def project_imports(path: Path) -> set[str]:
 
 def layer_of(name: str) -> int:
     top = name.split(".")[0]
-    level = SUBPACKAGE_LEVELS[top] if top in SUBPACKAGE_LEVELS else MODULE_LEVELS.get(name)
+    level = MODULE_LEVELS.get(name, SUBPACKAGE_LEVELS.get(top))
     if level is None:
         raise AssertionError(f"module {name!r} has no level in tests/test_layers.py; place it there")
     return level
@@ -78,7 +87,7 @@ def test_peers_do_not_import_each_other():
     for path in sorted(PACKAGE.rglob("*.py")):
         name = module_name(path)
         for a, b in PEERS + [(b, a) for a, b in PEERS]:
-            if name.split(".")[0] == a:
+            if name.split(".")[0] == a and layer_of(name) == layer_of(a):
                 wrong += [f"{name} imports {t}" for t in project_imports(path) if t.split(".")[0] == b]
     assert not wrong, "\n".join(wrong)
 
@@ -93,3 +102,28 @@ def test_no_module_shadows_the_standard_library():
 def test_model_knows_nothing_of_training():
     """The architecture uses its input type and its kernels (attention, the fused LayerNorm), nothing else."""
     assert project_imports(PACKAGE / "model.py") <= {"attention", "batch", "kernels.fused_norm"}
+
+
+def _imported_modules(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_prepare_imports_no_torch():
+    """Data preparation runs on machines without torch (and its workers start faster without it)."""
+    names = [module_name(p) for p in sorted((PACKAGE / "prepare").rglob("*.py"))]
+    offline = [n for n in names if layer_of(n) == SUBPACKAGE_LEVELS["prepare"]]
+    loaded = _imported_modules("\n".join(f"import bert_pretrain.{n}" for n in offline))
+    assert "bert_pretrain.prepare.pipeline" in loaded and "torch" not in loaded
+
+
+def test_the_command_line_is_built_without_heavy_imports():
+    """`bert-pretrain --help` works where torch, h5py or numpy are missing or broken: building every parser
+    imports none of them."""
+    loaded = _imported_modules("from bert_pretrain import cli\ncli.build_parser()")
+    assert "bert_pretrain.options.train" in loaded
+    assert not {"torch", "h5py", "numpy"} & loaded, sorted({"torch", "h5py", "numpy"} & loaded)

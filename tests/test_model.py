@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import mlperf_arrays, reference_packed_batch, tiny_config
 
 from bert_pretrain.batch import IGNORE_LABEL
-from bert_pretrain.checkpoint import load_reference_state
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.model import BertConfig, BertForPreTraining
-from conftest import mlperf_arrays, reference_packed_batch, tiny_config
+from bert_pretrain.weights import load_reference_state
 
 KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 

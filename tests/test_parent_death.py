@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-
 from conftest import REPO
+from support.processes import wait_until_gone
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
@@ -36,15 +35,3 @@ def test_a_child_stops_when_its_parent_is_killed_outright():
     assert wait_until_gone(child_pid)
 
 
-def wait_until_gone(pid: int, patience_s: float = 60.0) -> bool:
-    """Whether `pid` ends (or is a zombie nobody reaped) within `patience_s`: a poll, not a timing."""
-    deadline = time.monotonic() + patience_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import mlperf_arrays, tiny_config
 
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.step import SUM_NAMES, make_grad_scaler, train_step
-from conftest import mlperf_arrays, tiny_config
 
 KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "next_sentence_labels")
 CPU = torch.device("cpu")

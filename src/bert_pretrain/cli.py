@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bert_pretrain.errors import InputError, said_by_the_first_process
-from bert_pretrain.options import add_options, from_args
+from bert_pretrain.options.fields import add_options, from_args
 
 DESCRIPTION = """\
 BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defines it.
@@ -52,14 +52,14 @@ class Command:
 
 
 def _prepare(options) -> int:
-    from bert_pretrain.data.prepare import run
+    from bert_pretrain.prepare.pipeline import run
 
     print(run(options).report())
     return 0
 
 
 def _prepare_mlperf(options) -> int:
-    from bert_pretrain.prepare_mlperf import run
+    from bert_pretrain.prepare.reference.mlperf import run
 
     print(run(options))
     return 0
@@ -123,26 +123,26 @@ def _demo(options) -> int:
 
 
 def _prepare_options():
-    from bert_pretrain.data.prepare_options import PrepareOptions
+    from bert_pretrain.options.prepare import PrepareOptions
 
     return PrepareOptions
 
 
 def _prepare_mlperf_options():
-    from bert_pretrain.data.prepare_mlperf_options import PrepareMlperfOptions
+    from bert_pretrain.options.prepare import PrepareMlperfOptions
 
     return PrepareMlperfOptions
 
 
 def _bench_options():
-    from bert_pretrain.bench.options import BenchOptions
+    from bert_pretrain.options.bench import BenchOptions
 
     return BenchOptions
 
 
 def _command_options(name: str):
     def load():
-        from bert_pretrain import command_options
+        from bert_pretrain.options import commands as command_options
 
         return getattr(command_options, name)
 
@@ -173,7 +173,7 @@ COMMANDS = {
 
 def _add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "train":  # several option groups, TOML recipes and the reference-only flags
-        from bert_pretrain.train.config import TRAIN_DESCRIPTION, TRAIN_USAGE, add_arguments
+        from bert_pretrain.options.train import TRAIN_DESCRIPTION, TRAIN_USAGE, add_arguments
 
         parser.description, parser.usage = TRAIN_DESCRIPTION, TRAIN_USAGE
         add_arguments(parser)
@@ -184,7 +184,7 @@ def _add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def _options(name: str, args: argparse.Namespace):
     if name == "train":
-        from bert_pretrain.train.config import is_main_process, load_config
+        from bert_pretrain.options.train import is_main_process, load_config
 
         with said_by_the_first_process():  # every process of the run reads the same flags and files
             config = load_config(args)

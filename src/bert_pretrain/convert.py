@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bert_pretrain.checkpoint import (export_hf, load_reference_state, read_bert_config, read_hf_directory,
-                                      read_weights_file, save_reference_checkpoint)
-from bert_pretrain.command_options import ConvertOptions
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.options.commands import ConvertOptions
 from bert_pretrain.tf_checkpoint import read_tf_weights
 from bert_pretrain.tf_table import tf_index_path
+from bert_pretrain.weights import (
+    export_hf,
+    load_reference_state,
+    read_bert_config,
+    read_hf_directory,
+    read_weights_file,
+    save_reference_checkpoint,
+)
 
 _HF_FILES = {"config.json", "model.safetensors"}
 

@@ -19,16 +19,16 @@ import shutil
 from pathlib import Path
 
 from bert_pretrain import strict_json
-from bert_pretrain.checkpoint import export_hf, load_weights, read_bert_config
-from bert_pretrain.data.builtin_corpus import write_builtin_corpus
-from bert_pretrain.data.prepare import PrepareOptions
-from bert_pretrain.data.prepare import run as prepare
 from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.model import MODEL_SHAPES, BertForPreTraining
-from bert_pretrain.train.config import add_arguments, load_config
+from bert_pretrain.options.prepare import PrepareOptions
+from bert_pretrain.options.train import add_arguments, load_config
+from bert_pretrain.prepare.builtin_corpus import write_builtin_corpus
+from bert_pretrain.prepare.pipeline import run as prepare
+from bert_pretrain.train.checkpoint import checkpoints_in
 from bert_pretrain.train.loop import train
 from bert_pretrain.train.setup import earlier_run_files
-from bert_pretrain.train.state import checkpoints_in
+from bert_pretrain.weights import export_hf, load_weights, read_bert_config
 
 # A BERT small enough to learn on two CPU cores in minutes (vocab_size is filled in from the vocab).
 DEMO_MODEL = {

@@ -17,15 +17,14 @@ from tqdm import tqdm
 
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
-from bert_pretrain.checkpoint import load_weights, read_bert_config
-from bert_pretrain.command_options import EvaluateOptions
-from bert_pretrain.data.packing import padded_batch
-from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, padded_batch
 from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.options.commands import EvaluateOptions
 from bert_pretrain.step import autocast
+from bert_pretrain.weights import load_weights, read_bert_config
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from bert_pretrain import strict_json
-from bert_pretrain.checkpoint import COPY_KEYS, read_hf_directory, read_weights_file
 from bert_pretrain.errors import InputError
 from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
 from bert_pretrain.tf_table import tf_index_path
-from bert_pretrain.train.state import read_training_checkpoint
+from bert_pretrain.train.checkpoint import read_training_checkpoint
+from bert_pretrain.weights import COPY_KEYS, read_hf_directory, read_weights_file
 
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 # The options of a training run worth a line of their own (all of them are in --json).

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from bert_pretrain.batch import Batch
-from bert_pretrain.checkpoint import load_weights
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
-from bert_pretrain.options import PRECISIONS
+from bert_pretrain.options.fields import PRECISIONS
+from bert_pretrain.weights import load_weights
 
 # Order of the entries of StepResult.sums.
 SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
@@ -84,8 +84,14 @@ def compile_model(model: torch.nn.Module, mode: str | None = None, backend: str 
     `Batch.max_seqlen` fixed as well, see data/packing.py, or its first change costs one more).
     `backend` is torch.compile's (tests of what Dynamo traces use "aot_eager", which generates no code).
     """
-    from bert_pretrain.model import (BertEmbeddings, BertEncoder, BertLayer, BertModel, BertPredictionHeadTransform,
-                                     PretrainingLoss)
+    from bert_pretrain.model import (
+        BertEmbeddings,
+        BertEncoder,
+        BertLayer,
+        BertModel,
+        BertPredictionHeadTransform,
+        PretrainingLoss,
+    )
 
     for module in model.modules():
         if isinstance(module, (BertEmbeddings, BertLayer, BertPredictionHeadTransform, PretrainingLoss)):

@@ -25,10 +25,10 @@ import crc32c
 import numpy as np
 import torch
 
-from bert_pretrain.checkpoint import listed, reference_shapes
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertConfig
 from bert_pretrain.tf_table import mask_crc32c, read_table, read_varint
+from bert_pretrain.weights import listed, reference_shapes
 
 # TensorFlow's DataType enum -> torch dtype, for the types whose bytes are stored raw
 DTYPES = {1: torch.float32, 2: torch.float64, 3: torch.int32, 4: torch.uint8, 5: torch.int16, 6: torch.int8,

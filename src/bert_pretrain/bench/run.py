@@ -27,11 +27,9 @@ from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench import hf as bench_hf
 from bert_pretrain.bench.flops import batch_flops, peak_tflops
-from bert_pretrain.bench.options import BenchOptions
 from bert_pretrain.bench.power import EnergyMeter
 from bert_pretrain.bench.step_profile import format_profile, profile_steps
 from bert_pretrain.bench.timing import Runner, time_contestants
-from bert_pretrain.checkpoint import read_bert_config
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
@@ -41,8 +39,10 @@ from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import MODEL_SHAPES, BertConfig
-from bert_pretrain.options import PRECISIONS, compile_choices, fp8_layer_names, require_trainable_attention
+from bert_pretrain.options.bench import BenchOptions
+from bert_pretrain.options.fields import PRECISIONS, compile_choices, fp8_layer_names, require_trainable_attention
 from bert_pretrain.step import compile_model, make_grad_scaler, train_step, training_parts
+from bert_pretrain.weights import read_bert_config
 
 POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
 

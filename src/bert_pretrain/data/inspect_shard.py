@@ -16,7 +16,7 @@ import numpy as np
 from bert_pretrain import strict_json
 from bert_pretrain.data import shards
 from bert_pretrain.data.shards import masked_counts
-from bert_pretrain.data.tokenization import MASK, read_vocab
+from bert_pretrain.data.vocab import MASK, read_vocab
 from bert_pretrain.errors import InputError
 
 _BINS = 8

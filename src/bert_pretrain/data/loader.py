@@ -33,7 +33,6 @@ from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
 from bert_pretrain.errors import InputError, SettingsMismatch
 
 
-
 def _draw_seeds(rng: random.Random, count: int) -> list[int]:
     return [rng.randint(0, 2**32 - 1) for _ in range(count)]
 

@@ -36,7 +36,6 @@ from bert_pretrain.data.shards import counted_slots, masked_counts
 from bert_pretrain.errors import InputError
 
 
-
 @dataclass(frozen=True)
 class PackingOptions:
     """How rows become a packed Batch (see the module docstring)."""

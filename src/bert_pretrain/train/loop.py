@@ -26,11 +26,11 @@ from bert_pretrain.distributed import gather_objects, init_distributed, is_distr
 from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
 from bert_pretrain.optim import lr_at
+from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
-from bert_pretrain.train.config import RunConfig
+from bert_pretrain.train.checkpoint import Progress, gather_rank_states, save_training_checkpoint
 from bert_pretrain.train.metrics import peak_memory_gb
 from bert_pretrain.train.setup import PeerLost, Run, guard, hold_output_folder, setup
-from bert_pretrain.train.state import Progress, gather_rank_states, save_training_checkpoint
 
 # Several processes agree on stopping (signals, non-finite loss) at least this often, in steps.
 SYNC_EVERY = 50

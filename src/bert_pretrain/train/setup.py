@@ -26,7 +26,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
-from bert_pretrain.checkpoint import read_bert_config, require_positions
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
@@ -36,15 +35,22 @@ from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.kernels import fused_norm
 from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
-from bert_pretrain.options import fp8_layer_names
+from bert_pretrain.options.fields import fp8_layer_names
+from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import compile_model, training_parts
-from bert_pretrain.train.config import RunConfig
+from bert_pretrain.train.checkpoint import (
+    CheckpointSchedule,
+    Progress,
+    TrainingState,
+    checkpoints_in,
+    read_training_checkpoint,
+    restore_training_state,
+)
 from bert_pretrain.train.divergence import DivergenceGuard
 from bert_pretrain.train.metrics import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
-from bert_pretrain.train.state import (CheckpointSchedule, Progress, TrainingState, checkpoints_in,
-                                          read_training_checkpoint, restore_training_state)
+from bert_pretrain.weights import read_bert_config, require_positions
 
 POLY_POWER = 1.0
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact

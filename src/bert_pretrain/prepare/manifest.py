@@ -1,0 +1,124 @@
+"""`prepare_manifest.json`: the settings that determine an output folder's content, and a record of
+each file `prepare` finished there (its size and CRC-32), checked when a rerun decides what is done.
+
+A file under its final name was whole when it was renamed (atomic_path); the record catches what
+happened to it since: a byte changed in place, a copy cut short. A rerun makes a file whose size or
+CRC-32 differs from its record again, and says so. CRC-32 (zlib) finds accidental damage, not a
+deliberate edit: whoever can edit a shard can edit the manifest as well. A file without a record (made
+before records were kept, or finished just before a killed run could record it) is checked the earlier
+way, by opening it, and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+from bert_pretrain import strict_json
+from bert_pretrain.atomic import atomic_path
+from bert_pretrain.prepare.workers import Workers
+
+RECORDS_KEY = "finished_files"  # relative path -> {"bytes": size, "crc32": hex}; not a setting
+_CHUNK = 1 << 20
+_SAVE_EVERY_S = 2.0  # a killed run loses at most this much of the record: those files are checked by opening
+
+
+def read_manifest(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_manifest(path: Path, values: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(strict_json.dumps(values, indent=1) + "\n")
+
+
+def file_digest(path: Path) -> dict:
+    """{"bytes": size, "crc32": hex} of the file's bytes, read in 1 MiB chunks."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return {"bytes": size, "crc32": f"{crc:08x}"}
+
+
+class FinishedFiles:
+    """The records of one output folder's manifest, and this run's verdict on each file it asked about.
+
+    `check` decides, for a batch of paths, which are complete (digesting them in the workers);
+    `record` notes a file this run finished; `save` writes the records this run changed into the
+    manifest, keeping those another run of another range wrote meanwhile.
+    """
+
+    def __init__(self, manifest: Path):
+        self.manifest = manifest
+        self._records: dict[str, dict] = read_manifest(manifest).get(RECORDS_KEY, {})
+        self._updated: dict[str, dict] = {}
+        self._complete: dict[Path, bool] = {}
+        self._saved_at = time.monotonic()
+        self.changed: list[Path] = []  # existed, but differ from their record: made again
+        self.unrecorded: list[Path] = []  # whole without a record: recorded now
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.manifest.parent).as_posix()
+
+    def check(self, paths: Iterable[Path], opens: Callable[[Path], bool], workers: Workers) -> None:
+        """Decide which of `paths` are complete: those whose size and CRC-32 match their record, or,
+        without a record, that `opens` accepts."""
+        to_digest = []
+        for path in paths:
+            if path in self._complete:
+                continue
+            record = self._records.get(self._key(path))
+            if not path.is_file():
+                self._complete[path] = False
+            elif record is not None and record["bytes"] != path.stat().st_size:  # no need to read it
+                self._complete[path] = False
+                self.changed.append(path)
+            else:
+                to_digest.append(path)
+        for path, digest in zip(to_digest, workers.ordered(file_digest, ((p,) for p in to_digest))):
+            record = self._records.get(self._key(path))
+            if record is None:
+                self._complete[path] = opens(path)
+                if self._complete[path]:
+                    self.unrecorded.append(path)
+                    self.record(path, digest)
+            else:
+                self._complete[path] = record == digest
+                if not self._complete[path]:
+                    self.changed.append(path)
+
+    def is_complete(self, path: Path) -> bool:
+        """The verdict of `check` (or `record`) on `path`."""
+        return self._complete[path]
+
+    def record(self, path: Path, digest: dict) -> None:
+        """`path` was finished by this run with these bytes (`file_digest`, computed where it was written)."""
+        self._records[self._key(path)] = self._updated[self._key(path)] = digest
+        self._complete[path] = True
+        if time.monotonic() - self._saved_at > _SAVE_EVERY_S:
+            self.save()
+
+    def save(self) -> None:
+        if self._updated:
+            values = read_manifest(self.manifest)
+            values[RECORDS_KEY] = {**values.get(RECORDS_KEY, {}), **self._updated}
+            write_manifest(self.manifest, values)
+            self._updated = {}
+        self._saved_at = time.monotonic()
+
+    def notes(self) -> list[str]:
+        """What the checks found, one line each, for the run's report."""
+        lines = []
+        if self.changed:
+            lines.append(f"{len(self.changed)} finished files changed since they were written (size or CRC-32 differs "
+                         f"from {self.manifest.name}) and were made again; the first: {self.changed[0]}")
+        if self.unrecorded:
+            lines.append(f"{len(self.unrecorded)} finished files had no record in {self.manifest.name} (an earlier "
+                         f"version or a killed run): checked by opening them, recorded now; the first: "
+                         f"{self.unrecorded[0]}")
+        return lines

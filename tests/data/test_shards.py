@@ -1,0 +1,136 @@
+"""The HDF5 schema: exact keys/dtypes/shapes, atomic writes, validation errors naming the file."""
+
+import h5py
+import numpy as np
+import pytest
+from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
+
+from bert_pretrain.data import shards
+from bert_pretrain.data.inspect_shard import read_any
+from bert_pretrain.data.loader import ShardStream
+from bert_pretrain.errors import InputError
+
+
+@pytest.fixture
+def arrays():
+    return mlperf_arrays(np.random.default_rng(0), n=10, seq_len=32, max_pred=5, vocab_size=100)
+
+
+def test_padded_round_trip_has_the_reference_dtypes(tmp_path, arrays):
+    path = tmp_path / "part_0_of_1.hdf5"
+    shards.write_padded(path, arrays)
+    with h5py.File(path) as f:
+        assert set(f.keys()) == set(shards.PADDED_DTYPES)
+        for key, dtype in shards.PADDED_DTYPES.items():
+            assert f[key].dtype == dtype and f[key].compression is None
+        assert f["input_ids"].shape == (10, 32) and f["masked_lm_positions"].shape == (10, 5)
+    back = shards.read_padded(path, 32, 5, 100)
+    for key in arrays:
+        np.testing.assert_array_equal(back[key], arrays[key])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_varlength_round_trip(tmp_path, arrays):
+    path = tmp_path / "part_0_of_1.hdf5"
+    shards.write_varlength(path, shards.padded_to_varlength(arrays))
+    assert shards.shard_format(path) == "varlength"
+    with h5py.File(path) as f:
+        assert "input_mask" not in f
+        assert h5py.check_vlen_dtype(f["input_ids"].dtype) == np.dtype("i2")
+        assert h5py.check_vlen_dtype(f["segment_ids"].dtype) == np.dtype("i1")
+        assert len(f["input_ids"][0]) == arrays["input_mask"][0].sum()
+    back = shards.read_padded(path, 32, 5, 100)
+    for key in arrays:
+        np.testing.assert_array_equal(back[key], arrays[key])
+
+
+def test_failed_write_leaves_no_file(tmp_path, arrays):
+    path = tmp_path / "part_0_of_1.hdf5"
+    bad = dict(arrays, masked_lm_ids=None)
+    with pytest.raises(Exception):
+        shards.write_padded(path, bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_raw(path, arrays):
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda a: a.pop("masked_lm_ids"), "missing keys ['masked_lm_ids']"),
+    (lambda a: a.update(input_mask=a["input_mask"][:, :16]), "expected (10, max_seq_length)"),
+    (lambda a: a.update(masked_lm_positions=a["masked_lm_positions"] + 40), "masked_lm_positions outside the sequence"),
+    (lambda a: a.update(input_ids=a["input_ids"] + 200), "outside the vocab of 100"),
+    (lambda a: a["input_mask"].__setitem__((0, slice(4, None)), 0), "row 0 masks position"),
+    (lambda a: a["input_mask"].__setitem__((3, slice(None)), 0), "row 3 has no tokens"),
+    (lambda a: a.update(segment_ids=a["segment_ids"].astype(np.float32)), "dtype float32"),
+])
+def test_validation_names_the_file_and_problem(tmp_path, arrays, break_it, message):
+    break_it(arrays)
+    path = tmp_path / "part_bad.hdf5"
+    _write_raw(path, arrays)
+    with pytest.raises(InputError) as err:
+        shards.read_padded(path, 32, 5, 100)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_width_mismatch_names_the_flag(tmp_path, arrays):
+    path = tmp_path / "part_0.hdf5"
+    shards.write_padded(path, arrays)
+    with pytest.raises(InputError, match="pass --max_seq_length 32"):
+        shards.read_padded(path, 128, 5, 100)
+
+
+def test_not_hdf5_and_listing(tmp_path):
+    (tmp_path / "part_0.hdf5").write_text("not hdf5")
+    with pytest.raises(InputError, match="not a readable HDF5 file"):
+        shards.read_padded(tmp_path / "part_0.hdf5")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in shards.list_shards(tmp_path)] == ["part_0.hdf5"]
+    with pytest.raises(InputError, match="no such folder"):
+        shards.list_shards(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no HDF5 shard"):
+        shards.list_shards(tmp_path / "empty")
+
+
+_CRAFTED_CASES = [
+    ("external_storage", "'input_ids' keeps its data outside the shard (HDF5 external storage in"),
+    ("virtual_dataset", "'input_ids' is a virtual dataset"),
+    ("external_link", "'input_ids' is an HDF5 ExternalLink"),
+    ("soft_link", "'input_ids' is an HDF5 SoftLink"),
+    ("float64_ids", "'input_ids' has dtype float64, but the schema stores int32"),
+    ("uint8_ids", "'input_ids' has dtype uint8, but the schema stores int32"),
+    ("group_ids", "missing key 'input_ids'"),
+    ("varlength_int32_ids", "'input_ids' has dtype variable-length rows of int32, but the schema stores "
+                            "variable-length rows of int16"),
+]
+
+
+@pytest.mark.parametrize("variant, message", _CRAFTED_CASES)
+def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant, message):
+    """Every reader (the training loader, evaluate and bench through read_padded; inspect; prepare's
+    rerun check through num_samples) refuses a shard that reads another file or stores another dtype."""
+    path = tmp_path / "part_0_of_1.hdf5"
+    write_crafted_shard(path, arrays, variant)
+    readers = [lambda: shards.read_padded(path, 32, 5, 100), lambda: read_any(path),
+               lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
+                                   max_predictions_per_seq=5, vocab_size=100)]
+    if variant in ("external_link", "soft_link"):
+        readers.append(lambda: shards.num_samples(path))  # every link of the root is refused, not only the keys
+    for read in readers:
+        with pytest.raises(InputError) as err:
+            read()
+        assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_every_crafted_shard_is_tried():
+    assert [v for v, _ in _CRAFTED_CASES] == list(CRAFTED_SHARDS)
+
+
+def test_nvidia_output_keeps_being_read(shared_data):
+    """NVIDIA's create_pretraining_data.py output has exactly the schema's dtypes."""
+    arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5", 128, 20)
+    assert len(arrays["next_sentence_labels"]) == 60

@@ -1,0 +1,16 @@
+"""Waiting for a process to end, by polling /proc (a poll, not a timing)."""
+
+import time
+
+def wait_until_gone(pid: int, patience_s: float = 60.0) -> bool:
+    """Whether `pid` ends (or is a zombie nobody reaped) within `patience_s`: a poll, not a timing."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
