@@ -19,6 +19,7 @@ from bert_pretrain.options.commands import ConvertOptions
 from bert_pretrain.tf_checkpoint import read_tf_weights
 from bert_pretrain.tf_table import tf_index_path
 from bert_pretrain.weights import (
+    check_fits,
     export_hf,
     load_reference_state,
     read_bert_config,
@@ -35,6 +36,7 @@ def convert(options: ConvertOptions) -> str:
     source, output = Path(options.input), Path(options.output)
     check_output(output, options.overwrite)  # before the (possibly long) read of the input
     config, state, notes = _read_input(source, options.bert_config_path)
+    check_fits(state, config, str(source))  # before the model is built: a config may claim far more than the file
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
     del state  # the model holds the weights now: one copy in memory while writing

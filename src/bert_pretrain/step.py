@@ -20,7 +20,7 @@ from bert_pretrain.batch import Batch
 from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
 from bert_pretrain.options.fields import PRECISIONS
-from bert_pretrain.weights import load_weights
+from bert_pretrain.weights import load_reference_state, read_weights
 
 # Order of the entries of StepResult.sums.
 SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
@@ -64,9 +64,12 @@ def training_parts(bert_config: BertConfig, device: torch.device, precision: str
     """(model, LAMB, loss scaler): what `train_step` steps, built the same way for train and bench. The
     model takes its initial weights from torch's current seed (the reference initialisation), then from
     `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
+    # the checkpoint read and checked against the config before the model is allocated
+    state = read_weights(init_checkpoint, bert_config) if init_checkpoint else None
     model = BertForPreTraining(bert_config, attention_backend=attention, fused_norm=fused_norm)
-    if init_checkpoint:
-        load_weights(model, init_checkpoint)
+    if state is not None:
+        load_reference_state(model, state, str(init_checkpoint))
+        del state
     model.to(device)
     optimizer = Lamb(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=LAMB_EPSILON,
                      weight_decay=weight_decay, max_grad_norm=MAX_GRAD_NORM, compiled=compiled_optimizer)

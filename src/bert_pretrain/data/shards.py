@@ -12,7 +12,10 @@ masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_senten
 
 Reading accepts exactly these dtypes (NVIDIA's create_pretraining_data.py writes the padded ones) and
 only data stored in the file itself: external links, soft links, external storage and virtual
-datasets are refused, as they make the reader open other files.
+datasets are refused, as they make the reader open other files. Data are stored as NVIDIA and this
+project write them, unfiltered, and whole: a compressed dataset (gzip, lzf, ...) or one whose storage
+holds fewer bytes than its shape declares is refused before it is read, so what a read allocates is
+bounded by the file's own bytes (a 10 MB gzip shard could declare 3 million rows).
 
 Files are written to a temporary name in the same folder and renamed when complete, so a file
 with the final name is always whole.
@@ -20,6 +23,7 @@ with the final name is always whole.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +32,7 @@ import numpy as np
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.errors import InputError, SettingsMismatch
+from bert_pretrain.regular_file import require_regular
 
 PADDED_DTYPES = {
     "input_ids": np.dtype("i4"),
@@ -78,6 +83,7 @@ def list_shards(directory: str | Path) -> list[Path]:
 def _open_for_reading(path: Path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
+    require_regular(path, "pass an HDF5 shard file")  # a FIFO would block the open, /dev/zero never end
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -119,6 +125,16 @@ def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5
         refuse("is a virtual dataset (its data are read from other files), not data stored in the shard")
     if item.external:
         refuse(f"keeps its data outside the shard (HDF5 external storage in {item.external[0][0]}), not in it")
+    filters = _filter_names(item)
+    if filters:
+        refuse(f"is stored through the HDF5 filter(s) {', '.join(filters)}, which this project never writes (a "
+               "compressed dataset's rows are decompressed whole, whatever the file's size)",
+               f"rewrite the file unfiltered (h5repack -f NONE {path.name} OUT.hdf5) or {_PREPARE_AGAIN}")
+    declared = math.prod(item.shape) * item.id.get_type().get_size()
+    stored = item.id.get_storage_size()
+    if stored < declared:
+        refuse(f"declares shape {item.shape} ({declared:,} bytes) but stores {stored:,} bytes (a shard cut short "
+               "or crafted)")
     rows = "variable-length rows of " if vlen else ""
     stored = h5py.check_vlen_dtype(item.dtype) if vlen else item.dtype
     if stored != dtype:
@@ -126,6 +142,12 @@ def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5
         refuse(f"has dtype {found}, but the schema stores {rows}{dtype}",
                f"convert it to {rows}{dtype} or {_PREPARE_AGAIN}")
     return item
+
+
+def _filter_names(item: h5py.Dataset) -> list[str]:
+    plist = item.id.get_create_plist()
+    return [plist.get_filter(i)[3].decode("ascii", "replace") or str(plist.get_filter(i)[0])
+            for i in range(plist.get_nfilters())]
 
 
 def shard_format(path: str | Path) -> str:
