@@ -158,7 +158,7 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         x = x + self.token_type_embeddings(segment_ids)
         # In the compute dtype under autocast (LayerNorm returns fp32), as every layer's input and output:
-        # cast here, the encoder's input is this very tensor, the one step.compile_model marks dynamic (tests/test_step.py).
+        # cast here, the encoder's input is this very tensor, the one build.compile_model marks dynamic (tests/test_step.py).
         return self.dropout(self.LayerNorm(x)).to(attention_dtype(x))
 
 

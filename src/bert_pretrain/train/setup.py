@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
+from bert_pretrain.build import Optimization, StepSettings, build, require
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
@@ -33,11 +34,8 @@ from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.folder_lock import hold_folder
-from bert_pretrain.kernels import fused_norm
 from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
-from bert_pretrain.options.fields import fp8_layer_names
 from bert_pretrain.options.train import RunConfig
-from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
     Progress,
@@ -126,7 +124,9 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         schedule.remove_partial_writes()
     bert_config = read_bert_config(ckpt.bert_config_path)
     require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
-    state = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    state, notes = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    for note in notes:  # fp8's
+        observers.say(note)
     if resume_path is not None:
         checkpoint = read_training_checkpoint(resume_path)
         for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
@@ -135,12 +135,6 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         observers.metrics.resume_at(state.progress.samples)
         observers.say(f"resuming from {resume_path} at step {state.progress.step} "
                       f"({state.progress.samples} samples)")
-    if config.system.precision == "fp8":  # in place, from outside the model, before it is compiled
-        for note in _convert_to_fp8(state.model, config, info.device).notes:
-            observers.say(note)
-    if config.system.compile:
-        # in place: parameter names, checkpoints and the optimizer are unchanged
-        compile_model(state.model, mode=config.system.compile_mode)
     model = state.model
     if info.world_size > 1:
         model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
@@ -175,14 +169,6 @@ def _require_writable_folder(output_dir: Path) -> None:
                          "this user may write to, on a writable file system") from None
 
 
-def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.device) -> fp8.Conversion:
-    """--fp8_layers of every encoder layer as torchao float8 layers (the same Parameters: names, optimizer state
-    and checkpoints do not change); emulated where there are no float8 matrix units."""
-    system = config.system
-    return fp8.convert_encoder(model, system.fp8_recipe, fp8_layer_names(system.fp8_layers, system.fused_norm),
-                               emulate=device.type != "cuda")
-
-
 def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule) -> tuple[Path | None, str]:
     """The checkpoint to resume from (the same on every process) and a note for the user."""
     wanted = config.checkpoint.resume_from_checkpoint
@@ -203,8 +189,7 @@ def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> N
     writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
     launch raises the same error. What would refuse the run anyway is checked first, so that a refused run
     creates no folder."""
-    if config.system.precision == "fp8":
-        fp8.require(info.device)
+    require(step_settings(config), info.device)  # fp8 without torchao, --fused_norm without Triton or a GPU
     refusal = None
     if info.is_main:
         try:
@@ -244,22 +229,27 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
                          "them)")
 
 
-def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
-    torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
-    if config.system.fused_norm:
-        fused_norm.require(info.device)
+def step_settings(config: RunConfig) -> StepSettings:
+    system = config.system
+    return StepSettings(precision=system.precision, attention=system.attention, fused_norm=system.fused_norm,
+                        fp8_recipe=system.fp8_recipe, fp8_layers=system.fp8_layers, compile=system.compile,
+                        compile_optimizer=system.compile_optimizer, compile_mode=system.compile_mode)
+
+
+def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> tuple[TrainingState, list[str]]:
+    """The state before any resume: the reference initialisation (from --seed, identical on every process) or
+    --init_checkpoint, built by build.py; then this process's own random streams."""
+    torch.manual_seed(config.run.seed)
     opt = config.optimizer
-    model, optimizer, scaler = training_parts(
-        bert_config, info.device, config.system.precision, attention=config.system.attention,
-        fused_norm=config.system.fused_norm, init_checkpoint=config.checkpoint.init_checkpoint if load_init else None,
-        learning_rate=opt.learning_rate, betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2),
-        weight_decay=opt.weight_decay_rate, compiled_optimizer=config.system.compile_optimizer,
-        init_scale=_init_loss_scale())
+    optimization = Optimization(learning_rate=opt.learning_rate, betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2),
+                                weight_decay=opt.weight_decay_rate, init_scale=_init_loss_scale())
+    built = build(bert_config, step_settings(config), info.device, optimization,
+                  init_checkpoint=config.checkpoint.init_checkpoint if load_init else None)
     seed = worker_seed(config.run.seed, info.rank, info.world_size)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return TrainingState(model, optimizer, scaler, Progress(), DataPosition())
+    return TrainingState(built.model, built.optimizer, built.scaler, Progress(), DataPosition()), built.notes
 
 
 def _init_loss_scale() -> float:
