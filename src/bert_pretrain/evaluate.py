@@ -21,7 +21,7 @@ from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, padded_
 from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
-from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.model import SUM_NAMES, BertForPreTraining
 from bert_pretrain.options.commands import EvaluateOptions
 from bert_pretrain.step import autocast
 from bert_pretrain.weights import load_weights, read_bert_config
@@ -102,18 +102,18 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64, device=device)
     with fp8.float8_off(model):
         # disable=None: a bar on a terminal only, so a log file gets no carriage-return updates
         for batch in tqdm(batches, desc="eval", unit="batch", disable=None if progress else True, leave=False):
             with autocast(device, precision):
                 out = model(batch.to(device, non_blocking=True))
-            sums += torch.stack([
-                out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
-                out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),
-            ])
+            sums += out.sums()
     model.train(was_training)
-    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, nsp_count = all_reduce_sum(sums).tolist()
+    total = dict(zip(SUM_NAMES, all_reduce_sum(sums).tolist()))
+    mlm_count, nsp_count = total["mlm_count"], total["nsp_count"]
+    mlm_loss, mlm_correct, nsp_loss, nsp_correct = (total[k] for k in ("mlm_loss_sum", "mlm_correct", "nsp_loss_sum",
+                                                                        "nsp_correct"))
     return EvalResult(
         mlm_accuracy=mlm_correct / max(mlm_count, 1.0),
         mlm_loss=mlm_loss / max(mlm_count, 1.0),

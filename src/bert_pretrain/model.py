@@ -144,6 +144,14 @@ class PretrainingOutput:
     nsp_correct: torch.Tensor
     nsp_count: torch.Tensor
 
+    def sums(self) -> torch.Tensor:
+        """(len(SUM_NAMES),) float64 on the device, in SUM_NAMES order: what training's logs and evaluation add
+        up over batches and processes (one stack, so one all-reduce and one read at the end)."""
+        return torch.stack([getattr(self, name).detach().double() for name in SUM_NAMES])
+
+
+SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_loss_sum", "nsp_correct", "nsp_count")
+
 
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):

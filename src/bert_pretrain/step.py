@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from bert_pretrain.batch import Batch
+from bert_pretrain.model import SUM_NAMES
 from bert_pretrain.options.fields import PRECISIONS
 
-# Order of the entries of StepResult.sums.
-SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
 
 
 @dataclass
@@ -53,13 +52,6 @@ def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2
     )
 
 
-def _sums(out) -> torch.Tensor:
-    return torch.stack([
-        out.loss.detach().double(), out.mlm_loss_sum.double(), out.mlm_correct.double(),
-        out.mlm_count.double(), out.nsp_correct.double(), out.nsp_count.double(),
-    ])
-
-
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -84,7 +76,7 @@ def train_step(
             with autocast(device, precision):
                 out = model(batch.to(device, non_blocking=True))
             scaler.scale(out.loss / accumulation).backward()
-        sums += _sums(out)
+        sums += out.sums()
     sums[0] /= accumulation
     scaler.unscale_(optimizer)
     # fp16: GradScaler.step reads its overflow flag back to the host anyway, so reading the scale around it

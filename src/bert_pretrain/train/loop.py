@@ -25,7 +25,6 @@ import torch.distributed as dist
 from bert_pretrain.distributed import gather_objects, init_distributed, is_distributed, shutdown
 from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
-from bert_pretrain.optim import lr_at
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
 from bert_pretrain.train.checkpoint import Progress, gather_rank_states, save_training_checkpoint
@@ -162,9 +161,7 @@ def _updates_applied(run: Run) -> int:
 
 
 def _set_learning_rate(run: Run, updates_applied: int) -> None:
-    opt = run.config.optimizer
-    warmup, start = run.warmup
-    lr = lr_at(updates_applied, opt.learning_rate, warmup, opt.max_steps, start)
+    lr = run.lr_schedule.at(updates_applied)
     for group in run.state.optimizer.param_groups:
         group["lr"] = lr
 

@@ -34,7 +34,7 @@ from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.folder_lock import hold_folder
-from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
+from bert_pretrain.optim import LAMB_EPSILON, LrSchedule
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
@@ -50,7 +50,6 @@ from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
 from bert_pretrain.weights import read_bert_config, require_positions
 
-POLY_POWER = 1.0
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact
 # (the fp8 ones when it trains in fp8).
 EXACT_RESUME_OPTIONS = ("train_batch_size", "gradient_accumulation_steps", "seed", "precision", "max_steps",
@@ -78,7 +77,7 @@ class Run:
     tracker: StepTracker
     guard: DivergenceGuard  # checkpoints only from sane states
     global_batch_size: int
-    warmup: tuple[int, int]  # (warmup steps, step the warmup starts at)
+    lr_schedule: LrSchedule
     signals: list[int]  # signals received, appended by the handler
     resumed_from: Path | None = None
     saved_step: int = -1
@@ -140,16 +139,16 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
                                         else None, bucket_cap_mb=100)
     global_batch_size = config.batch.train_batch_size * info.world_size
-    warmup = warmup_steps_for(config.optimizer.max_steps, config.optimizer.warmup_proportion,
-                              config.optimizer.warmup_steps)
-    warmup_start = warmup_start_for(config.optimizer.warmup_steps, config.optimizer.start_warmup_step)
+    opt = config.optimizer
+    lr_schedule = LrSchedule.from_flags(opt.learning_rate, opt.max_steps, opt.warmup_proportion, opt.warmup_steps,
+                                        opt.start_warmup_step)
     stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
     run = Run(config=config, info=info, state=state, model=model, stream=stream,
               eval_batches=_eval_batches(config, info, bert_config.vocab_size),
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
               observers=observers, tracker=StepTracker(info.device),
               guard=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
-              warmup=(warmup, warmup_start), signals=signals, resumed_from=resume_path,
+              lr_schedule=lr_schedule, signals=signals, resumed_from=resume_path,
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
@@ -343,15 +342,15 @@ def _log_submission(run: Run) -> None:
     mlperf = run.config.mlperf
     run.observers.mlperf.submission(mlperf.submission_org, mlperf.submission_platform or _platform(run.info),
                                     mlperf.submission_division, mlperf.submission_status)
-    warmup, start = run.warmup
+    schedule = run.lr_schedule
     run.observers.mlperf.hyperparameters({
         "seed": config.run.seed, "global_batch_size": run.global_batch_size,
         "d_batch_size": config.batch.micro_batch_size,
         "gradient_accumulation_steps": config.batch.gradient_accumulation_steps,
         "max_predictions_per_seq": config.data.max_predictions_per_seq,
-        "opt_learning_rate_training_steps": opt.max_steps, "num_warmup_steps": warmup,
-        "opt_base_learning_rate": opt.learning_rate, "opt_epsilon": LAMB_EPSILON,
+        "opt_learning_rate_training_steps": schedule.total_steps, "num_warmup_steps": schedule.warmup_steps,
+        "opt_base_learning_rate": schedule.base_lr, "opt_epsilon": LAMB_EPSILON,
         "opt_lamb_beta_1": opt.opt_lamb_beta_1, "opt_lamb_beta_2": opt.opt_lamb_beta_2,
-        "opt_lamb_weight_decay_rate": opt.weight_decay_rate, "opt_learning_rate_warmup_steps": warmup,
-        "opt_lamb_learning_rate_decay_poly_power": POLY_POWER, "start_warmup_step": start,
+        "opt_lamb_weight_decay_rate": opt.weight_decay_rate, "opt_learning_rate_warmup_steps": schedule.warmup_steps,
+        "opt_lamb_learning_rate_decay_poly_power": schedule.degree, "start_warmup_step": schedule.start_warmup_step,
     })
