@@ -18,7 +18,7 @@ from tqdm import tqdm
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, padded_batch
-from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
+from bert_pretrain.data.shards import PADDED_DTYPES, ShardShape, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import SUM_NAMES, BertForPreTraining
@@ -44,13 +44,7 @@ class EvalResult:
         return {key: value for key, value in self.to_dict().items() if not math.isfinite(value)}
 
 
-def load_eval_set(
-    eval_dir: str | Path,
-    num_examples: int | None,
-    max_seq_length: int,
-    max_predictions_per_seq: int,
-    vocab_size: int,
-) -> dict[str, np.ndarray]:
+def load_eval_set(eval_dir: str | Path, num_examples: int | None, shape: ShardShape) -> dict[str, np.ndarray]:
     """The first `num_examples` rows (all when None) of the eval folder's shards, validated."""
     if num_examples is not None and num_examples < 1:
         raise InputError(f"--num_eval_examples must be at least 1, got {num_examples} (leave it out to use "
@@ -59,7 +53,7 @@ def load_eval_set(
     for path in list_shards(eval_dir):
         if num_examples is not None and have >= num_examples:
             break
-        arrays = read_padded(path, max_seq_length, max_predictions_per_seq, vocab_size)
+        arrays = read_padded(path, shape)
         parts.append(arrays)
         have += len(arrays["next_sentence_labels"])
     if num_examples is not None and have < num_examples:
@@ -124,11 +118,11 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     )
 
 
-def rank_eval_batches(eval_dir: str | Path, num_examples: int | None, max_seq_length: int,
-                      max_predictions_per_seq: int, vocab_size: int, batch_size: int, rank: int, world_size: int,
-                      packed: bool = False) -> list[Batch]:
-    """This process's contiguous share of the eval set, in batches (what `train` and `evaluate` run)."""
-    arrays = load_eval_set(eval_dir, num_examples, max_seq_length, max_predictions_per_seq, vocab_size)
+def rank_eval_batches(eval_dir: str | Path, shape: ShardShape, *, batch_size: int, rank: int, world_size: int,
+                      num_examples: int | None = None, packed: bool = False) -> list[Batch]:
+    """This process's contiguous share of the eval set (its first `num_examples` rows; all when None), in
+    batches: what `train` and `evaluate` run."""
+    arrays = load_eval_set(eval_dir, num_examples, shape)
     mine = rank_rows(len(arrays["next_sentence_labels"]), rank, world_size)
     return eval_batches({k: v[mine] for k, v in arrays.items()}, batch_size, packed=packed)
 
@@ -142,9 +136,9 @@ def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
     model = BertForPreTraining(config)
     load_weights(model, options.init_checkpoint)
     model.to(info.device)
-    batches = rank_eval_batches(options.eval_dir, options.num_eval_examples, options.max_seq_length,
-                                options.max_predictions_per_seq, config.vocab_size, options.eval_batch_size,
-                                info.rank, info.world_size)
+    shape = ShardShape(options.max_seq_length, options.max_predictions_per_seq, config.vocab_size)
+    batches = rank_eval_batches(options.eval_dir, shape, batch_size=options.eval_batch_size, rank=info.rank,
+                                world_size=info.world_size, num_examples=options.num_eval_examples)
     result = evaluate(model, batches, info.device, progress=info.is_main, precision=options.precision)
     shutdown()
     not_finite = result.not_finite()  # the sums were reduced: every process sees the same, and exits alike

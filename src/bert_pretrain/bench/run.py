@@ -86,11 +86,15 @@ def load_rows(options: BenchOptions, config: BertConfig, count: int) -> dict[str
         rng = np.random.default_rng(options.seed)
         return synthetic_rows(rng, count, options.seq, options.predictions(), config.vocab_size)
     try:
-        arrays = shards.read_padded(options.shard, options.seq, options.predictions(), config.vocab_size)
+        arrays = shards.read_padded(options.shard, _shape(options, config))
     except SettingsMismatch as err:  # its fix names train's flag; bench's is --seq
         raise SettingsMismatch(err.path, err.problem, err.fix.replace("--max_seq_length", "--seq")) from None
     index = np.arange(count) % len(arrays["next_sentence_labels"])
     return {key: value[index] for key, value in arrays.items()}
+
+
+def _shape(options: BenchOptions, config: BertConfig) -> shards.ShardShape:
+    return shards.ShardShape(options.seq, options.predictions(), config.vocab_size)
 
 
 def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict, device: torch.device,
@@ -108,8 +112,7 @@ def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict
             shards.write_padded(shard, rows)
         start = time.perf_counter()
         stream = ShardStream(folder, rank=0, world_size=1, seed=options.seed, micro_batch_size=options.batch,
-                             max_seq_length=options.seq, max_predictions_per_seq=options.predictions(),
-                             vocab_size=config.vocab_size, pin_memory=device.type == "cuda",
+                             shape=_shape(options, config), pin_memory=device.type == "cuda",
                              make_batch=functools.partial(pack_padded_rows, max_predictions_per_seq=options.predictions(),
                                                           options=_packing(options, max_seqlen)))
         try:

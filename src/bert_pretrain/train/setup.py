@@ -30,6 +30,7 @@ from bert_pretrain.build import Optimization, StepSettings, build, require
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
@@ -282,14 +283,17 @@ def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: Data
     pin_memory, make_batch = info.device.type == "cuda", _row_converter(config)
     stream = ShardStream(
         config.data.input_dir, rank=info.rank, world_size=info.world_size, seed=config.run.seed,
-        micro_batch_size=config.batch.micro_batch_size, max_seq_length=config.data.max_seq_length,
-        max_predictions_per_seq=config.data.max_predictions_per_seq, vocab_size=vocab_size, start=start,
+        micro_batch_size=config.batch.micro_batch_size, shape=_shard_shape(config, vocab_size), start=start,
         pin_memory=pin_memory, skip_bad_shards=config.data.skip_bad_shards, on_skip=report, make_batch=make_batch,
     )
     if not exchange:
         return stream
     return ExchangedStream(stream, info.rank, info.world_size, config.batch.gradient_accumulation_steps,
                            make_batch, pin_memory=pin_memory)
+
+
+def _shard_shape(config: RunConfig, vocab_size: int) -> ShardShape:
+    return ShardShape(config.data.max_seq_length, config.data.max_predictions_per_seq, vocab_size)
 
 
 def _row_converter(config: RunConfig):
@@ -309,9 +313,10 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
     if data.eval_dir is None:
         return []
     try:
-        batches = rank_eval_batches(data.eval_dir, data.num_eval_examples, data.max_seq_length,
-                                    data.max_predictions_per_seq, vocab_size, config.batch.eval_batch_size,
-                                    info.rank, info.world_size, packed=config.system.packed)
+        batches = rank_eval_batches(data.eval_dir, _shard_shape(config, vocab_size),
+                                    batch_size=config.batch.eval_batch_size, rank=info.rank,
+                                    world_size=info.world_size, num_examples=data.num_eval_examples,
+                                    packed=config.system.packed)
     except SettingsMismatch as err:  # the flags serve the training shards too: the eval set is what differs
         raise InputError(f"{err.path}: the eval set does not match this run's training settings ({err.problem}); "
                          "make it with the same prepare settings as the training shards (prepare writes both "
