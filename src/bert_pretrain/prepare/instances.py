@@ -124,6 +124,8 @@ def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=
             a_start, a_length = sentence_starts[chunk_first], sentence_starts[a_end] - sentence_starts[chunk_first]
             if chunk == 1 or rng.random() < 0.5:
                 is_random_next = 1
+                # google-research's loop: ten tries at a random document other than this one; a corpus of
+                # one document (or bad luck ten times) pairs the document with itself, as the reference does.
                 for _ in range(10):
                     other = rng.randint(0, num_docs - 1)
                     if other != d:

@@ -76,7 +76,7 @@ class Run:
     schedule: CheckpointSchedule
     observers: RunObservers
     tracker: StepTracker
-    guard: DivergenceGuard  # checkpoints only from sane states
+    divergence: DivergenceGuard  # checkpoints only from sane states
     global_batch_size: int
     lr_schedule: LrSchedule
     signals: list[int]  # signals received, appended by the handler
@@ -87,7 +87,7 @@ class Run:
     last_log: tuple[float, int] = (0.0, 0)  # (time, samples) at the last log
 
 
-def guard(world_size: int, collective, last_checkpoint=lambda: None):
+def peer_safe(world_size: int, collective, last_checkpoint=lambda: None):
     """Run something that talks to the other processes; a dead peer becomes a clear PeerLost
     (naming `last_checkpoint()`, looked up only then)."""
     try:
@@ -137,6 +137,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
                       f"({state.progress.samples} samples)")
     model = state.model
     if info.world_size > 1:
+        # 100 MB buckets as the reference's native DDP (apex's message_size=1e8): BERT-large's 1.3 GB of fp32
+        # gradients go in 14 all-reduces instead of torch's default 25 MB (54), fewer launches to overlap.
         model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
                                         else None, bucket_cap_mb=100)
     global_batch_size = config.batch.train_batch_size * info.world_size
@@ -148,7 +150,7 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
               eval_batches=_eval_batches(config, info, bert_config.vocab_size),
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
               observers=observers, tracker=StepTracker(info.device),
-              guard=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
+              divergence=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
               lr_schedule=lr_schedule, signals=signals, resumed_from=resume_path,
               samples_at_start=state.progress.samples)
     _log_submission(run)
