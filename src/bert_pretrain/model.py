@@ -4,7 +4,7 @@ Post-LayerNorm BERT as in google-research/bert and NVIDIA's MLPerf v1.0 implemen
 tanh-approximated GELU for "gelu", LayerNorm eps 1e-12, vocab padded to a multiple of 8 for the
 embedding and decoder GEMMs (padded rows are zero and are cut off before the softmax, so they are
 never predicted). Parameter names follow the HF/NVIDIA checkpoints except that query/key/value are
-one fused `qkv` projection (one GEMM); `checkpoint.py` maps the names.
+one fused `qkv` projection (one GEMM); `weights.py` maps the names.
 
 Architecture only: no training logic, no file formats beyond `bert_config.json`.
 """

@@ -25,7 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-# attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
+# attention.BACKENDS written out, so that building the command line imports no torch (tests/options/test_train_options.py
 # checks that they agree), and torch.compile's modes.
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

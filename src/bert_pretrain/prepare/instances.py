@@ -105,7 +105,7 @@ def create_pairs(docs: Documents, options: InstanceOptions, rng: random.Random) 
 
 def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=None) -> None:
     """emit() each pair of document `d` (the reference's create_instances_from_document), in order;
-    `truncate` (default `_truncate`) trims each pair (data/reference_instances.py passes the
+    `truncate` (default `_truncate`) trims each pair (prepare/reference/instances.py passes the
     reference's own token-by-token draws)."""
     truncate = truncate or _truncate
     max_num_tokens = options.max_seq_length - 3
