@@ -268,8 +268,8 @@ def test_regional_compilation_with_float8_layers_matches_eager_and_compiles_once
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     from torch._dynamo.utils import counters
 
-    from bert_pretrain.optim import Lamb, parameter_groups
     from bert_pretrain.build import compile_model
+    from bert_pretrain.optim import Lamb, parameter_groups
     from bert_pretrain.step import make_grad_scaler, train_step
 
     compile_ = nn.Module.compile
@@ -315,8 +315,8 @@ def test_compiled_fp8_steps_on_a_gpu_track_bf16_and_compile_once(cuda_fp8):
     CPU test's bounds of bf16, compiled steps as eager ones, one layer compilation for three token counts."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    from bert_pretrain.optim import Lamb, parameter_groups
     from bert_pretrain.build import compile_model
+    from bert_pretrain.optim import Lamb, parameter_groups
     from bert_pretrain.step import make_grad_scaler, train_step
 
     shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256)

@@ -19,7 +19,14 @@ from bert_pretrain.options.bench import BenchOptions
 from bert_pretrain.options.commands import ConvertOptions, DemoOptions, EvaluateOptions, InspectOptions
 from bert_pretrain.options.fields import add_options, from_args
 from bert_pretrain.options.prepare import PrepareMlperfOptions, PrepareOptions
-from bert_pretrain.options.train import TRAIN_DESCRIPTION, TRAIN_USAGE, RunConfig, add_arguments, is_main_process, load_config
+from bert_pretrain.options.train import (
+    TRAIN_DESCRIPTION,
+    TRAIN_USAGE,
+    RunConfig,
+    add_arguments,
+    is_main_process,
+    load_config,
+)
 
 DESCRIPTION = """\
 BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defines it.

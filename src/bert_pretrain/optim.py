@@ -19,8 +19,8 @@ over memory). Neither reads a tensor back to the host, so a step does not synchr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -20,7 +20,6 @@ from bert_pretrain.model import SUM_NAMES
 from bert_pretrain.options.fields import PRECISIONS
 
 
-
 @dataclass
 class StepResult:
     sums: torch.Tensor  # (len(SUM_NAMES),) float64 on the device; "loss" is the mean over micro-batches

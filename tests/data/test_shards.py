@@ -6,9 +6,9 @@ import pytest
 from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
 
 from bert_pretrain.data import shards
-from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.data.inspect_shard import read_any
 from bert_pretrain.data.loader import ShardStream
+from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.errors import InputError
 
 

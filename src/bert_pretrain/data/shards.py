@@ -21,9 +21,8 @@ with the final name is always whole.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
