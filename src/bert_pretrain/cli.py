@@ -184,10 +184,11 @@ def _add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def _options(name: str, args: argparse.Namespace):
     if name == "train":
+        from bert_pretrain.devices import accelerator_type
         from bert_pretrain.options.train import is_main_process, load_config
 
         with said_by_the_first_process():  # every process of the run reads the same flags and files
-            config = load_config(args)
+            config = load_config(args, accelerator=accelerator_type())
         if is_main_process():
             for note in config.notes:
                 print(note, file=sys.stderr)
