@@ -148,3 +148,15 @@ def test_train_on_a_device_pytorch_does_not_know_is_one_line_and_exit_2_with_not
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "--device tpu: not a device this PyTorch knows" in lines[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_collective_backend_torch_does_not_know_is_named_before_the_group_is_joined(monkeypatch):
+    from bert_pretrain.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(InputError, match=r"^--dist_backend ncl: not a collective backend this PyTorch knows; use one "
+                                         r"of .*gloo.*, or leave it out for cpu's default"):
+        init_distributed("cpu", "ncl")
+    assert not dist.is_initialized()
