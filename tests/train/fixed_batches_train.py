@@ -19,9 +19,9 @@ import torch
 
 from bert_pretrain.cli import build_parser
 from bert_pretrain.data.loader import DataPosition
-from bert_pretrain.devices import accelerator_type
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
+from bert_pretrain.devices import accelerator_type
 from bert_pretrain.options.train import load_config
 from bert_pretrain.train.loop import train
 
