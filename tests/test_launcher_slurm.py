@@ -141,6 +141,7 @@ def test_the_launcher_trains_under_a_real_srun(local_slurm, data, tmp_path):  # 
     assert (out / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_under_a_real_slurm_the_mapping_reads_its_node_list_and_refuses_a_bare_batch_script(
         local_slurm, data, stubs, tmp_path):  # noqa: F811 - the fixture
     """Slurm's own environment and scontrol: inside srun, node 0 of a (pretended) 2-node step hosts the
