@@ -10,7 +10,7 @@ from pathlib import Path
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.fields import Refuse, option, truth
 
-FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
+FORMATS = ("auto", "wikidump", "wikiextractor", "text", "jsonl", "parquet", "arrow")  # of the input
 OUTPUT_FORMATS = ("padded", "varlength")
 METHODS = ("default", "reference")  # this project's streaming builder; NVIDIA's script, exactly, per file
 
@@ -41,7 +41,8 @@ class PrepareOptions:
     v1.0 reference's."""
 
     input_files: list[str] | str = option(
-        help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read compressed",
+        help="text, JSON Lines, Parquet or Arrow files, folders (searched recursively) or globs; several allowed; "
+             ".bz2/.gz/.zst are read compressed",
         flag="--input_file", metavar="PATH", group="input and output")
     output_dir: str = option(help="writes <N>_shards_uncompressed/ and eval_set_uncompressed/ here (a DATA folder)",
                              group="input and output", aliases=(("--output_file", {
@@ -55,8 +56,13 @@ class PrepareOptions:
                                     "them (cased vocabs); create_pretraining_data.py's --do_lower_case=BOOL is "
                                     "understood", group="vocab", aliases=_LOWER_CASE_ALIASES)
     input_format: str = option("auto", "wikidump: pages-articles .xml(.bz2); wikiextractor: <doc> blocks; text: one "
-                                       "sentence per line, blank line between documents; auto: decided per file "
-                                       "from its first bytes", choices=FORMATS, group="input and output")
+                                       "sentence per line, blank line between documents; jsonl: a JSON object per "
+                                       "line (C4, The Pile); parquet (HF hub datasets); arrow: Arrow IPC (HF datasets' "
+                                       "cache); auto: decided per file from its first bytes", choices=FORMATS,
+                               group="input and output")
+    text_field: str = option("text", "jsonl, parquet, arrow: the field or column that holds a record's text (a "
+                                     "record is a document, its lines are paragraphs)", metavar="NAME",
+                             group="input and output")
     num_shards: int = option(1, "training shards (MLPerf: 2048)", group="shards and eval set")
     max_seq_length: int = option(512, "tokens per instance, [CLS] and [SEP]s included", group=_INSTANCES)
     max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_INSTANCES)
@@ -123,6 +129,8 @@ class PrepareOptions:
             (self.vocab_file is not None or self.vocab_size is not None, "pass --vocab_file PATH or --vocab_size N"),
             (self.vocab_file is None or self.vocab_size is None, "pass --vocab_file or --vocab_size, not both"),
             (self.input_format in FORMATS, f"--input_format must be one of {', '.join(FORMATS)}"),
+            (bool(self.text_field), "--text_field may not be empty (the field of JSON Lines records, the column of "
+                                    "Parquet and Arrow files, that holds the text; default text)"),
             (self.format in OUTPUT_FORMATS, f"--format must be one of {', '.join(OUTPUT_FORMATS)}"),
             (self.num_shards >= 1, f"--num_shards must be at least 1, got {self.num_shards}"),
             (self.max_seq_length >= 5, f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), "
@@ -187,6 +195,8 @@ class PrepareOptions:
             values["eval_input"] = [Path(self.eval_file).name, Path(self.eval_file).stat().st_size]
         values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
         values["vocab_sha256"] = vocab_sha256
+        if values["text_field"] == "text":  # folders made before record inputs existed hold no text_field
+            values.pop("text_field")
         return values
 
 
