@@ -78,8 +78,10 @@ def test_the_whole_sample_mixed_formats_any_workers_and_the_raw_articles(shared_
     """The four files of the sample (153 articles), each in another format in one folder, at 128/20: the
     WikiExtractor input's shards, with 2 workers and split over two runs by --shard_range as with one.
     The raw articles (the title line kept, no cleanup), as a plain converter of WikiExtractor output would
-    write them, give a few percent more instances: each title is one more sentence (a short, one-line
-    paragraph), and each changes where the instances of its article are cut."""
+    write them, hold 0.06% more tokens and 0.5% more sentences (the titles, one short line each, and the
+    leftover markup the cleanup removes); their instance count differs by a few percent, mostly through
+    the random draws: a changed document gets other target lengths and pairings (-3.5% at this seed, +0.4%
+    at seed 1; the same articles with their titles alone: -6.0% and +2.1%)."""
     files = wiki_files(shared_data)
     options = dict(max_seq_length=128, max_predictions_per_seq=20, num_shards=4)
     expected = prepare(files, tmp_path / "out_wikiextractor", vocab, **options)
@@ -96,9 +98,14 @@ def test_the_whole_sample_mixed_formats_any_workers_and_the_raw_articles(shared_
 
     write_records(raw_articles(files), tmp_path / "raw.jsonl")
     raw = prepare([tmp_path / "raw.jsonl"], tmp_path / "out_raw", vocab, **options)
-    assert raw.documents == expected.documents == 153
-    assert 0 < raw.tokens / expected.tokens - 1 < 0.02  # the titles (and a little markup), no more
+    # one of the 153 <doc> blocks holds only its title: dropped (and counted) as WikiExtractor input, a
+    # one-line document as a record
+    assert any("<doc> blocks with no text but the title dropped" in line for line in expected.skipped)
+    assert (expected.documents, raw.documents) == (152, 153)
+    assert 0 < raw.tokens / expected.tokens - 1 < 0.002, (raw.tokens, expected.tokens)
     assert abs(raw.instances / expected.instances - 1) < 0.05, (raw.instances, expected.instances)
+    print(f"instances: WikiExtractor input {expected.instances:,}, raw articles as records {raw.instances:,}; "
+          f"tokens {expected.tokens:,} and {raw.tokens:,}")
 
 
 def test_malformed_records_are_counted_with_their_first_place(tmp_path):
