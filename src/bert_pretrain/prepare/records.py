@@ -52,7 +52,7 @@ _SHORT_DOCUMENT = MAX_LINE_BYTES // 4
 _PARQUET_MAGIC = b"PAR1"
 _ARROW_FILE_MAGIC = b"ARROW1"
 _ARROW_STREAM_START = b"\xff\xff\xff\xff"  # the continuation marker opening an IPC stream's first message
-_SURROGATES = re.compile("[\ud800-\udfff]")  # JSON may escape half a character ("\\ud83d"); UTF-8 cannot hold it
+_SURROGATES = re.compile("[\ud800-\udfff]")  # JSON may escape half a character ("\\ud83d"): UTF-8 cannot hold it, the tokenizer refuses it
 _COMPRESSED = (".gz", ".bz2", ".zst")
 
 
