@@ -332,3 +332,22 @@ def test_text_field_option_is_recorded_in_the_manifest(tmp_path, vocab):
     assert again.returncode == 2 and "text_field: 'content' then, None now" in again.stderr, again.stderr
     assert cli_here("prepare", "--input_file", str(source), "--vocab_file", vocab, "--output_dir", str(tmp_path / "p"),
                     "--text_field", "").returncode == 2
+
+
+def test_the_reference_method_refuses_records_rather_than_read_json_as_sentences(tmp_path, vocab):
+    path = write_records(["A sentence.\nAnother one."] * 3, tmp_path / "c4-train.00000-of-01024.json.gz")
+    result = cli_here("prepare", "--method", "reference", "--input_file", str(path), "--vocab_file", vocab,
+                      "--output_dir", str(tmp_path / "out"), "--no_progress", "--workers", "1")
+    assert result.returncode == 2
+    assert f"{path}: is JSON Lines, not text; --method reference reads text files" in result.stderr, result.stderr
+
+
+def test_a_vocab_is_trained_on_the_records_text(tmp_path):
+    """--vocab_size reads records as the shards do: the text field only, not the other fields' values."""
+    texts = [f"Zebras graze on the savanna {i}.\nThe herd moves north at dawn." for i in range(40)]
+    rows = "".join(json.dumps({"text": t, "url": "https://quokka.example"}) + "\n" for t in texts)
+    (tmp_path / "a.jsonl").write_text(rows)
+    summary = run(PrepareOptions(input_files=str(tmp_path / "a.jsonl"), vocab_size=200, output_dir=str(tmp_path / "o"),
+                                 **{**SMALL, "num_shards": 1}))
+    tokens = set((tmp_path / "o" / "vocab.txt").read_text().split())
+    assert summary.instances > 0 and {"zebras", "herd"} <= tokens and "quokka" not in tokens

@@ -42,6 +42,7 @@ from bert_pretrain.prepare.text import (
 from bert_pretrain.prepare.zstd_stream import EXTRA
 
 FORMATS = ("jsonl", "parquet", "arrow")
+FORMAT_NAMES = {"jsonl": "JSON Lines", "parquet": "Parquet", "arrow": "Arrow IPC"}
 MAX_RECORD_BYTES = 4 * MAX_DOCUMENT_CHARS  # a JSON line: room for a whole document with its escapes
 BATCH_ROWS = 1024  # Parquet rows decoded at a time
 _PARQUET_BUFFER = 1 << 20
@@ -52,7 +53,8 @@ _SHORT_DOCUMENT = MAX_LINE_BYTES // 4
 _PARQUET_MAGIC = b"PAR1"
 _ARROW_FILE_MAGIC = b"ARROW1"
 _ARROW_STREAM_START = b"\xff\xff\xff\xff"  # the continuation marker opening an IPC stream's first message
-_SURROGATES = re.compile("[\ud800-\udfff]")  # JSON may escape half a character ("\\ud83d"): UTF-8 cannot hold it, the tokenizer refuses it
+# JSON may escape half a UTF-16 pair ("\\ud83d"): UTF-8 cannot hold it, and the tokenizer refuses it
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _COMPRESSED = (".gz", ".bz2", ".zst")
 
 
