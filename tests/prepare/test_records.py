@@ -351,3 +351,10 @@ def test_a_vocab_is_trained_on_the_records_text(tmp_path):
                                  **{**SMALL, "num_shards": 1}))
     tokens = set((tmp_path / "o" / "vocab.txt").read_text().split())
     assert summary.instances > 0 and {"zebras", "herd"} <= tokens and "quokka" not in tokens
+
+
+def test_a_forced_format_is_checked_against_the_file(tmp_path, vocab):
+    (tmp_path / "notes.txt").write_text("Plain text.\nNot Parquet.\n")
+    result = cli_here("prepare", "--input_file", str(tmp_path / "notes.txt"), "--input_format", "parquet",
+                      "--vocab_file", vocab, "--output_dir", str(tmp_path / "out"), "--no_progress")
+    assert result.returncode == 2 and "notes.txt: not a Parquet file" in result.stderr, result.stderr

@@ -136,8 +136,8 @@ def refuse_binary(path: Path) -> bytes:
     except (EOFError, OSError) as err:
         raise read_error(path, err) from None
     if (why := binary_reason(head)) is not None:
-        raise InputError(f"{path}: {why}, so it is not text; pass plain text, WikiExtractor output "
-                         "or a pages-articles .xml/.xml.bz2 dump")
+        raise InputError(f"{path}: {why}, so it is not text; pass plain text, WikiExtractor output, a "
+                         "pages-articles .xml/.xml.bz2 dump, JSON Lines, Parquet or Arrow IPC")
     return head
 
 
