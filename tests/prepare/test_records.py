@@ -220,6 +220,9 @@ def test_formats_are_detected_by_content_where_the_name_does_not_say(tmp_path, s
                      "x.jsonl.zst": "jsonl"}
     for text_input in sorted((shared_data / "corpus" / "mlperf_wiki_sample").iterdir())[:1]:
         assert records.detect_format(text_input) is None  # WikiExtractor output stays WikiExtractor output
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"features": {"text": {"dtype": "string"}}}, indent=2))
+    with pytest.raises(InputError, match="dataset_info.json: a JSON document, not JSON Lines"):
+        records.detect_format(tmp_path / "dataset_info.json")
     (tmp_path / "fake.parquet").write_text("not parquet at all\n")
     with pytest.raises(InputError, match="fake.parquet: not a Parquet file"):
         records.detect_format(tmp_path / "fake.parquet")
@@ -274,7 +277,8 @@ def peak_while_reading(path, fmt, measure) -> int:
 
 def test_memory_is_bounded_by_a_batch_not_the_file(tmp_path, monkeypatch):
     """Ten times the documents, the same peak: Parquet (one huge row group, read a page at a time),
-    compressed Arrow IPC (a batch at a time) and gzipped JSON Lines (a line at a time) are streamed."""
+    compressed Arrow IPC (a batch at a time), an uncompressed Arrow stream of one batch (memory-mapped, made
+    Python strings a slice at a time) and gzipped JSON Lines (a line at a time) are streamed."""
     monkeypatch.setattr(records, "BATCH_ROWS", 100)
     monkeypatch.setattr(records, "_PARQUET_BUFFER", 1 << 16)
     rng = np.random.default_rng(0)
@@ -291,16 +295,20 @@ def test_memory_is_bounded_by_a_batch_not_the_file(tmp_path, monkeypatch):
         with pa.OSFile(str(tmp_path / f"{scale}.arrow"), "wb") as sink, pa.ipc.new_stream(
                 sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
             writer.write_table(table, max_chunksize=100)
+        with pa.OSFile(str(tmp_path / f"{scale}.one_batch.arrow"), "wb") as sink, pa.ipc.new_stream(
+                sink, table.schema) as writer:
+            writer.write_batch(table.combine_chunks().to_batches()[0])  # uncompressed, one batch: memory-mapped
         del table  # out of pyarrow's pool before its peak is measured
         (tmp_path / f"{scale}.jsonl.gz").write_bytes(gzip.compress(
             "".join(json.dumps({"text": t}) + "\n" for t in texts).encode(), compresslevel=1))
         peaks["parquet", scale] = peak_while_reading(tmp_path / f"{scale}.parquet", "parquet", pa.total_allocated_bytes)
         peaks["arrow", scale] = peak_while_reading(tmp_path / f"{scale}.arrow", "arrow", pa.total_allocated_bytes)
-        tracemalloc.start()
-        peak_while_reading(tmp_path / f"{scale}.jsonl.gz", "jsonl", lambda: 0)
-        peaks["jsonl", scale] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    for fmt in ("parquet", "arrow", "jsonl"):
+        for fmt, name in (("jsonl", f"{scale}.jsonl.gz"), ("arrow one batch", f"{scale}.one_batch.arrow")):
+            tracemalloc.start()  # Python's memory: the strings made from the records
+            peak_while_reading(tmp_path / name, fmt.split()[0], lambda: 0)
+            peaks[fmt, scale] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    for fmt in ("parquet", "arrow", "jsonl", "arrow one batch"):
         assert 0 < peaks[fmt, 40] < 1.5 * peaks[fmt, 4] and peaks[fmt, 40] < sizes[40] / 4, (fmt, peaks)
 
 

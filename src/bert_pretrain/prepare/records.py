@@ -9,7 +9,7 @@ the wiki markup cleanup (the text is taken as it is).
 Streamed in bounded memory: JSON Lines a line at a time (a line over MAX_RECORD_BYTES is skipped and
 counted), Parquet in batches of BATCH_ROWS rows of the text column alone, read through a buffer and
 decoded a page at a time (so a file written as one huge row group is streamed too), Arrow IPC a record
-batch at a time from a memory map. Each document then keeps the bounds of text input: a paragraph over MAX_LINE_BYTES is
+batch at a time from a memory map; either made Python strings BATCH_ROWS rows at a time. Each document then keeps the bounds of text input: a paragraph over MAX_LINE_BYTES is
 dropped, a document over MAX_DOCUMENT_CHARS is cut into parts, both counted.
 
 A record that gives no text is skipped and counted with the first place it happened: a line that is not
@@ -44,7 +44,7 @@ from bert_pretrain.prepare.zstd_stream import EXTRA
 FORMATS = ("jsonl", "parquet", "arrow")
 FORMAT_NAMES = {"jsonl": "JSON Lines", "parquet": "Parquet", "arrow": "Arrow IPC"}
 MAX_RECORD_BYTES = 4 * MAX_DOCUMENT_CHARS  # a JSON line: room for a whole document with its escapes
-BATCH_ROWS = 1024  # Parquet rows decoded at a time
+BATCH_ROWS = 1024  # rows decoded (Parquet) or made Python strings (Parquet, Arrow) at a time
 _PARQUET_BUFFER = 1 << 20
 REFUSE_AFTER = 1000  # records: when none of the first ones has text, the file is refused without reading on
 # No line of a document this short can pass MAX_LINE_BYTES (4 UTF-8 bytes per character at most), nor can
@@ -70,7 +70,7 @@ def detect_format(path: Path) -> str | None:
     """'parquet', 'arrow' or 'jsonl' from the file's first bytes, or None for another input (text, a dump).
     Parquet and Arrow are known by their magic bytes, JSON Lines by a first line that is a JSON object or,
     for a .jsonl name, whatever it holds (its malformed lines are counted); a file named .parquet or
-    .arrow without its format's magic is refused."""
+    .arrow without its format's magic is refused, and so is a .json file that holds one JSON document."""
     raw = _first_bytes(path, 8)
     if raw.startswith(_PARQUET_MAGIC):
         return "parquet"
@@ -82,6 +82,11 @@ def detect_format(path: Path) -> str | None:
     head = refuse_binary(path)
     if suffix == ".jsonl" or _starts_with_json_object(head):
         return "jsonl"
+    if suffix == ".json" and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
+        # e.g. the dataset_info.json and state.json that HF datasets keeps beside its .arrow files: read as text,
+        # their keys would become sentences
+        raise InputError(f"{path}: a JSON document, not JSON Lines (one object per line); pass the data files "
+                         "alone (a glob such as DIR/*.arrow) or convert it (jq -c '.[]')")
     return None
 
 
@@ -262,9 +267,16 @@ def _text_column_index(schema, path: Path, field: str, pa) -> int:
 
 def _column_values(columns: Iterable, path: Path, field: str, tally: Tally, count: _FileCount
                    ) -> Iterator[tuple[str, str]]:
-    """(text, where) of each non-null value of Arrow string arrays, `where` counting rows from 1."""
+    """(text, where) of each non-null value of Arrow string arrays, `where` counting rows from 1. Python strings
+    are made BATCH_ROWS at a time (slices are views): a file written as one record batch is read in bounded
+    memory too."""
     for column in columns:
-        for value in column.to_pylist():
+        for start in range(0, len(column), BATCH_ROWS):
+            yield from _slice_values(column.slice(start, BATCH_ROWS), path, field, tally, count)
+
+
+def _slice_values(column, path: Path, field: str, tally: Tally, count: _FileCount) -> Iterator[tuple[str, str]]:
+    for value in column.to_pylist():
             count.records += 1
             if value is None:
                 count.skip(f"records without a '{field}' field (or null) skipped", f"{path}: record {count.records:,}",
