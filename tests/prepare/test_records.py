@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import cli_here
-from support.corpora import VARIANTS, cleaned_articles, raw_articles, wiki_files, write_records
+from support.corpora import VARIANTS, cleaned_articles, doc_blocks, raw_articles, wiki_files, write_records
 
 from bert_pretrain.data import shards
 from bert_pretrain.errors import InputError
@@ -71,6 +71,23 @@ def test_every_format_gives_the_shards_of_the_same_articles_as_wikiextractor_inp
         summary = prepare([source / name], tmp_path / f"out_{name}", vocab)
         assert summary.documents == 8 and summary.skipped == [], (variant, summary.skipped)
         assert same_arrays(all_arrays(tmp_path / f"out_{name}"), reference), variant
+
+
+def test_clean_wiki_markup_makes_raw_bodies_what_wikiextractor_input_gives(shared_data, vocab, tmp_path):
+    """WikiExtractor's --json output holds the title in a field of its own and the body with its leftover markup:
+    with --clean_wiki_markup those records give the WikiExtractor files' shards; without, the markup stays."""
+    blocks = doc_blocks(wiki_files(shared_data))
+    with_markup = [b for b in blocks if "<" in b.split("\n", 1)[1].removesuffix("</doc>\n")]  # refs, <br>, <nowiki>
+    assert len(with_markup) >= 5
+    wiki = tmp_path / "wiki_markup"
+    wiki.write_text("".join(blocks[:3] + with_markup))
+    prepare([wiki], tmp_path / "out_wikiextractor", vocab)
+    bodies = write_records(raw_articles([wiki], title=False), tmp_path / "wiki_markup.jsonl")
+    prepare([bodies], tmp_path / "out_cleaned", vocab, clean_wiki_markup=True)
+    prepare([bodies], tmp_path / "out_raw", vocab)
+    reference = all_arrays(tmp_path / "out_wikiextractor")
+    assert same_arrays(all_arrays(tmp_path / "out_cleaned"), reference)
+    assert not same_arrays(all_arrays(tmp_path / "out_raw"), reference)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ VARIANTS = {
     "arrow stream (HF datasets cache)": "data-00000-of-00001.arrow",
     "arrow file": "corpus_file.arrow",
 }
-_DOC = re.compile(r'^<doc [^>]*title="([^"]*)"[^>]*>\n(.*?)^</doc>', re.MULTILINE | re.DOTALL)
+_DOC = re.compile(r'^<doc [^>]*title="([^"]*)"[^>]*>\n(.*?)^</doc>$', re.MULTILINE | re.DOTALL)
 
 
 def wiki_files(shared: Path, count: int = 4) -> list[Path]:
@@ -33,10 +33,17 @@ def cleaned_articles(files: list[Path]) -> list[str]:
     return [clean_wiki_leftovers(body) for path in files for body in wikiextractor_documents(path, Tally())]
 
 
-def raw_articles(files: list[Path]) -> list[str]:
+def doc_blocks(files: list[Path]) -> list[str]:
+    """The `<doc ...>` ... `</doc>` blocks of WikiExtractor files, each whole with its line end."""
+    return [match.group(0) + "\n" for path in files for match in _DOC.finditer(path.read_text())]
+
+
+def raw_articles(files: list[Path], title: bool = True) -> list[str]:
     """Each article as a plain converter of WikiExtractor output writes it: the block's text as it stands, the
-    title line first and the leftover markup kept."""
-    return [match.group(2).strip("\n") for path in files for match in _DOC.finditer(path.read_text())]
+    title line first (unless `title` is False, as WikiExtractor's --json output has it in a field of its own)
+    and the leftover markup kept."""
+    blocks = [match.group(2).strip("\n") for path in files for match in _DOC.finditer(path.read_text())]
+    return blocks if title else [block.partition("\n")[2].strip("\n") for block in blocks]
 
 
 def write_records(texts: list[str], path: Path, field: str = "text", rows_per_group: int = 16) -> Path:

@@ -98,6 +98,9 @@ class PrepareOptions(InstanceOptions):
     text_field: str = option("text", "jsonl, parquet, arrow: the field or column that holds a record's text (a "
                                      "record is a document, its lines are paragraphs)", metavar="NAME",
                              group="input and output")
+    clean_wiki_markup: bool = option(False, "jsonl, parquet, arrow: remove leftover wiki markup (links, refs, tags) as "
+                                            "for WikiExtractor output, e.g. for WikiExtractor's --json output",
+                                     group="input and output")
     num_shards: int = option(1, "training shards (MLPerf: 2048)", group="shards and eval set")
     whole_word_mask: bool = option(False, "mask whole words, not single WordPieces (also "
                                           "--do_whole_word_mask=BOOL)", group=_INSTANCES, aliases=(
@@ -209,8 +212,9 @@ class PrepareOptions(InstanceOptions):
             values["eval_input"] = [Path(self.eval_file).name, Path(self.eval_file).stat().st_size]
         values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
         values["vocab_sha256"] = vocab_sha256
-        if values["text_field"] == "text":  # folders made before record inputs existed hold no text_field
-            values.pop("text_field")
+        for key, default in (("text_field", "text"), ("clean_wiki_markup", False)):
+            if values[key] == default:  # folders made before record inputs existed hold neither
+                values.pop(key)
         return values
 
 

@@ -150,12 +150,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _raw_documents(files: list[tuple[Path, str]], text_field: str, tally: Tally) -> Iterator[tuple[str, str, Path]]:
+def _raw_documents(files: list[tuple[Path, str]], options: PrepareOptions, tally: Tally
+                   ) -> Iterator[tuple[str, str, Path]]:
     """(kind, payload, file) of every document of every input file, in order."""
+    # a record's text is taken as it is, or cleaned as WikiExtractor text is when asked (WikiExtractor's --json)
+    record_kind = tasks.WIKIEXTRACTOR if options.clean_wiki_markup else tasks.PARAGRAPHS
     for path, fmt in files:
         if fmt in records.FORMATS:
-            yield from ((tasks.PARAGRAPHS, text, path) for text in records.record_documents(path, fmt, text_field,
-                                                                                          tally))
+            documents = records.record_documents(path, fmt, options.text_field, tally)
+            yield from ((record_kind, text, path) for text in documents)
         elif fmt == "wikidump":
             yield from ((tasks.WIKITEXT, text, path) for text in iter_articles(path, tally))
         elif fmt == "wikiextractor":
@@ -184,7 +187,7 @@ def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: i
     corpus = layout.vocab_corpus_path  # a fixed name: a killed run's copy is overwritten, then deleted
     try:
         with open(corpus, "w", encoding="utf-8") as out:
-            batches = _plain_batches(_raw_documents(files, options.text_field, Tally()))
+            batches = _plain_batches(_raw_documents(files, options, Tally()))
             for texts in tqdm(workers.ordered(tasks.clean_documents, ((b,) for b in batches)), unit="batch",
                               desc="vocab: read", disable=not options.progress):
                 out.writelines(text.replace("\n", " ") + "\n" for text in texts)
@@ -266,7 +269,7 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
             raise InputError(f"a shard passed {slots_limit:,} tokens: more than one worker should hold at "
                              f"--dupe_factor {options.dupe_factor} (see docs/data.md); raise --num_shards")
 
-    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, options.text_field, tally)))
+    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, options, tally)))
     bar = tqdm(unit="doc", desc="read", disable=not options.progress)
     for results in workers.ordered(tasks.tokenize_documents, arguments):
         placed, results = batches.placements.popleft(), iter(results)

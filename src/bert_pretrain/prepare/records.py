@@ -4,7 +4,7 @@ The formats corpora ship in: C4 (`c4-train.00000-of-01024.json.gz`, a JSON objec
 (`.jsonl.zst`), datasets on the HF hub (Parquet) and the HF `datasets` cache (`.arrow`, Arrow IPC
 streams). A record's text is one field or column (`--text_field`, default `text`); its lines are the
 document's paragraphs, which the workers cut into sentences as they cut WikiExtractor bodies, without
-the wiki markup cleanup (the text is taken as it is).
+the wiki markup cleanup unless `--clean_wiki_markup` asks for it (pipeline.py chooses the kind).
 
 Streamed in bounded memory: JSON Lines a line at a time (a line over MAX_RECORD_BYTES is skipped and
 counted), Parquet in batches of BATCH_ROWS rows of the text column alone, read through a buffer and
