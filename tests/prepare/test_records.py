@@ -96,7 +96,7 @@ def test_the_whole_sample_mixed_formats_any_workers_and_the_raw_articles(shared_
     WikiExtractor input's shards, with 2 workers and split over two runs by --shard_range as with one.
     The raw articles (the title line kept, no cleanup), as a plain converter of WikiExtractor output would
     write them, hold 0.06% more tokens and 0.5% more sentences (the titles, one short line each, and the
-    leftover markup the cleanup removes); their instance count differs by a few percent, mostly through
+    leftover tags of 7 articles that the cleanup removes); their instance count differs by a few percent, mostly through
     the random draws: a changed document gets other target lengths and pairings (-3.5% at this seed, +0.4%
     at seed 1; the same articles with their titles alone: -6.0% and +2.1%)."""
     files = wiki_files(shared_data)
