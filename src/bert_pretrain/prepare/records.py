@@ -147,9 +147,10 @@ class _FileCount:
             self.refuse(f"{self.bad:,} of {self.records:,} records have no text")
 
     def refuse(self, what: str) -> None:
-        hint = " and that the file is JSON Lines (one object per line)" if self.fmt == "jsonl" else ""
-        raise InputError(f"{self.path}: {what} ({self.first_bad}); pass --text_field NAME of the field that holds "
-                         f"the text (now '{self.field}'), and check{hint} the file itself")
+        jsonl = self.fmt == "jsonl"
+        check = "; or check that the file is JSON Lines, one object per line" if jsonl else ""
+        raise InputError(f"{self.path}: {what} ({self.first_bad}); pass --text_field NAME of the "
+                         f"{'field' if jsonl else 'column'} that holds the text (now '{self.field}'){check}")
 
 
 def record_documents(path: Path, fmt: str, field: str, tally: Tally) -> Iterator[str]:
