@@ -206,6 +206,7 @@ def test_a_file_whose_records_mostly_have_no_text_is_refused_in_one_line(tmp_pat
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip()
     assert "\n" not in message and str(path) in message and expected in message, message
+    assert "pass --text_field NAME" in message  # the likely fix
     assert not list((tmp_path / "out").rglob("*.hdf5"))
 
 
