@@ -96,7 +96,7 @@ def report(args, inputs: dict, results: dict, text_mb: float, articles: int) -> 
              f"Machine: {cpu}, {os.cpu_count()} CPUs, shared with other jobs (load average {os.getloadavg()[0]:.1f} "
              f"at the end). Python {platform.python_version()}, pyarrow {pyarrow.__version__}, zstandard "
              f"{zstandard.__version__}.", "",
-             f"Corpus: `{args.corpus}`, {articles} articles ({text_mb:.2f} MB of text after cleanup), written as "
+             f"Corpus: MLPerf's WikiExtractor sample of Wikipedia (`{Path(args.corpus).name}`), {articles} articles ({text_mb:.2f} MB of text after cleanup), written as "
              f"records by `tests/support/corpora.py`. `prepare` flags `{' '.join(SHAPES)} --num_shards 2 --workers 1`. "
              f"Medians of {args.repeats} interleaved runs; CPU: user + system seconds of all the command's "
              "processes, imports included. Scan: CPU seconds of cutting the input into raw documents in one "
@@ -110,7 +110,7 @@ def report(args, inputs: dict, results: dict, text_mb: float, articles: int) -> 
         lines.append(f"| {name} | {runs[0][3]:,} | {statistics.median(r[1] for r in runs):.2f} | {rate:,.0f} | "
                      f"{rate / base:.2f}x | {scan:.3f} | {text_mb / scan:,.0f} | "
                      f"{statistics.median(r[2] for r in runs):.0f} |")
-    lines += ["", "Command:", "", "```", f"{sys.executable} benchmarks/records_bench.py --repeats {args.repeats}", "```",
+    lines += ["", "Command:", "", "```", f".venv/bin/python benchmarks/records_bench.py --repeats {args.repeats}", "```",
               ""]
     path.write_text("\n".join(lines))
     print("\n".join(lines))
