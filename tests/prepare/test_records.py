@@ -169,6 +169,17 @@ def test_a_parquet_null_is_counted_and_paragraph_and_document_bounds_apply(tmp_p
                               "documents over 40 characters cut into parts": f"{path}: record 3"}
 
 
+def test_skipped_records_are_in_the_run_report(tmp_path, vocab):
+    lines = [json.dumps({"text": f"Document {i} begins here.\nIt ends with paragraph {i}."}) for i in range(8)]
+    lines[3:3] = ["{broken", json.dumps({"text": None})]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    summary = prepare([tmp_path / "a.jsonl"], tmp_path / "out", vocab)
+    report = summary.report()
+    assert summary.documents == 8
+    assert f"1 x JSON lines that are not valid JSON skipped (first: {tmp_path / 'a.jsonl'}:4)" in report, report
+    assert f"1 x records without a 'text' field (or null) skipped (first: {tmp_path / 'a.jsonl'}:5)" in report
+
+
 @pytest.mark.parametrize("case", ["mostly bad jsonl", "json array", "wrong field parquet", "wrong field arrow",
                                   "number column", "mostly null arrow"])
 def test_a_file_whose_records_mostly_have_no_text_is_refused_in_one_line(tmp_path, vocab, case):
