@@ -395,3 +395,19 @@ def test_a_forced_format_is_checked_against_the_file(tmp_path, vocab):
     result = cli_here("prepare", "--input_file", str(tmp_path / "notes.txt"), "--input_format", "parquet",
                       "--vocab_file", vocab, "--output_dir", str(tmp_path / "out"), "--no_progress")
     assert result.returncode == 2 and "notes.txt: not a Parquet file" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["large_string", "dictionary", "string_view"])
+def test_every_arrow_string_type_is_text(tmp_path, kind):
+    """Writers store text as string, large_string (HF datasets for big columns), dictionary-encoded or as
+    string_view (pyarrow 16+): all are read as the same documents."""
+    if kind == "string_view" and not hasattr(pa, "string_view"):
+        pytest.skip("this pyarrow has no string_view")
+    texts = ["First document.", "Second one.\nWith two paragraphs.", "First document."]
+    column = {"large_string": lambda: pa.array(texts, pa.large_string()),
+              "dictionary": lambda: pa.array(texts).dictionary_encode(),
+              "string_view": lambda: pa.array(texts, pa.string_view())}[kind]()
+    table = pa.table({"text": column})
+    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    assert list(records.record_documents(tmp_path / "t.arrow", "arrow", "text", Tally())) == texts

@@ -259,8 +259,8 @@ def _text_column_index(schema, path: Path, field: str, pa) -> int:
                          "column that holds the text")
     kind = schema.field(index).type
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind)
-            or pa.types.is_string_view(value_kind)):
+    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow 16 and later
+    if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind) or is_string_view(value_kind)):
         raise InputError(f"{path}: column '{field}' holds {kind}, not strings; pass --text_field NAME of the "
                          "column that holds the text")
     return index
