@@ -19,8 +19,15 @@ import pytest
 import torch
 import transformers
 from conftest import cli_here, mlperf_arrays
-from oracles.tf_table_writer import (masked_crc, proto_bytes, proto_varint, snappy_reencoded, varint, write_checkpoint,
-                                     write_table)
+from oracles.tf_table_writer import (
+    masked_crc,
+    proto_bytes,
+    proto_varint,
+    snappy_reencoded,
+    varint,
+    write_checkpoint,
+    write_table,
+)
 
 from bert_pretrain import cli, tf_checkpoint
 from bert_pretrain.data.shards import write_padded
