@@ -103,13 +103,14 @@ def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tenso
     model.zero_vocab_padding()
 
 
-def check_fits(state: dict[str, torch.Tensor], config: BertConfig, source: str) -> None:
+def check_fits(state: dict[str, torch.Tensor], config: BertConfig, source: str,
+               config_source: str = "--bert_config_path") -> None:
     """The checks of `load_reference_state`, made before any model is built: the tensors' names, shapes and
     dtypes against `config`'s model as shapes on the meta device. A config that claims more than the file
     holds (a vocab of 1e8, 5000 layers) is refused here instead of allocating that model first."""
     check_tensors(state, source)
     shapes = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
-    _require_shapes(_in_model_names(shapes, config, source), model_shapes(config), source)
+    _require_shapes(_in_model_names(shapes, config, source), model_shapes(config), source, config_source)
 
 
 def check_tensors(state: dict[str, torch.Tensor], source: str) -> None:
@@ -144,7 +145,8 @@ def _in_model_names(state: dict[str, torch.Tensor], config: BertConfig, source: 
     return from_reference_names({k: v for k, v in state.items() if v is not None})
 
 
-def _require_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:
+def _require_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str,
+                    config_source: str = "--bert_config_path") -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = [
@@ -158,7 +160,7 @@ def _require_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[in
     if problems:
         raise InputError(
             f"{source}: does not match the model of the given bert_config ({'; '.join(problems)}); "
-            "check that --bert_config_path describes this checkpoint"
+            f"check that {config_source} describes {'these weights' if config_source.endswith('.json') else 'this checkpoint'}"
         )
 
 
@@ -237,7 +239,8 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
             state = read_weights_file(directory / name)
-            check_fits(state, config, str(directory))  # config.json is a claim: checked before a model is built
+            # config.json is a claim, checked against the weights before a model of its size is built
+            check_fits(state, config, str(directory), "its config.json")
             return config, state
     raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
