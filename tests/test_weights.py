@@ -213,3 +213,13 @@ def test_a_weights_file_that_is_a_fifo_is_named(tmp_path):
                     str(_config_file(tmp_path, tiny_config())), "--output", str(tmp_path / "out.pt"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{tmp_path / 'model.pt'}: is a FIFO (named pipe), not a regular file" in done.stderr
+
+
+def test_a_bert_config_that_is_a_device_is_named(tmp_path):
+    torch.save({"model": _state(tiny_config())}, tmp_path / "model.pt")
+    (tmp_path / "bert_config.json").symlink_to("/dev/zero")
+    done = cli_here("convert", "--input", str(tmp_path / "model.pt"), "--bert_config_path",
+                    str(tmp_path / "bert_config.json"), "--output", str(tmp_path / "out.pt"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{tmp_path / 'bert_config.json'}: is a character device (a symlink to /dev/zero), not a regular file; " \
+           "pass the bert_config.json file itself as --bert_config_path" in done.stderr

@@ -230,6 +230,7 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
     """Config and weights of an HF transformers `BertForPreTraining` folder."""
     directory = Path(directory)
     config_file = directory / "config.json"
+    require_regular(config_file, "an HF model folder holds config.json and model.safetensors as files")
     if not config_file.is_file():
         raise InputError(f"{directory}: no config.json; an HF model folder holds config.json and model.safetensors")
     try:
@@ -303,6 +304,7 @@ def read_bert_config(path: str | Path) -> BertConfig:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass its bert_config.json as --bert_config_path")
+    require_regular(path, "pass the bert_config.json file itself as --bert_config_path")
     if not path.is_file():
         raise InputError(f"{path}: no such bert_config.json; check --bert_config_path")
     try:
