@@ -183,6 +183,14 @@ def test_integer_or_complex_tensors_are_not_cast_into_float_weights(tmp_path, dt
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_hfs_integer_position_ids_buffer_is_still_accepted(tmp_path):
+    """Older HF files carry bert.embeddings.position_ids (int64), a buffer the loader drops unread."""
+    config = tiny_config()
+    state = {**_state(config), "bert.embeddings.position_ids": torch.arange(config.max_position_embeddings)[None]}
+    torch.save(state, tmp_path / "hf_style.pt")
+    load_weights(BertForPreTraining(config), tmp_path / "hf_style.pt")
+
+
 def _config_file(folder, config):
     path = folder / "bert_config.json"
     path.write_text(json.dumps(config.to_dict()))

@@ -118,6 +118,8 @@ def check_tensors(state: dict[str, torch.Tensor], source: str) -> None:
     tensor would be cast into a float parameter without a word (no BERT checkpoint has one); a tensor whose
     strides repeat a small storage (stride 0) claims elements its file never held."""
     for name, tensor in state.items():
+        if name in _REDUNDANT:  # dropped unread; HF's position_ids buffer is int64
+            continue
         if not tensor.dtype.is_floating_point:
             raise InputError(f"{source}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
                              "floating-point weights; a BERT checkpoint's weights are float16, bfloat16 or float32: "
