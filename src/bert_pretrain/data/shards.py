@@ -131,11 +131,12 @@ def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5
         refuse(f"is stored through the HDF5 filter(s) {', '.join(filters)}, which this project never writes (a "
                "compressed dataset's rows are decompressed whole, whatever the file's size)",
                f"rewrite the file unfiltered (h5repack -f NONE {path.name} OUT.hdf5) or {_PREPARE_AGAIN}")
-    declared = math.prod(item.shape) * item.id.get_type().get_size()
-    stored = item.id.get_storage_size()
-    if stored < declared:
-        refuse(f"declares shape {item.shape} ({declared:,} bytes) but stores {stored:,} bytes (a shard cut short "
-               "or crafted)")
+    # unfiltered, a dataset's storage holds each element's bytes once; less, and a read returns fill values
+    declared_bytes = math.prod(item.shape) * item.id.get_type().get_size()
+    stored_bytes = item.id.get_storage_size()
+    if stored_bytes < declared_bytes:
+        refuse(f"declares shape {item.shape} ({declared_bytes:,} bytes) but stores {stored_bytes:,} bytes (a shard "
+               "cut short or crafted)")
     rows = "variable-length rows of " if vlen else ""
     stored = h5py.check_vlen_dtype(item.dtype) if vlen else item.dtype
     if stored != dtype:
