@@ -167,6 +167,25 @@ def test_converting_a_lying_hf_folder_takes_an_honest_ones_memory(tmp_path):
     assert run.peak_kb < 1.5 * baseline.peak_kb, (run.peak_kb, baseline.peak_kb)
 
 
+@pytest.mark.slow
+def test_converting_a_pt_file_with_a_lying_bert_config_takes_an_honest_ones_memory(tmp_path):
+    """The .pt input of `convert` is compared with --bert_config_path's model before that model is built."""
+    config = tiny_config(vocab_size=99)
+    save_reference_checkpoint(BertForPreTraining(config), tmp_path / "model.pt")
+    honest = _config_file(tmp_path, config)
+    baseline = cli_peak("convert", "--input", str(tmp_path / "model.pt"), "--bert_config_path", str(honest),
+                        "--output", str(tmp_path / "honest.pt"))
+    assert baseline.returncode == 0 and baseline.peak_kb > 0, baseline.stderr
+    lying = tmp_path / "lying" / "bert_config.json"
+    lying.parent.mkdir()
+    lying.write_text(json.dumps({**config.to_dict(), "vocab_size": 10**8}))
+    run = cli_peak("convert", "--input", str(tmp_path / "model.pt"), "--bert_config_path", str(lying),
+                   "--output", str(tmp_path / "lying.pt"))
+    assert one_line_refusal(run, "bert.embeddings.word_embeddings.weight (104, 32) (expected (100000000, 32))"), \
+        run.stderr[-2000:]
+    assert run.peak_kb < 1.5 * baseline.peak_kb, (run.peak_kb, baseline.peak_kb)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
 def test_integer_or_complex_tensors_are_not_cast_into_float_weights(tmp_path, dtype):
     state = _state(tiny_config())
