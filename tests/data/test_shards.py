@@ -8,7 +8,7 @@ from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
 from bert_pretrain.data import shards
 from bert_pretrain.data.inspect_shard import read_any
 from bert_pretrain.data.loader import ShardStream
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 
 
 @pytest.fixture
@@ -134,3 +134,27 @@ def test_nvidia_output_keeps_being_read(shared_data):
     """NVIDIA's create_pretraining_data.py output has exactly the schema's dtypes."""
     arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5", 128, 20)
     assert len(arrays["next_sentence_labels"]) == 60
+
+
+def test_damaged_token_bytes_are_called_damage_not_another_vocab(tmp_path, arrays):
+    """Random bytes over a shard's token ids give ids no vocab has (negative, or in the billions); a shard of
+    another vocab gives ids just past this one's. Only the second is a setting to change; the first is a
+    damaged file, which --skip_bad_shards may skip."""
+    path = tmp_path / "part_0_of_1.hdf5"
+    shards.write_padded(path, arrays)
+    with h5py.File(path) as f:
+        offset, size = f["input_ids"].id.get_offset(), f["input_ids"].id.get_storage_size()
+    raw = bytearray(path.read_bytes())
+    raw[offset + size // 2: offset + size // 2 + 64] = np.random.default_rng(1).bytes(64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as err:
+        shards.read_padded(path, 32, 5, 100)
+    assert not isinstance(err.value, SettingsMismatch)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key 'input_ids' holds token ids ") and "the shard is damaged" in message
+    assert "another vocab" not in message
+
+    other_vocab = dict(arrays, input_ids=np.where(arrays["input_mask"] == 1, arrays["input_ids"] + 100, 0))
+    shards.write_padded(path, other_vocab)
+    with pytest.raises(SettingsMismatch, match="was the shard made with another vocab"):
+        shards.read_padded(path, 32, 5, 100)

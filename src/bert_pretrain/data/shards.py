@@ -49,6 +49,9 @@ SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")
 _PREPARE_AGAIN = "prepare it again with bert-pretrain prepare"
+# Token ids at or above this come from damaged bytes, not from another vocab: BERT's vocabs hold 30k-120k
+# WordPieces, and a random 32-bit value falls below 2^20 once in 4,096.
+LARGEST_VOCAB = 2**20
 
 
 def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
@@ -220,13 +223,19 @@ def validate_padded(
         row = int(np.argwhere(outside)[0][0])
         fail(f"row {row} masks position {positions[row][outside[row]][0]} but has only {lengths[row]} tokens "
              "(input_mask); the shard is damaged or was written with another layout")
-    if vocab_size is not None:
-        for key in ("input_ids", "masked_lm_ids"):
-            values = arrays[key]
-            if values.size and (values.min() < 0 or values.max() >= vocab_size):
-                raise SettingsMismatch(path, f"key '{key}' holds token ids {values.min()}..{values.max()} outside "
-                                             f"the vocab of {vocab_size}",
-                                       "was the shard made with another vocab? (bert_config.json's vocab_size)")
+    for key in ("input_ids", "masked_lm_ids"):
+        values = arrays[key]
+        if not values.size:
+            continue
+        low, high = values.min(), values.max()
+        if low < 0 or high >= max(LARGEST_VOCAB, vocab_size or 0):
+            fail(f"key '{key}' holds token ids {low}..{high}, which no vocab gives (ids are 0 or more, and "
+                 f"WordPiece vocabs have fewer than {LARGEST_VOCAB:,} tokens); the shard is damaged: {_PREPARE_AGAIN}, "
+                 "or copy it again from where it was made")
+        if vocab_size is not None and high >= vocab_size:
+            raise SettingsMismatch(path, f"key '{key}' holds token ids up to {high}, outside the vocab of "
+                                         f"{vocab_size}", "was the shard made with another vocab? (bert_config.json's "
+                                         "vocab_size)")
 
 
 def _write_atomically(path: str | Path, write_datasets) -> None:
