@@ -66,7 +66,7 @@ def training_parts(bert_config: BertConfig, device: torch.device, precision: str
     `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
     model = BertForPreTraining(bert_config, attention_backend=attention, fused_norm=fused_norm)
     if init_checkpoint:
-        load_weights(model, init_checkpoint)
+        load_weights(model, init_checkpoint, finite=True)  # NaN weights would pass for a diverged step
     model.to(device)
     optimizer = Lamb(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=LAMB_EPSILON,
                      weight_decay=weight_decay, max_grad_norm=MAX_GRAD_NORM, compiled=compiled_optimizer)

@@ -175,11 +175,25 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
     raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
-def load_weights(model: BertForPreTraining, path: str | Path) -> None:
-    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`."""
+def load_weights(model: BertForPreTraining, path: str | Path, finite: bool = False) -> None:
+    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`; with
+    `finite`, refuse weights holding NaN or inf (weights to train from)."""
     path = Path(path)
     state = read_hf_directory(path)[1] if path.is_dir() else read_weights_file(path)
+    if finite:
+        require_finite(state, path)
     load_reference_state(model, state, str(path))
+
+
+def require_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Weights with NaN or inf make every loss NaN from the first step on, where the step's own message can only
+    guess at the cause (loss scaling, the learning rate): name the first such tensor as the file names it."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                             "weights to train from must be finite: pass a checkpoint written before the run that "
+                             "made them diverged (a diverged run names the last one that passed its check)")
 
 
 def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:

@@ -21,6 +21,7 @@ with the final name is always whole.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -146,6 +147,51 @@ def num_samples(path: str | Path) -> int:
         if _missing(f, ["next_sentence_labels"]):
             raise InputError(f"{path}: missing key 'next_sentence_labels'; not a pretraining shard")
         return int(_dataset(f, path, "next_sentence_labels", PADDED_DTYPES["next_sentence_labels"]).shape[0])
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What a shard's HDF5 metadata says, no data read: its layout, widths (None for varlength) and rows."""
+
+    format: str  # "padded" or "varlength"
+    max_seq_length: int | None
+    max_predictions_per_seq: int | None
+    rows: int
+
+    def widths(self) -> str:
+        if self.format == "varlength":
+            return "variable-length rows"
+        return f"width {self.max_seq_length} and {self.max_predictions_per_seq} masked-LM slots"
+
+
+def shard_layout(path: str | Path) -> ShardLayout:
+    """The layout of one shard from its metadata alone: every key of its schema present, with the schema's
+    dtype and data in the file, and one row count shared by all keys; else an InputError naming the file."""
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        if _missing(f, ["input_ids"]):
+            raise InputError(f"{path}: missing key 'input_ids'; not a pretraining shard")
+        varlength = h5py.check_vlen_dtype(f["input_ids"].dtype) is not None
+        schema = {**VARLENGTH_DTYPES, "next_sentence_labels": PADDED_DTYPES["next_sentence_labels"]} if varlength \
+            else PADDED_DTYPES
+        missing = _missing(f, schema)
+        if missing:
+            raise InputError(f"{path}: missing keys {missing}; a {'variable-length' if varlength else 'padded'} "
+                             f"shard needs {list(schema)}")
+        shapes = {key: _dataset(f, path, key, dtype, vlen=varlength and key in VARLENGTH_DTYPES).shape
+                  for key, dtype in schema.items()}
+    rows = shapes["next_sentence_labels"][0] if len(shapes["next_sentence_labels"]) == 1 else None
+    expected_rank = {key: 1 if varlength or key == "next_sentence_labels" else 2 for key in schema}
+    if rows is None or any(len(shape) != expected_rank[key] or shape[0] != rows for key, shape in shapes.items()):
+        raise InputError(f"{path}: its keys' shapes {shapes} do not share one row count; the shard is damaged: "
+                         f"{_PREPARE_AGAIN}")
+    if varlength:
+        return ShardLayout("varlength", None, None, rows)
+    widths = [{shapes[key][1] for key in group} for group in (SEQUENCE_KEYS, PREDICTION_KEYS)]
+    if any(len(found) != 1 for found in widths):
+        raise InputError(f"{path}: keys {list(SEQUENCE_KEYS)} and {list(PREDICTION_KEYS)} must each share one "
+                         f"width, but their shapes are {shapes}; the shard is damaged: {_PREPARE_AGAIN}")
+    return ShardLayout("padded", widths[0].pop(), widths[1].pop(), rows)
 
 
 def read_padded(

@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from bert_pretrain.batch import Batch
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+from bert_pretrain.data.shard_set import check_training_shards, refuse_training_on_the_eval_set
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
@@ -108,36 +110,34 @@ def guard(world_size: int, collective, last_checkpoint=lambda: None):
 
 def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
     """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
-    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
+    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`).
+
+    Everything that can refuse the run (the config, the shards, the eval set, the weights, the checkpoint to
+    resume) is read before the first file is written, so a refused run leaves --output_dir as it found it and
+    the corrected rerun into it is not taken for a second run. The MLPerf log, created after, records its
+    init_start at the time initialisation really started."""
+    init_started_ms = int(time.time() * 1000)
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
     resume_path, resume_note = _resume_path(config, info, schedule)
     if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
         _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
-    log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
-    observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
-                             resumed=resume_path is not None, progress_bar=config.system.progress,
-                             total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
-    observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared)
-    if resume_note:
-        observers.say(resume_note)
-    if info.is_main:
-        schedule.remove_partial_writes()
+    notes = [resume_note] if resume_note else []
     bert_config = read_bert_config(ckpt.bert_config_path)
     require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
+    if stream_factory is None:
+        notes += _check_data(config, info)
+    eval_batches = _eval_batches(config, info, bert_config.vocab_size)
     state = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    checkpoint = None
     if resume_path is not None:
         checkpoint = read_training_checkpoint(resume_path)
-        for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
-                                           info.device) + _changed_options(checkpoint.get("run", {}), config):
-            observers.say(note)
-        observers.metrics.resume_at(state.progress.samples)
-        observers.say(f"resuming from {resume_path} at step {state.progress.step} "
-                      f"({state.progress.samples} samples)")
+        notes += restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
+                                        info.device) + _changed_options(checkpoint.get("run", {}), config)
+        notes.append(f"resuming from {resume_path} at step {state.progress.step} ({state.progress.samples} samples)")
     if config.system.precision == "fp8":  # in place, from outside the model, before it is compiled
-        for note in _convert_to_fp8(state.model, config, info.device).notes:
-            observers.say(note)
+        notes += _convert_to_fp8(state.model, config, info.device).notes
     if config.system.compile:
         # in place: parameter names, checkpoints and the optimizer are unchanged
         compile_model(state.model, mode=config.system.compile_mode)
@@ -150,8 +150,18 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
                               config.optimizer.warmup_steps)
     warmup_start = warmup_start_for(config.optimizer.warmup_steps, config.optimizer.start_warmup_step)
     stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
-    run = Run(config=config, info=info, state=state, model=model, stream=stream,
-              eval_batches=_eval_batches(config, info, bert_config.vocab_size),
+    try:
+        observers = _observers(config, info, schedule, resume_path, init_started_ms)
+    except BaseException:
+        stream.close()
+        raise
+    for note in notes:
+        observers.say(note)
+    if checkpoint is not None:
+        observers.metrics.resume_at(state.progress.samples)
+    if info.is_main:
+        schedule.remove_partial_writes()
+    run = Run(config=config, info=info, state=state, model=model, stream=stream, eval_batches=eval_batches,
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
               observers=observers, tracker=StepTracker(info.device),
               guard=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
@@ -159,6 +169,35 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
+
+
+def _observers(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule, resume_path: Path | None,
+               init_started_ms: float) -> RunObservers:
+    """The MLPerf log, metrics and progress bar: the run's first files in --output_dir."""
+    log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
+    observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
+                             resumed=resume_path is not None, progress_bar=config.system.progress,
+                             total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
+    observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared, time_ms=init_started_ms)
+    return observers
+
+
+def _check_data(config: RunConfig, info: DistInfo) -> list[str]:
+    """Every training shard's metadata against the others' and the flags, and the training set against the eval
+    set, on rank 0 (the others learn its verdict): notes for the user, or an InputError."""
+    data, refusal, notes = config.data, None, []
+    if info.is_main:
+        try:
+            notes = check_training_shards(data.input_dir, data.max_seq_length, data.max_predictions_per_seq,
+                                          skip_bad_shards=data.skip_bad_shards)
+            if data.eval_dir is not None and not data.allow_eval_overlap:
+                refuse_training_on_the_eval_set(data.input_dir, data.eval_dir)
+        except InputError as err:
+            refusal = str(err)
+    refusal, notes = broadcast_object((refusal, notes))
+    if refusal is not None:
+        raise InputError(refusal)
+    return notes
 
 
 def _require_writable_folder(output_dir: Path) -> None:
