@@ -510,3 +510,21 @@ def test_a_training_set_that_shares_shards_with_the_eval_set_is_refused_unless_a
     assert "--allow_eval_overlap" in message
     allowed = cli_here("train", *flags, "--allow_eval_overlap")
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_init_weights_with_nan_are_named_by_tensor_before_the_first_step(data, tmp_path):
+    """Not step 1's non-finite loss with advice about fp16 loss scaling and the learning rate, in an fp32 run."""
+    from bert_pretrain.weights import MODEL_KEY
+
+    state = torch.load(data / "model.ckpt-28252.apex.pt", weights_only=True)
+    state[MODEL_KEY]["bert.encoder.layer.1.attention.output.dense.weight"][3, 5] = float("nan")
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    flags = train_flags(data, tmp_path / "out", max_steps=2)
+    flags[flags.index("--init_checkpoint") + 1] = str(broken)
+    result = cli_here("train", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert f"{broken}: tensor bert.encoder.layer.1.attention.output.dense.weight holds 1 NaN or infinite " \
+           "value(s) of 1024" in message
+    assert "loss scaling" not in message and not (tmp_path / "out" / "metrics.jsonl").exists()
