@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import cli_here, run_cli, tiny_config
+from conftest import cli_here, run_cli, tiny_config, write_vocab_file
 from support.states import CPU, trained_state
 
 from bert_pretrain.inspect_checkpoint import checkpoint_summary
@@ -15,7 +15,7 @@ from bert_pretrain.weights import export_hf, save_reference_checkpoint
 def test_weights_and_an_hf_folder_give_the_models_shape_and_parameter_count(tmp_path):
     model = BertForPreTraining(tiny_config(vocab_size=100))  # vocab padded to 104 rows in the model
     save_reference_checkpoint(model, tmp_path / "model.pt")
-    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", write_vocab_file(tmp_path / "vocab.txt", 100))
     own = sum(p.numel() for p in model.parameters())  # tied weights counted once
     weights = checkpoint_summary(tmp_path / "model.pt")
     assert weights["kind"] == "weights ({'model': state_dict})" and "training" not in weights

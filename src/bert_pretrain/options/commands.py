@@ -36,11 +36,16 @@ class ConvertOptions:
                              "tf1_ckpt/model.ckpt-28252, or its .index, with the .data-* files beside it; optimizer "
                              "variables skipped), an NVIDIA/this project's .pt ({'model': state_dict}), a "
                              ".safetensors file, or an HF folder")
-    output: str = option(help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors); a "
+    output: str = option(help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors + "
+                              "the tokenizer of --vocab_file); a "
                               "path ending in .pt -> NVIDIA format {'model': state_dict}, vocab padded to a multiple "
                               "of 8 (what NVIDIA's convert_tf_checkpoint.py writes, e.g. model.ckpt-28252.apex.pt)")
     bert_config_path: str | None = option(None, "bert_config.json of the input; not needed when the input is an HF "
                                                 "folder (it has config.json)")
+    vocab_file: str | None = option(None, "the vocab.txt the model was trained with, written into an HF --output "
+                                          "with its tokenizer settings (lower-casing as the vocab shows: uncased "
+                                          "when no token has capitals); default: the vocab.txt beside "
+                                          "--bert_config_path (as in a DATA folder), or in an HF input folder")
     overwrite: bool = option(False, "replace an existing --output (without it, an existing file or export is "
                                     "refused: it may be a training checkpoint)")
 
