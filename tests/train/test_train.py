@@ -528,3 +528,23 @@ def test_init_weights_with_nan_are_named_by_tensor_before_the_first_step(data, t
     assert f"{broken}: tensor bert.encoder.layer.1.attention.output.dense.weight holds 1 NaN or infinite " \
            "value(s) of 1024" in message
     assert "loss scaling" not in message and not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_the_logs_of_a_run_stopped_before_its_first_record_do_not_refuse_the_next_run(data, tmp_path, monkeypatch):
+    """Ctrl-C during the first step's compilation leaves an MLPerf log with no result, an empty metrics.jsonl and
+    an empty plot: nothing a new run would lose, so it starts; a run that logged is still refused."""
+    from bert_pretrain.train import loop
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(loop, "_loop", interrupted)
+    assert cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1)).returncode == 130
+    monkeypatch.undo()
+    assert {"mlperf.log", "metrics.jsonl", "metrics.png"} <= {p.name for p in out.iterdir()}
+    rerun = cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1))
+    assert rerun.returncode == 0, rerun.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    again = cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1))
+    assert again.returncode == 2 and "logs of an earlier run" in again.stderr

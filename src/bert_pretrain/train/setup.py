@@ -272,6 +272,8 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
     keeping --keep_n_most_recent_checkpoints, delete its own newer checkpoints as the older ones; one that
     holds only its logs (--skip_checkpoint) would have them replaced without a word."""
     found = earlier_run_files(schedule.output_dir, schedule.phase2) if info.is_main else []
+    if _record_nothing(found):
+        found = []  # a run stopped before it logged anything (Ctrl-C while compiling, a kill): the next one replaces them
     earlier = broadcast_object([path.name for path in found])  # rank 0 decides, so every process raises
     if earlier:
         named = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
@@ -281,6 +283,26 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
         raise InputError(f"{schedule.output_dir}: holds the {what} of an earlier run ({named}); pass "
                          "--resume_from_checkpoint to continue it, or another --output_dir for a new run (or delete "
                          "them)")
+
+
+# MLPerf log events that only a run that trained writes: an eval's result, the end of a block or of the run.
+_RESULT_EVENTS = ('"key": "eval_accuracy"', '"key": "block_stop"', '"key": "run_stop"')
+
+
+def _record_nothing(files: list[Path]) -> bool:
+    """Whether `earlier_run_files` are all a run leaves that stopped before its first record: no checkpoint, no
+    summary, no line in metrics.jsonl, no result in its MLPerf log (the plot and TensorBoard folder then show
+    nothing either). A new run replaces them and loses nothing."""
+    for path in files:
+        if path.suffix == ".pt" or path.name == SUMMARY_FILE:
+            return False
+        if path.name == METRICS_FILE and path.read_text(encoding="utf-8", errors="replace").strip():
+            return False
+        if path.name.startswith("mlperf") and path.is_file():
+            with open(path, encoding="utf-8", errors="replace") as log:
+                if any(event in line for line in log for event in _RESULT_EVENTS):
+                    return False
+    return True
 
 
 def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
