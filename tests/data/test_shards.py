@@ -115,7 +115,7 @@ def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant,
     rerun check through num_samples) refuses a shard that reads another file or stores another dtype."""
     path = tmp_path / "part_0_of_1.hdf5"
     write_crafted_shard(path, arrays, variant)
-    readers = [lambda: shards.read_padded(path, 32, 5, 100), lambda: read_any(path),
+    readers = [lambda: shards.read_padded(path, 32, 5, 100), lambda: read_any(path), lambda: shards.shard_layout(path),
                lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
                                    max_predictions_per_seq=5, vocab_size=100)]
     if variant in ("external_link", "soft_link"):
