@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from support.states import CPU, make_state, trained_state
 
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.errors import InputError
@@ -20,7 +21,7 @@ from bert_pretrain.train.checkpoint import (
     save_training_checkpoint,
 )
 from bert_pretrain.weights import load_weights, save_reference_checkpoint
-from support.states import CPU, make_state, trained_state
+
 
 def test_a_checkpoint_restores_every_piece_exactly(tmp_path):
     state = trained_state()
@@ -152,7 +153,17 @@ HAND_EDITS = {
                                  r"progress.eval_history\[0\].mlm_accuracy is '0.25', not a number"),
     "a loss scale as text": (_set("big", "scaler", "scale"), "scaler.scale is 'big', not a positive number"),
     "a loss scale of zero": (_set(0.0, "scaler", "scale"), "scaler.scale is 0.0, not a positive number"),
+    # an accelerator's generator is saved under its device type (devices.rng_state)
+    "an XPU state as a list": (_set([1, 2], "rank_states", 0, "rng", "xpu"),
+                               r"rank_states\[0\].rng.xpu is not a generator state"),
 }
+
+
+def test_an_accelerators_generator_state_under_its_device_type_passes_the_check(written, tmp_path):
+    checkpoint = torch.load(written, weights_only=True)
+    checkpoint["rank_states"][0]["rng"]["xpu"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(checkpoint, tmp_path / written.name)
+    read_training_checkpoint(tmp_path / written.name)
 
 
 @pytest.fixture(scope="module")

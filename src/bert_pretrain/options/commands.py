@@ -1,6 +1,6 @@
 """The options of the smaller commands (evaluate, convert, inspect, demo); every field is one of their
-flags. Kept free of torch so the command line is built without it. (train's options are in
-train/config.py, prepare's in data/prepare_options.py, bench's in bench/options.py.)"""
+flags. (train's are in options/train.py, prepare's and prepare-mlperf's in options/prepare.py, bench's in
+options/bench.py.)"""
 
 from __future__ import annotations
 
@@ -36,8 +36,7 @@ class ConvertOptions:
                              "tf1_ckpt/model.ckpt-28252, or its .index, with the .data-* files beside it; optimizer "
                              "variables skipped), an NVIDIA/this project's .pt ({'model': state_dict}), a "
                              ".safetensors file, or an HF folder")
-    output: str = option(help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors + "
-                              "the tokenizer of --vocab_file); a "
+    output: str = option(help="a folder -> HF transformers BertForPreTraining (config.json + model.safetensors); a "
                               "path ending in .pt -> NVIDIA format {'model': state_dict}, vocab padded to a multiple "
                               "of 8 (what NVIDIA's convert_tf_checkpoint.py writes, e.g. model.ckpt-28252.apex.pt)")
     bert_config_path: str | None = option(None, "bert_config.json of the input; not needed when the input is an HF "
