@@ -481,10 +481,15 @@ def test_a_run_refused_while_setting_up_leaves_its_folder_as_it_found_it_so_the_
         data, tmp_path):
     """Nothing is written before everything that can refuse the run is read: no MLPerf log or metrics.jsonl
     that the corrected rerun would take for an earlier run's."""
+    refused = _refused_runs(data, tmp_path)
+    fresh = tmp_path / "fresh" / "out"
+    flags, said = refused[0]
+    flags[flags.index("--output_dir") + 1] = str(fresh)
+    assert cli_here("train", *flags).returncode == 2 and not fresh.exists()  # a folder it made is gone again
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    for flags, said in _refused_runs(data, tmp_path):
+    for flags, said in refused:
         flags[flags.index("--output_dir") + 1] = str(out)
         result = cli_here("train", *flags)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

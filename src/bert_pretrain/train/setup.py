@@ -36,7 +36,7 @@ from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
-from bert_pretrain.folder_lock import hold_folder
+from bert_pretrain.folder_lock import LOCK_FILE, hold_folder
 from bert_pretrain.optim import LAMB_EPSILON, LrSchedule
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.train.checkpoint import (
@@ -225,23 +225,37 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
     return Path(latest), ""
 
 
-def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> None:
+def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> bool:
     """Make this run the only writer of --output_dir until `stack` closes (see folder_lock.py). Rank 0 alone
     writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
     launch raises the same error. What would refuse the run anyway is checked first, so that a refused run
-    creates no folder."""
+    creates no folder. True on the process that made the folder (it did not exist), for
+    `remove_unused_folder`."""
     require(step_settings(config), info.device)  # fp8 without torchao, --fused_norm without Triton or a GPU
-    refusal = None
+    refusal, made = None, False
     if info.is_main:
+        output_dir = Path(config.checkpoint.output_dir)
         try:
-            _require_writable_folder(Path(config.checkpoint.output_dir))
-            stack.enter_context(hold_folder(config.checkpoint.output_dir, "--output_dir",
-                                            "this training run's checkpoints and logs"))
+            made = not output_dir.exists()
+            _require_writable_folder(output_dir)
+            stack.enter_context(hold_folder(output_dir, "--output_dir", "this training run's checkpoints and logs"))
         except InputError as err:
-            refusal = str(err)
+            refusal, made = str(err), False
     refusal = broadcast_object(refusal)
     if refusal is not None:
         raise InputError(refusal)
+    return made
+
+
+def remove_unused_folder(output_dir: Path) -> None:
+    """A run refused while setting up leaves the --output_dir it made as it found it, absent: the folder goes
+    when it holds nothing but the lock file. Called while the lock is held, so no other run is writing there."""
+    try:
+        if [path.name for path in output_dir.iterdir()] == [LOCK_FILE]:
+            (output_dir / LOCK_FILE).unlink()
+            output_dir.rmdir()
+    except OSError:  # what cannot go stays: the lock file means nothing once its process has ended
+        pass
 
 
 def earlier_run_files(output_dir: Path, phase2: bool) -> list[Path]:
