@@ -14,7 +14,8 @@ The levels, bottom up, with what each subpackage may use:
   3 data/          the files on disk and reading them: the shard schema, the vocab file, rows -> batches, the
                    training stream; helpers and leaves (the Batch type)
   4 prepare/       text -> sentences -> WordPiece -> instances -> shards, offline; writes through data/shards
-                   and data/vocab, and imports no torch (test_prepare_imports_no_torch)
+                   and data/vocab, and imports no torch (test_prepare_imports_no_torch); records (JSON Lines,
+                   Parquet, Arrow) import pyarrow and zstandard, the corpora extra, only when such a file is read
   4 state          step, build, weights, tf_checkpoint, evaluate: built from leaves and data/
   5 train/, bench/ peers: each uses everything below and never the other
   6 tools          convert, inspect_checkpoint, demo, prepare/reference/mlperf (prepare-mlperf: NVIDIA's exact data
@@ -162,6 +163,7 @@ def test_prepare_imports_no_torch():
     offline = [n for n in names if layer_of(n) == SUBPACKAGE_LEVELS["prepare"]]
     loaded = _imported_modules("\n".join(f"import bert_pretrain.{n}" for n in offline))
     assert "bert_pretrain.prepare.pipeline" in loaded and "torch" not in loaded
+    assert "bert_pretrain.prepare.records" in loaded and not {"pyarrow", "zstandard"} & loaded  # optional extra
 
 
 def test_the_command_line_is_built_without_heavy_imports():
