@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import cli_here, mlperf_arrays, tiny_config
+from conftest import cli_here, mlperf_arrays, tiny_config, write_vocab_file
 from support.peak_memory import cli_peak, one_line_refusal
 
 from bert_pretrain.data.packing import padded_batch
@@ -63,7 +63,7 @@ def test_hf_export_gives_the_same_logits(tmp_path):
     config = tiny_config(vocab_size=99, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(1)
     model = BertForPreTraining(config).eval()
-    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", write_vocab_file(tmp_path / "vocab.txt", 99))
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
     arrays = mlperf_arrays(np.random.default_rng(0), n=4, seq_len=32, max_pred=5, vocab_size=99)
     with torch.no_grad():
@@ -138,7 +138,8 @@ def test_the_shapes_from_one_layer_are_those_of_the_whole_model():
 
 def _lying_hf_folder(folder):
     """An HF export of a tiny model whose config.json then claims a vocab of 1e8 and 5000 layers."""
-    export_hf(BertForPreTraining(tiny_config(vocab_size=99)), folder)
+    export_hf(BertForPreTraining(tiny_config(vocab_size=99)), folder,
+              write_vocab_file(folder.parent / "vocab.txt", 99))
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 10**8, "num_hidden_layers": 5000}))
     return folder
@@ -158,7 +159,7 @@ def test_an_hf_folder_whose_config_lies_is_refused_before_a_model_is_built(tmp_p
 @pytest.mark.slow
 def test_converting_a_lying_hf_folder_takes_an_honest_ones_memory(tmp_path):
     honest = tmp_path / "honest"
-    export_hf(BertForPreTraining(tiny_config(vocab_size=99)), honest)
+    export_hf(BertForPreTraining(tiny_config(vocab_size=99)), honest, write_vocab_file(tmp_path / "vocab.txt", 99))
     baseline = cli_peak("convert", "--input", str(honest), "--output", str(tmp_path / "honest.pt"))
     assert baseline.returncode == 0 and baseline.peak_kb > 0, baseline.stderr
     folder = _lying_hf_folder(tmp_path / "lying")

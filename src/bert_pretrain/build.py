@@ -20,7 +20,7 @@ from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
 from bert_pretrain.options.fields import DEFAULT_FP8_LAYERS, fp8_layer_names
 from bert_pretrain.step import make_grad_scaler
-from bert_pretrain.weights import load_reference_state, read_weights
+from bert_pretrain.weights import load_reference_state, read_weights, require_finite
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ def build(bert_config: BertConfig, settings: StepSettings, device: torch.device,
     require(settings, device)
     # the checkpoint is read and compared with the config (on the meta device) before the model is allocated
     state = read_weights(init_checkpoint, bert_config) if init_checkpoint else None
+    if state is not None:
+        require_finite(state, init_checkpoint)  # NaN weights would pass for a diverged step
     model = BertForPreTraining(bert_config, attention_backend=settings.attention, fused_norm=settings.fused_norm)
     if state is not None:
         load_reference_state(model, state, str(init_checkpoint))
