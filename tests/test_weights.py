@@ -230,7 +230,8 @@ def test_a_stride_0_tensor_is_refused_not_counted(tmp_path):
 
 def test_a_file_that_is_no_checkpoint_is_named_with_the_format_it_needs(tmp_path):
     (tmp_path / "notes.pt").write_bytes(b"PK\x03\x04 not a zip archive")
-    done = cli_here("inspect", str(tmp_path / "notes.pt"))
+    done = cli_here("convert", "--input", str(tmp_path / "notes.pt"), "--bert_config_path",
+                    str(_config_file(tmp_path, tiny_config())), "--output", str(tmp_path / "out.pt"))
     assert done.returncode == 2 and "pass a PyTorch {'model': state_dict} or state-dict file" in done.stderr
     assert "}}" not in done.stderr
 
