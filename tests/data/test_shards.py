@@ -149,8 +149,9 @@ def test_a_shard_that_is_no_regular_file_is_named(tmp_path):
     fifo = tmp_path / "part_0_of_2.hdf5"
     os.mkfifo(fifo)
     (tmp_path / "part_1_of_2.hdf5").symlink_to("/dev/zero")
-    with pytest.raises(InputError, match=f"^{fifo}: is a FIFO \\(named pipe\\), not a regular file; "):
-        shards.read_padded(fifo)
+    for read in (shards.read_padded, shards.shard_layout):  # the readers, and the check of every shard at setup
+        with pytest.raises(InputError, match=f"^{fifo}: is a FIFO \\(named pipe\\), not a regular file; "):
+            read(fifo)
     with pytest.raises(InputError, match=r"part_1_of_2.hdf5: is a character device \(a symlink to /dev/zero\)"):
         read_any(tmp_path / "part_1_of_2.hdf5")
 
