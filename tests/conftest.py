@@ -136,6 +136,7 @@ def write_data_folder(root: Path, seed: int = 0, num_shards: int = 4, rows_per_s
                  easy_mlperf_arrays(rng, eval_rows, seq_len, max_pred, vocab_size))
     config = config or tiny_config(vocab_size, max_position_embeddings=seq_len)
     (root / "bert_config.json").write_text(json.dumps(config.to_dict()))
+    write_vocab_file(root / "vocab.txt", config.vocab_size)  # as prepare leaves one beside the shards
     torch.manual_seed(seed)
     save_reference_checkpoint(BertForPreTraining(config), root / "model.ckpt-28252.apex.pt")
     return root

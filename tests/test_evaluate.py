@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard
+from conftest import cli_here, mlperf_arrays, run_cli, write_crafted_shard, write_vocab_file
 
 from bert_pretrain.data.shards import write_padded
 
@@ -38,6 +38,7 @@ def hf_setup(tmp_path_factory):
         "attention_probs_dropout_prob")}
     config["hidden_act"] = "gelu"  # the reference's meaning: tanh approximation
     (root / "bert_config.json").write_text(json.dumps(config))
+    write_vocab_file(root / "vocab.txt", VOCAB)  # the export to HF carries it
     arrays = mlperf_arrays(np.random.default_rng(0), n=50, seq_len=SEQ, max_pred=PRED, vocab_size=VOCAB)
     (root / "eval").mkdir()
     write_padded(root / "eval" / "part_eval_10k.hdf5", arrays)
