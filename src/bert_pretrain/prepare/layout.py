@@ -11,6 +11,7 @@ from pathlib import Path
 from bert_pretrain.data import shards
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import hold_folder
+from bert_pretrain.prepare.input_digests import INPUTS_KEY
 from bert_pretrain.prepare.manifest import RECORDS_KEY, read_manifest, write_manifest
 
 PARTS_FOLDER = "reference_parts"  # the reference method's per-input-file outputs
@@ -20,6 +21,8 @@ _SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
 EVAL_FOLDERS = {"padded": "eval_set_uncompressed", "varlength": "eval_varlength"}  # MLPerf's, DeepSparkHub's
 # The folder lock's slots (folder_lock.py): the vocab and eval set, then one per shard, then one per reference part.
 _SHARED_SLOT, _FIRST_SHARD_SLOT, _FIRST_PART_SLOT = 0, 1, 1 << 40
+# Settings that earlier versions kept: the inputs by name and size, now known by content (input_digests.py).
+_FORMER_SETTINGS = ("inputs", "eval_input")
 
 
 @dataclass(frozen=True)
@@ -106,18 +109,20 @@ class OutputLayout:
         """Refuse to mix outputs of different settings; record the settings for later runs.
 
         A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
-        records of finished files (data/manifest.py) are kept either way.
+        records of finished files and inputs (manifest.py, input_digests.py) are kept either way.
         """
         old = read_manifest(self.manifest_path)
-        records = old.pop(RECORDS_KEY, {})
+        kept = {key: old.pop(key) for key in (RECORDS_KEY, INPUTS_KEY) if key in old}
+        for key in _FORMER_SETTINGS:
+            old.pop(key, None)
         if old and self.has_outputs():
             changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
             if changed:
-                details = "; ".join(f"{k}: {old.get(k)!r} then, {manifest.get(k)!r} now" for k in changed[:4])
+                details = "; ".join(_setting_change(k, old.get(k), manifest.get(k)) for k in changed[:4])
                 raise InputError(f"{self.output_dir}: holds shards made with other settings ({details}); "
                                  "use another --output_dir or delete this one")
             return
-        write_manifest(self.manifest_path, {**manifest, RECORDS_KEY: records})
+        write_manifest(self.manifest_path, {**manifest, **kept})
 
     def is_complete(self, path: Path) -> bool:
         """A file with the final name is whole (atomic rename); check that it opens and has rows."""
@@ -157,6 +162,24 @@ class OutputLayout:
     def vocab_corpus_path(self) -> Path:
         """The corpus text written for vocab training (only the run whose range starts at 0 trains)."""
         return self.output_dir / ".vocab-corpus.txt"
+
+
+def _setting_change(key: str, then, now) -> str:
+    """One setting's two values as a user reads them: flag names, the vocab by a short hash."""
+    if key == "vocab_sha256":
+        return f"the vocab: sha256 {_value(then)[:12]} then, {_value(now)[:12]} now"
+    return f"--{key} {_value(then)} then, {_value(now)} now"
+
+
+def _value(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        items = [" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in value]
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    return str(value)
 
 
 @dataclass

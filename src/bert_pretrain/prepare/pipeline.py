@@ -31,6 +31,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import PrepareOptions
 from bert_pretrain.prepare import tasks
 from bert_pretrain.prepare.instances import VocabIds
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles
 from bert_pretrain.prepare.partition import EvalSelector, ShardAssigner, SpoolWriter
@@ -78,7 +79,7 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int
         vocab_file, notes = _vocab_file(options, files, layout, workers, first)
         vocab_tokens = _read_pretraining_vocab(vocab_file, trained=options.vocab_file is None)
         vocab_sha256 = _sha256(vocab_file)
-        layout.check_manifest(options.manifest([path for path, _ in files], vocab_sha256))
+        layout.check_manifest(options.manifest(vocab_sha256))
         wants_eval = options.num_eval_examples > 0 and first == 0
         layout.prepare_folders(with_eval=wants_eval)  # after the manifest check: a refused run creates nothing
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
@@ -86,9 +87,13 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int
         outputs = [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else [])
         for path in outputs:
             layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
-        finished = FinishedFiles(layout.manifest_path)
+        digests = InputDigests(layout.manifest_path)
+        # every output depends on every input: a document's index in the whole stream places it
+        made_from = fingerprint(list(digests.md5s([path for path, _ in files], workers).values()))
+        digests.save()
+        finished = FinishedFiles(layout.manifest_path, dict.fromkeys(outputs, made_from))
         finished.check(outputs, layout.is_complete, workers)
-        summary.notes += finished.notes()
+        summary.notes += digests.notes() + finished.notes()
         todo = [i for i in range(first, end) if not finished.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
         eval_todo = wants_eval and not finished.is_complete(layout.eval_path)

@@ -21,6 +21,7 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import write_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import LOCK_FILE
+from bert_pretrain.prepare.input_digests import md5_of
 from bert_pretrain.prepare.reference import mlperf as prepare_mlperf
 from bert_pretrain.prepare.tokenization import train_vocab
 
@@ -44,7 +45,7 @@ def release(tmp_path_factory):
     for i in range(3):
         (text_dir / f"part-0000{i}-of-00003").write_text("\n\n".join(documents[i * 30:(i + 1) * 30]) + "\n")
     (text_dir / "eval.txt").write_text("\n\n".join(documents[90:120]) + "\n")
-    md5s = [prepare_mlperf.md5_of(text_dir / f"part-0000{i}-of-00003") for i in range(3)]
+    md5s = [md5_of(text_dir / f"part-0000{i}-of-00003") for i in range(3)]
     md5s[2] = "0" * 32
     (text_dir / prepare_mlperf.TEXT_MD5_LIST).write_text(
         "".join(f"{m}  part-0000{i}-of-00003\n" for i, m in enumerate(md5s)))
@@ -87,7 +88,7 @@ def test_the_data_folder_it_makes_is_the_reference_s_and_the_launcher_trains_on_
     assert np.array_equal(weights["bert.embeddings.word_embeddings.weight"][:1018].numpy(),
                           tf_values["bert/embeddings/word_embeddings"])
     verdict = proc.stdout[proc.stdout.index("is NOT the MLPerf reference data"):]
-    assert f"part-00002-of-00003: md5 {prepare_mlperf.md5_of(release / 'results4' / 'part-00002-of-00003')}, " \
+    assert f"part-00002-of-00003: md5 {md5_of(release / 'results4' / 'part-00002-of-00003')}, " \
            f"MLCommons' is {'0' * 32}" in verdict
     assert "part-00000" not in verdict and "--max_seq_length 128, the reference's 512" in verdict
     assert "vocab.txt: md5" in verdict and "3 part files, MLCommons' release has 500" in verdict
@@ -138,7 +139,7 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
     checkpoint = SHARED_DATA / "tf_checkpoint" / "model.ckpt-28252"
     for suffix in (".index", ".data-00000-of-00001"):
         files[checkpoint.name + suffix] = checkpoint.with_name(checkpoint.name + suffix)
-    monkeypatch.setattr(prepare_mlperf, "PUBLISHED_MD5", {k: prepare_mlperf.md5_of(p) for k, p in files.items()})
+    monkeypatch.setattr(prepare_mlperf, "PUBLISHED_MD5", {k: md5_of(p) for k, p in files.items()})
     monkeypatch.setattr(prepare_mlperf, "RELEASE_PARTS", 3)
     monkeypatch.setattr(prepare_mlperf, "REFERENCE_FLAGS", {"max_seq_length": 128, "num_shards": 4})
     text_dir = tmp_path / "results4"
@@ -147,7 +148,7 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
         (text_dir / part.name).write_bytes(part.read_bytes())
     (text_dir / "eval.txt").write_bytes(files["eval.txt"].read_bytes())
     (text_dir / prepare_mlperf.TEXT_MD5_LIST).write_text(
-        "".join(f"{prepare_mlperf.md5_of(p)} *{p.name}\n" for p in sorted(text_dir.glob("part-*"))))
+        "".join(f"{md5_of(p)} *{p.name}\n" for p in sorted(text_dir.glob("part-*"))))
     options = prepare_mlperf.PrepareMlperfOptions(
         text_dir=str(text_dir), tf_checkpoint=str(checkpoint.with_name(checkpoint.name + ".index")),
         vocab_file=str(files["vocab.txt"]), bert_config=str(files["bert_config.json"]), output_dir=str(tmp_path / "D"),

@@ -30,6 +30,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
 from bert_pretrain.prepare.instances import VocabIds
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.reference.documents import read_reference_documents
@@ -81,14 +82,16 @@ def run(options: PrepareOptions) -> PrepareSummary:
     with layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
         vocab_sha256 = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
         layout.prepare_folders(shards=False, with_eval=False)
-        layout.check_manifest(options.manifest(parts + ([eval_source] if eval_source else []), vocab_sha256))
+        layout.check_manifest(options.manifest(vocab_sha256))
         wants_eval = eval_source is not None and first == 0
         layout.prepare_folders(shards=False, with_eval=wants_eval)
         layout.parts_dir.mkdir(exist_ok=True)
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
                                  vocab_file, eval_source=eval_source)
-        finished = FinishedFiles(layout.manifest_path)
         with Workers(options.workers) as workers:
+            digests = InputDigests(layout.manifest_path)
+            finished = FinishedFiles(layout.manifest_path, _made_from(layout, parts, eval_source, digests, workers))
+            digests.save()
             shard_paths = [layout.shard_path(i) for i in range(options.num_shards)]
             finished.check(shard_paths, layout.is_complete, workers)
             cut_done = all(finished.is_complete(p) for p in shard_paths)
@@ -100,9 +103,21 @@ def run(options: PrepareOptions) -> PrepareSummary:
                 _cut(options, layout, parts, workers, summary, finished)
             finally:
                 finished.save()
-        summary.notes[:0] = finished.notes()
+        summary.notes[:0] = digests.notes() + finished.notes()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _made_from(layout: OutputLayout, parts: list[Path], eval_source: Path | None, digests: InputDigests,
+               workers: Workers) -> dict[Path, str]:
+    """What each output is made from: a part from its text file, the eval set from --eval_file, every
+    shard of the cut from all parts in their order."""
+    md5s = digests.md5s(parts + ([eval_source] if eval_source else []), workers)
+    made_from = {layout.part_path(p): md5s[p] for p in parts}
+    if eval_source is not None:
+        made_from[layout.eval_path] = md5s[eval_source]
+    cut = fingerprint([md5s[p] for p in parts])
+    return made_from | {layout.shard_path(i): cut for i in range(layout.num_shards)}
 
 
 def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
