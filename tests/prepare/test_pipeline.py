@@ -4,6 +4,7 @@ the XML dump read by `evaluate`, determinism across workers and machines, reruns
 import bz2
 import errno
 import json
+import os
 import random
 import shutil
 
@@ -11,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config
+from conftest import (check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config,
+                      write_wiki_sentences)
 
 from bert_pretrain import cli
 from bert_pretrain.data import shards
@@ -21,6 +23,7 @@ from bert_pretrain.folder_lock import LOCK_FILE
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options.fields import from_args
 from bert_pretrain.options.prepare import PrepareOptions
+from bert_pretrain.prepare import input_digests
 from bert_pretrain.prepare.pipeline import run
 from bert_pretrain.prepare.tokenization import WordPieceTokenizer
 from bert_pretrain.weights import save_reference_checkpoint
@@ -432,3 +435,55 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing
     assert len(second.stderr.strip().splitlines()) == 1 and unchanged
     assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "alone")]) == 0
     assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))
+
+
+def change_a_word(path, old: str = "anarch", new: str = "monarc") -> bytes:
+    """Replace `old` in the file with `new` (same length, so the same size) wherever it is; keep the mtime,
+    as `wget` and `cp -p` give a copy its original's. Returns the original bytes."""
+    original = path.read_bytes()
+    assert len(old) == len(new) and old.encode() in original
+    status = path.stat()
+    path.write_bytes(original.replace(old.encode(), new.encode()))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    return original
+
+
+def restore(path, original: bytes) -> None:
+    status = path.stat()
+    path.write_bytes(original)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def test_an_input_changed_in_content_alone_remakes_every_shard_and_its_restoration_too(shared_data, vocab, tmp_path,
+                                                                                       monkeypatch):
+    """Issue 21's repro: one word of an input changed to another of the same length (size and mtime kept),
+    rerun, restored, rerun: the shards equal a clean build of the restored inputs; each rerun names the
+    input that changed."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "text"
+    text.mkdir()
+    lines = write_wiki_sentences(shared_data, tmp_path / "all.txt", limit_bytes=40_000).read_text().split("\n")
+    lines = [line for line in lines if line.strip()]
+    documents = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # of 8 real sentences
+    (text / "a.txt").write_text("\n\n".join(documents[:len(documents) // 2]))
+    (text / "b.txt").write_text("\n\n".join(documents[len(documents) // 2:]))
+    options = PrepareOptions(input_files=str(text), vocab_file=vocab, output_dir=str(tmp_path / "out"), num_shards=2,
+                             num_eval_examples=5, num_eval_documents=2, workers=1, **SMALL)
+    run(options)
+    clean = all_arrays(tmp_path / "out")
+    original = change_a_word(text / "a.txt")
+    changed = run(options)
+    assert len(changed.shards_written) == 2 and changed.eval_instances == 5
+    assert f"1 input files changed since an earlier run read them (md5 differs): {text / 'a.txt'}" in changed.report()
+    assert not same_arrays(clean, all_arrays(tmp_path / "out"))
+    restore(text / "a.txt", original)
+    restored = run(options)
+    assert len(restored.shards_written) == 2 and str(text / "a.txt") in restored.report()
+    assert same_arrays(clean, all_arrays(tmp_path / "out"))
+    read = []
+    monkeypatch.setattr(input_digests, "input_record", lambda path, real=input_digests.input_record: read.append(path)
+                        or real(path))
+    unchanged = run(options)
+    assert not unchanged.shards_written and not unchanged.notes and read == []  # the status vouches: nothing read
+    (text / "b.txt").touch()  # a new mtime, the same content: read again, nothing made again
+    assert not run(options).shards_written and read == [text / "b.txt"]
