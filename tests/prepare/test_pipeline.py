@@ -4,7 +4,6 @@ the XML dump read by `evaluate`, determinism across workers and machines, reruns
 import bz2
 import errno
 import json
-import os
 import random
 import shutil
 
@@ -12,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import (check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config,
-                      write_wiki_sentences)
+from conftest import (change_a_word, check_reference_invariants, cli_here, flip_byte, restore, restored_rows, run_cli,
+                      tiny_config, write_wiki_sentences)
 
 from bert_pretrain import cli
 from bert_pretrain.data import shards
@@ -435,23 +434,6 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing
     assert len(second.stderr.strip().splitlines()) == 1 and unchanged
     assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "alone")]) == 0
     assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))
-
-
-def change_a_word(path, old: str = "anarch", new: str = "monarc") -> bytes:
-    """Replace `old` in the file with `new` (same length, so the same size) wherever it is; keep the mtime,
-    as `wget` and `cp -p` give a copy its original's. Returns the original bytes."""
-    original = path.read_bytes()
-    assert len(old) == len(new) and old.encode() in original
-    status = path.stat()
-    path.write_bytes(original.replace(old.encode(), new.encode()))
-    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
-    return original
-
-
-def restore(path, original: bytes) -> None:
-    status = path.stat()
-    path.write_bytes(original)
-    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
 
 
 def test_an_input_changed_in_content_alone_remakes_every_shard_and_its_restoration_too(shared_data, vocab, tmp_path,

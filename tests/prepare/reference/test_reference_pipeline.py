@@ -3,16 +3,19 @@ real Wikipedia text and on corpora that take its rare branches, the eval pick, r
 
 import random
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, cli_here, flip_byte, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import (SHARED_DATA, change_a_word, cli_here, flip_byte, load_reference_peer, restore, run_cli,
+                      write_wiki_sentences)
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
+from bert_pretrain.prepare import input_digests
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.pipeline import run
 from bert_pretrain.prepare.reference import pipeline as reference_prepare
@@ -293,3 +296,38 @@ def test_binary_input_is_refused_naming_the_file(vocab, tmp_path):
                     "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--workers", "1", "--no_progress")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "noise.txt: has" in proc.stderr and "so it is not text" in proc.stderr
+
+
+def test_a_part_changed_in_content_alone_is_made_again_and_so_is_the_cut(vocab, release, tmp_path, monkeypatch):
+    """Issue 21's repro for the reference method: one word of a part changed (size and mtime kept), rerun,
+    restored, rerun: that part alone is made again each time, the cut follows, and every array equals
+    the clean build's; the report names the part. The eval set follows its --eval_file the same way."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "results4"
+    shutil.copytree(release, text)
+    options = reference_options(part_files(text), tmp_path / "out", vocab, eval_file=str(text / "eval.txt"),
+                                num_eval_examples=25)
+    run(options)
+    clean = {p.relative_to(tmp_path / "out"): read_all(p) for p in sorted((tmp_path / "out").rglob("*.hdf5"))}
+    built = []
+    monkeypatch.setattr(reference_prepare, "build_part",
+                        lambda job, vocab, real=reference_prepare.build_part: built.append(job.source.name) or
+                        real(job, vocab))
+    part = text / "part-00000-of-00003"
+    original = change_a_word(part)
+    changed = run(options)
+    assert built == [part.name] and len(changed.shards_written) == 5
+    assert f"1 input files changed since an earlier run read them (md5 differs): {part}" in changed.report()
+    assert not np.array_equal(read_all(tmp_path / "out" / "reference_parts" / f"{part.name}.hdf5")["input_ids"],
+                              clean[Path("reference_parts") / f"{part.name}.hdf5"]["input_ids"])
+    restore(part, original)
+    eval_text = change_a_word(text / "eval.txt", "the", "she")
+    built.clear()
+    restored = run(options)
+    assert built == ["eval.txt", part.name] and len(restored.shards_written) == 5
+    restore(text / "eval.txt", eval_text)
+    built.clear()
+    again = run(options)
+    assert built == ["eval.txt"] and not again.shards_written
+    for name, arrays in clean.items():
+        assert_same(read_all(tmp_path / "out" / name), arrays)
