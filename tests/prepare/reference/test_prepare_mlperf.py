@@ -2,9 +2,11 @@
 real-TensorFlow checkpoint fixture, a vocab): the DATA folder the launcher trains on, the checksum
 verdict, a killed run finished by a rerun, bad inputs."""
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +16,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, SUBPROCESS_ENV, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import (REPO, SHARED_DATA, SUBPROCESS_ENV, change_a_word, load_reference_peer, restore, run_cli,
+                      write_wiki_sentences)
 from support.launcher import launch, tiny_overrides
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import write_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import LOCK_FILE
+from bert_pretrain.prepare import input_digests
 from bert_pretrain.prepare.input_digests import md5_of
 from bert_pretrain.prepare.reference import mlperf as prepare_mlperf
 from bert_pretrain.prepare.tokenization import train_vocab
@@ -189,3 +193,41 @@ def test_the_command_is_in_the_help():
     proc = subprocess.run([sys.executable, "-m", "bert_pretrain", "--help"], capture_output=True, text=True,
                           cwd=REPO)
     assert "prepare-mlperf" in proc.stdout
+
+
+def mlperf_options(text_dir, checkpoint, vocab, data) -> prepare_mlperf.PrepareMlperfOptions:
+    return prepare_mlperf.PrepareMlperfOptions(
+        text_dir=str(text_dir), tf_checkpoint=str(checkpoint), vocab_file=str(vocab),
+        bert_config=str(SHARED_DATA / "tf_checkpoint" / "bert_config.json"), output_dir=str(data), max_seq_length=128,
+        max_predictions_per_seq=20, num_shards=4, num_eval_examples=50, dupe_factor=2, workers=1, progress=False)
+
+
+def test_a_part_fetched_again_after_a_damaged_download_gives_the_clean_build(release, tmp_path, monkeypatch):
+    """Issue 21's recovery: a part damaged in the download (a word changed, size and mtime those of the
+    good copy), the md5 check flags it, the part is fetched again and the command rerun: DATA equals a
+    clean build, array for array, and the report names the part. A TensorFlow checkpoint changed in
+    place is converted again (and here found damaged)."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text_dir, checkpoint = tmp_path / "results4", tmp_path / "tf1_ckpt" / "model.ckpt-28252"
+    shutil.copytree(release / "results4", text_dir)
+    checkpoint.parent.mkdir()
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(SHARED_DATA / "tf_checkpoint" / f"model.ckpt-28252{suffix}", checkpoint.parent)
+    part = text_dir / "part-00000-of-00003"
+    good = change_a_word(part)
+    damaged = prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    assert f"{part}: md5 {md5_of(part)}, {prepare_mlperf.TEXT_MD5_LIST} gives {hashlib.md5(good).hexdigest()}" \
+           in damaged
+    restore(part, good)
+    mended = prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "clean"))
+    for path in sorted((tmp_path / "clean").rglob("*.hdf5")):
+        one, two = shards.read_padded(path), shards.read_padded(tmp_path / "DATA" / path.relative_to(tmp_path / "clean"))
+        assert all(np.array_equal(one[k], two[k]) for k in one)
+    assert f"1 input files changed since an earlier run read them (md5 differs): {part}" in mended
+    assert f"{part}: md5" not in mended and "already converted" in mended
+    data_file = checkpoint.with_name(checkpoint.name + ".data-00000-of-00001")
+    weights = data_file.read_bytes()
+    data_file.write_bytes(bytes([weights[0] ^ 1]) + weights[1:])  # the lowest bit of the first weight
+    with pytest.raises(InputError, match="fails its CRC-32C check"):  # converted again, not "already converted"
+        prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))

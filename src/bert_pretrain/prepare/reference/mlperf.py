@@ -77,7 +77,8 @@ def _build(options: PrepareMlperfOptions, inputs: _Inputs, data: Path) -> str:
         evidence = _checksum_evidence(options, inputs, digests, workers)
     digests.save()
     checkpoint_from = fingerprint([evidence.md5s[p] for p in (inputs.index, *inputs.data_files)])
-    lines = [_copy_config(options, data), _convert_checkpoint(options, inputs, checkpoint_from, data)]
+    lines = digests.notes() + [_copy_config(options, data), _convert_checkpoint(options, inputs, checkpoint_from,
+                                                                                    data)]
     summary = prepare(_prepare_options(options, inputs))
     lines.append(summary.report())
     parts = data / PARTS_FOLDER
@@ -195,7 +196,8 @@ def _convert_checkpoint(options, inputs: _Inputs, made_from: str, data: Path) ->
     if finished.is_complete(target):
         finished.save()
         return f"{target}: already converted"
-    done = convert(ConvertOptions(input=str(inputs.index), output=str(target), bert_config_path=options.bert_config))
+    done = convert(ConvertOptions(input=str(inputs.index), output=str(target), bert_config_path=options.bert_config,
+                                  overwrite=True))  # a file left here is not this checkpoint's conversion
     finished.record(target, file_digest(target))
     finished.save()
     return done + "".join(f"; {note}" for note in finished.notes())
