@@ -158,10 +158,20 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
         vocab_file=str(files["vocab.txt"]), bert_config=str(files["bert_config.json"]), output_dir=str(tmp_path / "D"),
         max_seq_length=128, max_predictions_per_seq=20, num_shards=4, num_eval_examples=50, dupe_factor=2, workers=1,
         progress=False)
+    md5_list = text_dir / prepare_mlperf.TEXT_MD5_LIST
     report = prepare_mlperf.run(options)
-    assert report.endswith("holds the MLPerf reference data: every input has MLCommons' published md5 and the flags "
-                           "are the reference's")
-    (text_dir / prepare_mlperf.TEXT_MD5_LIST).unlink()
+    # the parts' md5s come from the user's list alone: the verdict says so and names the list by its md5
+    assert report.endswith(f"holds the MLPerf reference data: the vocab, config, eval.txt and checkpoint have the md5s "
+                           f"MLCommons published (held by this project), the 3 text parts those of "
+                           f"{prepare_mlperf.TEXT_MD5_LIST} (md5 {md5_of(md5_list)}), and the flags are the reference's")
+    assert ("md5s compared with MLCommons' published values, which this project holds: vocab.txt, bert_config.json, "
+            "eval.txt, model.ckpt-28252.index, model.ckpt-28252.data-00000-of-00001") in report
+    assert (f"md5s compared only with the list supplied, {md5_list} (its own md5: {md5_of(md5_list)}; compare it with "
+            f"MLCommons' copy, which this project does not hold): 3 text parts") in report
+    with open(md5_list, "a") as f:  # a list made with md5sum over the files at hand, eval.txt among them
+        f.write(f"{'1' * 32}  eval.txt\n")
+    assert f"gives eval.txt the md5 {'1' * 32}, MLCommons' published one is" in prepare_mlperf.run(options)
+    md5_list.unlink()
     assert "the text parts are unchecked" in prepare_mlperf.run(options)
 
 
