@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.data import shards
 from bert_pretrain.errors import InputError
-from bert_pretrain.folder_lock import hold_folder
+from bert_pretrain.folder_lock import LOCK_FILE, FolderBusy, hold_folder
 from bert_pretrain.prepare.input_digests import INPUTS_KEY
 from bert_pretrain.prepare.manifest import RECORDS_KEY, read_manifest, write_manifest
 
@@ -143,6 +145,29 @@ class OutputLayout:
         """The tokens spooled for shards first..end-1 (and the eval set): one name per range, so a rerun
         of the range finds and deletes what a killed run left (`hold` keeps concurrent runs' ranges apart)."""
         return self.output_dir / f".spool-{first}-{end}"
+
+    @contextmanager
+    def as_found_if_refused(self) -> Iterator[None]:
+        """A run refused with an InputError leaves the folder as it found it: the folders it created and
+        left empty, its lock file and a manifest with no output beside it are removed (and the output
+        folder, if this run created it and it is empty then). Finished outputs stay: a corrected rerun
+        uses them. A run refused because another holds the folder touches nothing of that run's."""
+        created = [folder for folder in (self.shard_dir, self.eval_dir, self.parts_dir, self.output_dir)
+                   if not folder.exists()]
+        lock, manifest = self.output_dir / LOCK_FILE, self.manifest_path
+        ours = [path for path in (lock, manifest) if not path.exists()]
+        try:
+            yield
+        except InputError as err:
+            if not isinstance(err, FolderBusy):
+                if manifest in ours and not self.has_outputs():
+                    manifest.unlink(missing_ok=True)
+                if lock in ours:
+                    lock.unlink(missing_ok=True)
+                for folder in created:
+                    with suppress(OSError):  # not empty: something of this run's or another's is in it
+                        folder.rmdir()
+            raise
 
     def hold(self, shards: tuple[int, int] = (0, 0), parts: tuple[int, int] = (0, 0), shared: bool = False):
         """This run's share of the folder, locked for it alone while the block runs (FolderBusy if another

@@ -66,12 +66,13 @@ def run(options: PrepareOptions) -> PrepareSummary:
     options.check()
     first, end = options.shard_bounds()
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
-    with layout.hold(shards=(first, end), shared=first == 0):  # before anything in the folder is touched
-        return _prepare(options, layout, first, end, started)
+    files = _input_files(options, layout)  # refused before the folder is made
+    with layout.as_found_if_refused(), layout.hold(shards=(first, end), shared=first == 0):
+        return _prepare(options, layout, files, first, end, started)  # the lock before anything in the folder
 
 
-def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int, started: float) -> PrepareSummary:
-    files = _input_files(options, layout)
+def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Path, str]], first: int, end: int,
+             started: float) -> PrepareSummary:
     layout.prepare_folders(shards=False, with_eval=False)  # the vocab and the manifest go here
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
         layout.vocab_corpus_path.unlink(missing_ok=True)

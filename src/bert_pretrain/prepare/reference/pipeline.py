@@ -79,7 +79,7 @@ def run(options: PrepareOptions) -> PrepareSummary:
     if eval_source is not None and not eval_source.is_file():
         raise InputError(f"--eval_file {eval_source}: no such file")
     # the cut's shards are locked when it starts: the runs of the other part ranges may be running still
-    with layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
+    with layout.as_found_if_refused(), layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
         vocab_sha256 = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
         layout.prepare_folders(shards=False, with_eval=False)
         layout.check_manifest(options.manifest(vocab_sha256))
