@@ -469,3 +469,25 @@ def test_an_input_changed_in_content_alone_remakes_every_shard_and_its_restorati
     assert not unchanged.shards_written and not unchanged.notes and read == []  # the status vouches: nothing read
     (text / "b.txt").touch()  # a new mtime, the same content: read again, nothing made again
     assert not run(options).shards_written and read == [text / "b.txt"]
+
+
+def test_a_refused_run_leaves_the_folder_as_it_found_it(shared_data, vocab, tmp_path):
+    """Refused before anything is read (a missing input), or after the corpus was read (too many shards):
+    no folder, lock file, manifest or empty shard or eval folder is left where there was none."""
+    text = str(shared_data / "google_bert" / "sample_text.txt")
+    options = dict(input_files=text, vocab_file=vocab, output_dir=str(tmp_path / "new"), num_eval_examples=5,
+                   num_eval_documents=1, workers=1, **SMALL)
+    with pytest.raises(InputError, match="no such file"):
+        run(PrepareOptions(**{**options, "input_files": str(tmp_path / "missing.txt")}))
+    with pytest.raises(InputError, match="lower --num_shards"):
+        run(PrepareOptions(**{**options, "num_shards": 500}))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="lower --num_shards"):
+        run(PrepareOptions(**{**options, "num_shards": 500, "output_dir": str(tmp_path / "empty")}))
+    assert not list((tmp_path / "empty").iterdir())
+    run(PrepareOptions(**options))
+    before = snapshot(tmp_path / "new")
+    with pytest.raises(InputError, match="lower --num_shards"):  # other settings, in a folder of their own
+        run(PrepareOptions(**{**options, "num_shards": 500, "output_dir": str(tmp_path / "new" / "more")}))
+    assert snapshot(tmp_path / "new") == before

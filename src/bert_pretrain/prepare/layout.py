@@ -149,7 +149,7 @@ class OutputLayout:
     @contextmanager
     def as_found_if_refused(self) -> Iterator[None]:
         """A run refused with an InputError leaves the folder as it found it: the folders it created and
-        left empty, its lock file and a manifest with no output beside it are removed (and the output
+        left empty, its lock file and a manifest that records no finished file are removed (and the output
         folder, if this run created it and it is empty then). Finished outputs stay: a corrected rerun
         uses them. A run refused because another holds the folder touches nothing of that run's."""
         created = [folder for folder in (self.shard_dir, self.eval_dir, self.parts_dir, self.output_dir)
@@ -160,7 +160,7 @@ class OutputLayout:
             yield
         except InputError as err:
             if not isinstance(err, FolderBusy):
-                if manifest in ours and not self.has_outputs():
+                if manifest in ours and not read_manifest(manifest).get(RECORDS_KEY):  # no file finished
                     manifest.unlink(missing_ok=True)
                 if lock in ours:
                     lock.unlink(missing_ok=True)

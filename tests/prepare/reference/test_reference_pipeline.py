@@ -331,3 +331,12 @@ def test_a_part_changed_in_content_alone_is_made_again_and_so_is_the_cut(vocab, 
     assert built == ["eval.txt"] and not again.shards_written
     for name, arrays in clean.items():
         assert_same(read_all(tmp_path / "out" / name), arrays)
+
+
+def test_a_run_refused_after_its_parts_keeps_them_and_leaves_no_lock_or_empty_folder(vocab, release, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="fewer than --num_shards 10000"):
+        run(reference_options(part_files(release), out, vocab, num_shards=10_000))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "prepare_manifest.json", "reference_parts", *(f"reference_parts/{p.name}.hdf5" for p in part_files(release))]
+    assert len(run(reference_options(part_files(release), out, vocab)).parts_skipped) == 3  # the parts serve
