@@ -340,3 +340,14 @@ def test_a_run_refused_after_its_parts_keeps_them_and_leaves_no_lock_or_empty_fo
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "prepare_manifest.json", "reference_parts", *(f"reference_parts/{p.name}.hdf5" for p in part_files(release))]
     assert len(run(reference_options(part_files(release), out, vocab)).parts_skipped) == 3  # the parts serve
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_an_eval_file_without_text_is_refused_not_reported_complete(vocab, release, tmp_path, content):
+    (tmp_path / "eval.txt").write_bytes(content)
+    proc = cli_here("prepare", "--method", "reference", "--input_file", str(part_files(release)[0]), "--vocab_file",
+                    str(vocab), "--output_dir", str(tmp_path / "out"), "--eval_file", str(tmp_path / "eval.txt"),
+                    "--num_eval_examples", "10", "--num_shards", "1", "--workers", "1", "--no_progress")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
+    assert f"--eval_file {tmp_path / 'eval.txt'}: makes no instance (0 documents with text)" in proc.stderr
+    assert not (tmp_path / "out" / "eval_set_uncompressed").exists()

@@ -198,6 +198,9 @@ def build_part(job: PartJob, vocab: VocabIds) -> PartResult:
     docs = read_reference_documents(job.source, _tokenizer(job.vocab_file, job.vocab_sha256, job.lower_case))
     instances = create_reference_instances(docs, job.options, vocab.vocab_size, job.seed)
     rows = len(instances) if job.limit is None else min(job.limit, len(instances))
+    if job.limit is not None and rows == 0:  # an empty eval set would pass for a finished one
+        raise InputError(f"--eval_file {job.source}: makes no instance ({docs.num_documents} documents with text); "
+                         "pass a text file of documents, e.g. MLCommons' results4/eval.txt")
     with shards.padded_writer(job.output, rows, job.options.max_seq_length,
                               job.options.max_predictions_per_seq) as write:
         for lo in range(0, rows, _BLOCK_ROWS):
