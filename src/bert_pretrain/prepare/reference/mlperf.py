@@ -30,6 +30,7 @@ from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
 from bert_pretrain.prepare.layout import MANIFEST, PARTS_FOLDER
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.pipeline import run as prepare
+from bert_pretrain.prepare.text import is_input_file
 from bert_pretrain.prepare.workers import Workers
 from bert_pretrain.weights import read_bert_config
 
@@ -95,7 +96,7 @@ def _find_inputs(options: PrepareMlperfOptions) -> _Inputs:
     text_dir = Path(options.text_dir)
     if not text_dir.is_dir():
         raise InputError(f"--text_dir {text_dir}: no such folder; pass MLCommons' results4/")
-    parts = sorted(p for p in text_dir.glob("part-*") if p.is_file())
+    parts = sorted(p for p in text_dir.glob("part-*") if is_input_file(p, f"--text_dir {text_dir}"))
     eval_text = text_dir / "eval.txt"
     if not parts or not eval_text.is_file():
         raise InputError(f"--text_dir {text_dir}: holds no part-* files or no eval.txt; pass MLCommons' results4/")
