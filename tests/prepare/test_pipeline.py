@@ -497,3 +497,31 @@ def test_a_refused_run_leaves_the_folder_as_it_found_it(shared_data, vocab, tmp_
         run(PrepareOptions(**{**options, "num_shards": 500, "output_dir": str(tmp_path / "new" / "more")}))
     assert snapshot(tmp_path / "new") == before
 
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("dangling", r"corpus/b\.txt is a symlink to .*gone\.txt, which does not exist; restore its target"),
+    ("device", r"corpus/b\.txt is a character device, not a regular file"),
+    ("copy", r"corpus/a\.txt and .*corpus/b\.txt: the same bytes \(md5 [0-9a-f]{32}\) given twice as input"),
+    ("same_file", r"corpus/a\.txt and .*corpus/\.\./corpus/a\.txt: the same bytes"),
+])
+def test_an_input_that_is_missing_or_given_twice_is_refused(shared_data, vocab, tmp_path, entry, message):
+    """A part that is a symlink to nothing or to a device was left out unseen, one given twice was read
+    twice: each is one line naming the file, and no output folder is made."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(shared_data / "google_bert" / "sample_text.txt", corpus / "a.txt")
+    inputs = [str(corpus)]
+    if entry == "dangling":
+        (corpus / "b.txt").symlink_to(tmp_path / "gone.txt")
+    elif entry == "device":
+        (corpus / "b.txt").symlink_to("/dev/null")
+    elif entry == "copy":
+        shutil.copy(corpus / "a.txt", corpus / "b.txt")
+    else:
+        inputs.append(str(corpus / ".." / "corpus" / "a.txt"))
+    result = cli_here("prepare", "--input_file", *inputs, "--vocab_file", vocab, "--output_dir", str(tmp_path / "out"),
+                      "--max_seq_length", "64", "--workers", "1", "--no_progress")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()

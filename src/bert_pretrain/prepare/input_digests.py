@@ -21,12 +21,14 @@ import os
 import time
 from pathlib import Path
 
+from bert_pretrain.errors import InputError
 from bert_pretrain.prepare.manifest import read_manifest, write_manifest
 from bert_pretrain.prepare.workers import Workers
 
 INPUTS_KEY = "input_files"  # absolute path -> {"bytes", "mtime_ns", "ctime_ns", "md5"}; not a setting
 _CHUNK = 1 << 24
 _RACY_WINDOW_NS = 2_000_000_000  # coarser than any file system's timestamps that prepare is likely to read
+_EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 
 def md5_of(path: Path) -> str:
@@ -53,6 +55,17 @@ def input_record(path: Path) -> dict:
 def fingerprint(md5s: list[str]) -> str:
     """One name for an ordered list of input contents (what an output was made from)."""
     return hashlib.sha256("\n".join(md5s).encode()).hexdigest()[:32]
+
+
+def refuse_duplicates(md5s: dict[Path, str]) -> None:
+    """Raise InputError when two input files hold the same bytes (a part given twice, by two names or
+    paths): its documents would count twice, and an eval file among the parts would be trained on.
+    Empty files are alike and harmless (counted as empty)."""
+    first: dict[str, Path] = {}
+    for path, md5 in md5s.items():
+        if md5 != _EMPTY_MD5 and first.setdefault(md5, path) != path:
+            raise InputError(f"{first[md5]} and {path}: the same bytes (md5 {md5}) given twice as input, so each of "
+                             "its documents would count twice; pass each file once")
 
 
 class InputDigests:

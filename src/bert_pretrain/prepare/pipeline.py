@@ -31,7 +31,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import PrepareOptions
 from bert_pretrain.prepare import tasks
 from bert_pretrain.prepare.instances import VocabIds
-from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles
 from bert_pretrain.prepare.partition import EvalSelector, ShardAssigner, SpoolWriter
@@ -90,8 +90,10 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Pa
             layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
         digests = InputDigests(layout.manifest_path)
         # every output depends on every input: a document's index in the whole stream places it
-        made_from = fingerprint(list(digests.md5s([path for path, _ in files], workers).values()))
+        md5s = digests.md5s([path for path, _ in files], workers)
         digests.save()
+        refuse_duplicates(md5s)
+        made_from = fingerprint(list(md5s.values()))
         finished = FinishedFiles(layout.manifest_path, dict.fromkeys(outputs, made_from))
         finished.check(outputs, layout.is_complete, workers)
         summary.notes += digests.notes() + finished.notes()

@@ -179,6 +179,8 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
     ("no_eval", "holds no part-* files or no eval.txt"),
     ("no_checkpoint", "no model.ckpt-1.index with .data-* files beside it"),
     ("big_vocab", "more than the vocab_size 1,018 of --bert_config"),
+    ("dangling_part", "part-00003-of-00003 is a symlink to"),
+    ("device_part", "part-00003-of-00003 is a character device, not a regular file"),
 ])
 def test_bad_inputs_are_one_line_errors(release, tmp_path, change, message):
     text_dir = tmp_path / "results4"
@@ -186,6 +188,8 @@ def test_bad_inputs_are_one_line_errors(release, tmp_path, change, message):
     for path in (release / "results4").iterdir():
         if not (change == "no_eval" and path.name == "eval.txt"):
             (text_dir / path.name).write_bytes(path.read_bytes())
+    if change.endswith("_part"):  # left out unseen before
+        (text_dir / "part-00003-of-00003").symlink_to(tmp_path / "gone" if change == "dangling_part" else "/dev/null")
     vocab = release / "vocab.txt"
     if change == "big_vocab":
         vocab = tmp_path / "vocab.txt"

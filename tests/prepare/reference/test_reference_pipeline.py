@@ -351,3 +351,16 @@ def test_an_eval_file_without_text_is_refused_not_reported_complete(vocab, relea
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
     assert f"--eval_file {tmp_path / 'eval.txt'}: makes no instance (0 documents with text)" in proc.stderr
     assert not (tmp_path / "out" / "eval_set_uncompressed").exists()
+
+
+def test_a_part_given_twice_is_refused(vocab, release, tmp_path):
+    """The same bytes under two names (a part copied, or the eval file among the parts): refused, not read twice."""
+    copy = tmp_path / "part-00003-of-00003"
+    shutil.copy(part_files(release)[0], copy)
+    with pytest.raises(InputError, match="part-00000-of-00003 and .*part-00003-of-00003: the same bytes"):
+        run(reference_options([*part_files(release), copy], tmp_path / "out", vocab))
+    shutil.copy(part_files(release)[1], tmp_path / "eval.txt")
+    with pytest.raises(InputError, match="part-00001-of-00003 and .*eval.txt: the same bytes"):
+        run(reference_options(part_files(release), tmp_path / "out", vocab, eval_file=str(tmp_path / "eval.txt"),
+                              num_eval_examples=5))
+    assert not (tmp_path / "out").exists()

@@ -30,7 +30,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
 from bert_pretrain.prepare.instances import VocabIds
-from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.reference.documents import read_reference_documents
@@ -113,6 +113,7 @@ def _made_from(layout: OutputLayout, parts: list[Path], eval_source: Path | None
     """What each output is made from: a part from its text file, the eval set from --eval_file, every
     shard of the cut from all parts in their order."""
     md5s = digests.md5s(parts + ([eval_source] if eval_source else []), workers)
+    refuse_duplicates(md5s)
     made_from = {layout.part_path(p): md5s[p] for p in parts}
     if eval_source is not None:
         made_from[layout.eval_path] = md5s[eval_source]
