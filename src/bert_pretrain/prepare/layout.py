@@ -160,10 +160,11 @@ class OutputLayout:
             yield
         except InputError as err:
             if not isinstance(err, FolderBusy):
-                if manifest in ours and not read_manifest(manifest).get(RECORDS_KEY):  # no file finished
-                    manifest.unlink(missing_ok=True)
-                if lock in ours:
-                    lock.unlink(missing_ok=True)
+                with suppress(OSError):  # the folder may not be one (the refusal may say so)
+                    if manifest in ours and not read_manifest(manifest).get(RECORDS_KEY):  # no file finished
+                        manifest.unlink(missing_ok=True)
+                    if lock in ours:
+                        lock.unlink(missing_ok=True)
                 for folder in created:
                     with suppress(OSError):  # not empty: something of this run's or another's is in it
                         folder.rmdir()
