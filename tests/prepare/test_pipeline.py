@@ -182,6 +182,8 @@ def test_a_shard_changed_in_place_is_made_again(shared_data, vocab, tmp_path):
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "finished_files"}))
     unrecorded = run(options)  # as a folder made before the records were kept
     assert not unrecorded.shards_written and "3 finished files had no record" in unrecorded.report()
+    assert "(finished by another run that has not recorded them yet, or just before a run was killed)" in \
+        unrecorded.report()  # the parts a concurrent --part_range run is making are no "earlier version"
     assert json.loads(manifest.read_text())["finished_files"] == records
 
 
@@ -525,3 +527,17 @@ def test_an_input_that_is_missing_or_given_twice_is_refused(shared_data, vocab, 
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert __import__("re").search(message, result.stderr), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_other_settings_are_named_by_their_flags_and_values(shared_data, vocab, tmp_path):
+    options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
+                             output_dir=str(tmp_path / "out"), workers=1, **SMALL)
+    run(options)
+    small = tmp_path / "small_vocab.txt"
+    small.write_text("".join(t + "\n" for t in read_vocab(vocab)[:1000]))
+    with pytest.raises(InputError) as refused:
+        run(PrepareOptions(**{**options.__dict__, "vocab_file": str(small), "lower_case": False}))
+    message = str(refused.value)
+    assert "holds shards made with other settings (--lower_case on then, off now; the vocab: sha256 " in message
+    assert __import__("re").search(r"the vocab: sha256 [0-9a-f]{12} then, [0-9a-f]{12} now\)", message), message
+    assert not set("[]'") & set(message)
