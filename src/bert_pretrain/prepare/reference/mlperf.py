@@ -8,9 +8,11 @@ writes DATA/bert_config.json (a copy), DATA/model.ckpt-28252.apex.pt (the Tensor
 MLPerf's flags: DATA/2048_shards_uncompressed/ and DATA/eval_set_uncompressed/part_eval_10k.hdf5, the
 per-part files in DATA/reference_parts/ deleted once the cut is whole (unless --keep_parts). Each
 output is written atomically and skipped on a rerun when complete, so a killed run is finished by
-running the same command again. It ends by saying whether DATA holds the MLPerf reference data: the
-inputs' md5s equal MLCommons' published ones (the text parts' those listed in
-bert_reference_results_text_md5.txt when text_dir has it) and the flags are the reference's.
+running the same command again, and an output whose inputs changed in content is made again. It ends
+by saying whether DATA holds the MLPerf reference data: the vocab, config, eval.txt and checkpoint have
+the md5s MLCommons published (held here), the text parts those listed in
+bert_reference_results_text_md5.txt (a list the user supplies: the report names its md5 and says which
+md5s were compared with what), and the flags are the reference's.
 """
 
 from __future__ import annotations
