@@ -31,14 +31,14 @@ SUBPACKAGE_LEVELS = {"options": 0, "kernels": 1, "data": 3, "prepare": 4, "train
 MODULE_LEVELS = {
     "errors": 0, "atomic": 0, "strict_json": 0, "folder_lock": 0, "parent_death": 0,
     "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
-    "step": 4, "weights": 4, "tf_checkpoint": 4, "evaluate": 4,
+    "step": 4, "build": 4, "weights": 4, "tf_checkpoint": 4, "evaluate": 4,
     "convert": 6, "inspect_checkpoint": 6, "demo": 6,
     # prepare-mlperf also converts MLCommons' TensorFlow checkpoint (convert, torch): a tool, kept beside the
     # reference method whose data step it runs
     "prepare.reference.mlperf": 6,
     "cli": 7, "__main__": 7, "launch": 7, "": 7,
 }
-PEERS = [("train", "bench"), ("prepare", "step"), ("prepare", "weights"), ("prepare", "tf_checkpoint"),
+PEERS = [("train", "bench"), ("prepare", "step"), ("prepare", "build"), ("prepare", "weights"), ("prepare", "tf_checkpoint"),
          ("prepare", "evaluate")]  # same level, no imports either way
 
 

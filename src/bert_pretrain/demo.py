@@ -1,6 +1,6 @@
 """`bert-pretrain demo`: the whole pipeline on a corpus every Python installation carries.
 
-1. corpus   the standard library's docstrings and help() topics (data/builtin_corpus.py)
+1. corpus   the standard library's docstrings and help() topics (prepare/builtin_corpus.py)
 2. prepare  a WordPiece vocab trained on it, 128-token MLPerf-layout shards and a held-out eval set
 3. train    a small BERT with LAMB until the masked-LM accuracy on the held-out set reaches the target
             (or the step limit), with the MLPerf log, metrics, plot and checkpoints of a real run

@@ -223,7 +223,7 @@ def test_help_teaches_every_option_and_the_cli_reports_bad_input_in_one_line(pat
 
 
 def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
-    """options.py lists attention backends and compile modes literally (the parser imports no torch)."""
+    """options/fields.py lists attention backends and compile modes literally (the parser imports no torch)."""
     from bert_pretrain.attention import BACKENDS
     from bert_pretrain.options.fields import ATTENTION_BACKENDS, COMPILE_MODES
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from support.states import CPU, make_state, trained_state
 
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.errors import InputError
@@ -20,7 +21,7 @@ from bert_pretrain.train.checkpoint import (
     save_training_checkpoint,
 )
 from bert_pretrain.weights import load_weights, save_reference_checkpoint
-from support.states import CPU, make_state, trained_state
+
 
 def test_a_checkpoint_restores_every_piece_exactly(tmp_path):
     state = trained_state()

@@ -111,7 +111,7 @@ class OutputLayout:
         """Refuse to mix outputs of different settings; record the settings for later runs.
 
         A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
-        records of finished files and inputs (manifest.py, input_digests.py) are kept either way.
+        records of finished files and inputs (prepare/manifest.py, prepare/input_digests.py) are kept either way.
         """
         old = read_manifest(self.manifest_path)
         kept = {key: old.pop(key) for key in (RECORDS_KEY, INPUTS_KEY) if key in old}

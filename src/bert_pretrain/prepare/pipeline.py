@@ -5,11 +5,11 @@
 
 Two stages, both spread over `workers` processes:
 1. Read: this process scans the input in a fixed order and cuts it into raw documents (cheap); each
-   document's index in that stream decides its training shard or the eval set (data/partition.py);
+   document's index in that stream decides its training shard or the eval set (prepare/partition.py);
    workers clean, split and tokenize batches of documents; the tokens are spooled to one file per
    shard. Documents of shards outside `--shard_range` are not tokenized.
 2. Build: each worker takes one shard at a time, makes its instances with the shard's own random
-   stream (seed, shard) and writes it atomically (data/tasks.py).
+   stream (seed, shard) and writes it atomically (prepare/tasks.py).
 The output depends only on the input, the options and the seed, not on the number of workers or
 machines, and a worker holds one shard, never the corpus (docs/data.md).
 """
@@ -30,8 +30,8 @@ from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab, write_
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import PrepareOptions
 from bert_pretrain.prepare import tasks
-from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
+from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles
 from bert_pretrain.prepare.partition import EvalSelector, ShardAssigner, SpoolWriter

@@ -89,7 +89,7 @@ class ShardResult:
     instances: int
     documents: int
     tokens: int
-    digest: dict  # data/manifest.py's record of the file written
+    digest: dict  # prepare/manifest.py's record of the file written
 
 
 def build_shard(job: ShardJob) -> ShardResult:

@@ -5,7 +5,7 @@ Three inputs (docs/data.md):
 - WikiExtractor output: `<doc id=.. url=.. title=..>` blocks whose first line is the title, then one
   paragraph per line; cleaned as MLPerf's cleanup does (tags and title line dropped, leftover link and
   ref markup removed, empty lines dropped), then split into sentences;
-- a Wikipedia XML dump (see `data/wikidump.py`), which yields wikitext.
+- a Wikipedia XML dump (see `prepare/wikidump.py`), which yields wikitext.
 
 Reading is split in two so it parallelizes: the cheap scan that cuts a file into raw documents runs
 in one process (`*_documents`), and the costly per-document work (cleanup, sentence splitting) runs

@@ -16,8 +16,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import (REPO, SHARED_DATA, SUBPROCESS_ENV, change_a_word, load_reference_peer, restore, run_cli,
-                      write_wiki_sentences)
+from conftest import (
+    REPO,
+    SHARED_DATA,
+    SUBPROCESS_ENV,
+    change_a_word,
+    load_reference_peer,
+    restore,
+    run_cli,
+    write_wiki_sentences,
+)
 from support.launcher import launch, tiny_overrides
 
 from bert_pretrain.data import shards

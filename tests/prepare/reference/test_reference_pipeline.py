@@ -8,8 +8,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import (SHARED_DATA, change_a_word, cli_here, flip_byte, load_reference_peer, restore, run_cli,
-                      write_wiki_sentences)
+from conftest import (
+    SHARED_DATA,
+    change_a_word,
+    cli_here,
+    flip_byte,
+    load_reference_peer,
+    restore,
+    run_cli,
+    write_wiki_sentences,
+)
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import read_vocab

@@ -6,12 +6,12 @@
 Three stages, each made of independent jobs spread over `workers` processes; every output is
 written atomically, so a rerun skips what is complete and redoes only the rest:
 1. Parts: each input text file gives `reference_parts/<file name>.hdf5`, the arrays NVIDIA's
-   create_pretraining_data.py writes for that file with the same flags (data/reference_documents.py,
-   data/reference_instances.py); `--part_range` makes a slice of the sorted files (one per machine).
+   create_pretraining_data.py writes for that file with the same flags (prepare/reference/documents.py,
+   prepare/reference/instances.py); `--part_range` makes a slice of the sorted files (one per machine).
 2. Eval: `--eval_file` through the same path; its first `num_eval_examples` instances are
    `eval_set_uncompressed/part_eval_10k.hdf5`, as pick_eval_samples.py takes the first rows.
 3. Cut: once every part is there, all parts' rows in sorted part order are cut into
-   `<N>_shards_uncompressed/part_<i>_of_<N>.hdf5` (data/shard_cut.py); `--shard_range` cuts a slice.
+   `<N>_shards_uncompressed/part_<i>_of_<N>.hdf5` (prepare/reference/shard_cut.py); `--shard_range` cuts a slice.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
-from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
+from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.reference.documents import read_reference_documents
@@ -63,7 +63,7 @@ class PartResult:
     instances: int  # written
     documents: int
     tokens: int
-    digest: dict  # data/manifest.py's record of the file written
+    digest: dict  # prepare/manifest.py's record of the file written
 
 
 def run(options: PrepareOptions) -> PrepareSummary:
