@@ -552,3 +552,28 @@ def test_other_settings_are_named_by_their_flags_and_values(shared_data, vocab, 
     assert "holds shards made with other settings (--lower_case on then, off now; the vocab: sha256 " in message
     assert __import__("re").search(r"the vocab: sha256 [0-9a-f]{12} then, [0-9a-f]{12} now\)", message), message
     assert not set("[]'") & set(message)
+
+
+def test_a_vocab_trained_on_inputs_that_changed_is_trained_again(shared_data, tmp_path, monkeypatch):
+    """--vocab_size: the vocab is an output of the inputs too. Built from a damaged input, then the input
+    mended and the command rerun: the vocab is trained again, and the shards equal a clean build's with
+    that vocab (HF's trainer breaks ties differently from run to run, so two trainings need not agree)."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "text"
+    text.mkdir()
+    lines = write_wiki_sentences(shared_data, tmp_path / "all.txt", limit_bytes=30_000).read_text().split("\n")
+    lines = [line for line in lines if line.strip()]
+    (text / "a.txt").write_text("\n\n".join("\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)))
+    options = dict(input_files=str(text), vocab_size=400, num_shards=2, workers=1, **SMALL)
+    good = change_a_word(text / "a.txt", "the", "qxj")  # damage that a vocab trained on it shows
+    run(PrepareOptions(**options, output_dir=str(tmp_path / "out")))
+    assert "qxj" in read_vocab(tmp_path / "out" / "vocab.txt")
+    restore(text / "a.txt", good)
+    mended = run(PrepareOptions(**options, output_dir=str(tmp_path / "out")))
+    assert "qxj" not in read_vocab(tmp_path / "out" / "vocab.txt") and "the" in read_vocab(tmp_path / "out" / "vocab.txt")
+    assert "(the input files changed since the vocab there was trained)" in mended.report()
+    shutil.copy(tmp_path / "out" / "vocab.txt", tmp_path / "vocab.txt")
+    run(PrepareOptions(**{**options, "vocab_size": None}, vocab_file=str(tmp_path / "vocab.txt"),
+                       output_dir=str(tmp_path / "clean")))
+    assert same_arrays(all_arrays(tmp_path / "out"), all_arrays(tmp_path / "clean"))
+    assert "reused the" in run(PrepareOptions(**options, output_dir=str(tmp_path / "out"))).report()

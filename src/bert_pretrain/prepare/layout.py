@@ -107,8 +107,10 @@ class OutputLayout:
     def manifest_path(self) -> Path:
         return self.output_dir / MANIFEST
 
-    def check_manifest(self, manifest: dict) -> None:
-        """Refuse to mix outputs of different settings; record the settings for later runs.
+    def check_manifest(self, manifest: dict, vocab_retrained: bool = False) -> None:
+        """Refuse to mix outputs of different settings; record the settings for later runs. A vocab this
+        run trained again (its inputs changed) is no other setting: what was made with the old one is
+        made again, as its inputs changed too.
 
         A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
         records of finished files and inputs (prepare/manifest.py, prepare/input_digests.py) are kept either way.
@@ -118,12 +120,14 @@ class OutputLayout:
         for key in _FORMER_SETTINGS:
             old.pop(key, None)
         if old and self.has_outputs():
-            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k)
+                             and not (vocab_retrained and k == "vocab_sha256"))
             if changed:
                 details = "; ".join(_setting_change(k, old.get(k), manifest.get(k)) for k in changed[:4])
                 raise InputError(f"{self.output_dir}: holds shards made with other settings ({details}); "
                                  "use another --output_dir or delete this one")
-            return
+            if not vocab_retrained:
+                return
         write_manifest(self.manifest_path, {**manifest, **kept})
 
     def is_complete(self, path: Path) -> bool:

@@ -105,6 +105,10 @@ class FinishedFiles:
                 if not self._complete[path]:
                     self.changed.append(path)
 
+    def recorded(self, path: Path) -> dict | None:
+        """The record of `path` in the manifest, if any."""
+        return self._records.get(self._key(path))
+
     def is_complete(self, path: Path) -> bool:
         """The verdict of `check` (or `record`) on `path`."""
         return self._complete[path]
