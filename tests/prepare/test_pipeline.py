@@ -577,3 +577,21 @@ def test_a_vocab_trained_on_inputs_that_changed_is_trained_again(shared_data, tm
                        output_dir=str(tmp_path / "clean")))
     assert same_arrays(all_arrays(tmp_path / "out"), all_arrays(tmp_path / "clean"))
     assert "reused the" in run(PrepareOptions(**options, output_dir=str(tmp_path / "out"))).report()
+
+
+def test_shards_of_another_range_made_from_other_inputs_are_named(shared_data, vocab, tmp_path, monkeypatch):
+    """Ranges run on several machines: a rerun of one range after an input changed says which shards of
+    the other ranges still hold the old content."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)
+    shutil.copy(shared_data / "google_bert" / "sample_text.txt", tmp_path / "text.txt")
+    options = dict(input_files=str(tmp_path / "text.txt"), vocab_file=vocab, output_dir=str(tmp_path / "out"),
+                   num_shards=3, workers=1, **SMALL)
+    for shard_range in ("0:1", "1:3"):
+        run(PrepareOptions(**options, shard_range=shard_range))
+    change_a_word(tmp_path / "text.txt", "the", "qxj")
+    again = run(PrepareOptions(**options, shard_range="0:1"))
+    assert len(again.shards_written) == 1
+    assert (f"2 shards outside this run's --shard_range 0:1 were made from other input contents than this run's "
+            f"(the first: {tmp_path / 'out' / '3_shards_uncompressed' / 'part_1_of_3.hdf5'}); run their ranges "
+            "again") in again.report()
+    assert "outside this run's" not in run(PrepareOptions(**options, shard_range="1:3")).report()

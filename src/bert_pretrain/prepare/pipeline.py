@@ -96,7 +96,8 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Pa
             layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
         finished = FinishedFiles(layout.manifest_path, dict.fromkeys(outputs, made_from))
         finished.check(outputs, layout.is_complete, workers)
-        summary.notes += digests.notes() + finished.notes()
+        summary.notes += digests.notes() + finished.notes() + _other_ranges_made_otherwise(layout, finished, first, end,
+                                                                                         made_from)
         todo = [i for i in range(first, end) if not finished.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
         eval_todo = wants_eval and not finished.is_complete(layout.eval_path)
@@ -116,6 +117,19 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Pa
         finished.save()  # the files `check` found whole without a record
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _other_ranges_made_otherwise(layout: OutputLayout, finished: FinishedFiles, first: int, end: int,
+                                 made_from: str) -> list[str]:
+    """A note naming the shards outside this run's range made from other input contents: the folder is
+    whole only once their ranges are run again on these inputs (on the other machines, say)."""
+    others = [i for i in [*range(first), *range(end, layout.num_shards)]
+              if (record := finished.recorded(layout.shard_path(i))) is not None and record.get("inputs") != made_from]
+    if not others:
+        return []
+    return [f"{len(others)} shards outside this run's --shard_range {first}:{end} were made from other input "
+            f"contents than this run's (the first: {layout.shard_path(others[0])}); run their ranges again on "
+            "these inputs"]
 
 
 def _input_files(options: PrepareOptions, layout: OutputLayout) -> list[tuple[Path, str]]:
