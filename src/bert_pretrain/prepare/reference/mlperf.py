@@ -160,10 +160,10 @@ def _checksum_evidence(options, inputs: _Inputs, digests: InputDigests, workers:
                                         f"published one is {PUBLISHED_MD5['eval.txt']}: it is not MLCommons' list")
     found = evidence.md5s = digests.md5s([*held, *listed] + ([inputs.md5_list] if inputs.md5_list else []), workers)
     evidence.list_md5 = found.get(inputs.md5_list)
-    for expected, source in ((held, "MLCommons' is"), (listed, f"{TEXT_MD5_LIST} gives")):
-        evidence.differences += [f"{path}: md5 {found[path]}, {source} {want}" if want else
-                                 f"{path}: has no published md5" for path, want in expected.items()
-                                 if want != found[path]]
+    for expected, source, none in ((held, "MLCommons' is", "has no published md5"),
+                                   (listed, f"{TEXT_MD5_LIST} gives", f"is not in {TEXT_MD5_LIST}")):
+        evidence.differences += [f"{path}: md5 {found[path]}, {source} {want}" if want else f"{path}: {none}"
+                                 for path, want in expected.items() if want != found[path]]
     if len(inputs.parts) != RELEASE_PARTS:
         evidence.differences.append(f"{options.text_dir}: {len(inputs.parts)} part files, MLCommons' release has "
                                     f"{RELEASE_PARTS}")
