@@ -595,3 +595,20 @@ def test_shards_of_another_range_made_from_other_inputs_are_named(shared_data, v
             f"(the first: {tmp_path / 'out' / '3_shards_uncompressed' / 'part_1_of_3.hdf5'}); run their ranges "
             "again") in again.report()
     assert "outside this run's" not in run(PrepareOptions(**options, shard_range="1:3")).report()
+
+
+def test_shards_recorded_before_inputs_were_known_by_content_are_made_again(shared_data, vocab, tmp_path):
+    """A folder of an earlier version (inputs by name and size among the settings, records without what
+    each file was made from) cannot vouch for its shards' inputs: they are made again, equal."""
+    options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
+                             output_dir=str(tmp_path), num_shards=2, workers=1, **SMALL)
+    run(options)
+    before = all_arrays(tmp_path)
+    manifest = tmp_path / "prepare_manifest.json"
+    values = json.loads(manifest.read_text())
+    values["inputs"] = [["sample_text.txt", 4394]]
+    values["finished_files"] = {k: {"bytes": v["bytes"], "crc32": v["crc32"]} for k, v in values["finished_files"].items()}
+    manifest.write_text(json.dumps(values))
+    again = run(options)
+    assert len(again.shards_written) == 2 and "2 finished files were made from other input contents" in again.report()
+    assert same_arrays(before, all_arrays(tmp_path)) and not run(options).shards_written
