@@ -303,7 +303,7 @@ def test_fp8_packs_token_counts_in_multiples_of_16(tmp_path):
     flags = train_flags(data, tmp_path / "out")
     arrays = mlperf_arrays(np.random.default_rng(0), 5, 32, 5, 64)
     for extra, multiple in (([], 1), (["--fp8"], 16)):
-        config = load_config(build_parser().parse_args(["train", *flags, *extra]), cuda_available=False)
+        config = load_config(build_parser().parse_args(["train", *flags, *extra]), accelerator=None)
         tokens = _row_converter(config)(arrays).input_ids.shape[0]
         assert tokens % multiple == 0 and (multiple == 1 or tokens - int(arrays["input_mask"].sum()) < 16)
     assert _packing(BenchOptions(precision="fp8", pad_to_multiple=24), None).pad_to_multiple == 48

@@ -71,14 +71,18 @@ def require(settings: StepSettings, device: torch.device, fp8_flag: str = "--fp8
 
 def build(bert_config: BertConfig, settings: StepSettings, device: torch.device,
           optimization: Optimization = Optimization(), init_checkpoint: str | None = None) -> Built:
-    """Model, LAMB and loss scaler, converted to fp8 and compiled as `settings` ask, in that order."""
+    """Model, LAMB and loss scaler, converted to fp8 and compiled as `settings` ask, in that order. The model
+    takes its initial weights from torch's current seed (the reference initialisation), then from
+    `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
     require(settings, device)
-    model, optimizer, scaler = _training_parts(
-        bert_config, device, settings.precision, attention=settings.attention, fused_norm=settings.fused_norm,
-        init_checkpoint=init_checkpoint, learning_rate=optimization.learning_rate, betas=optimization.betas,
-        weight_decay=optimization.weight_decay, compiled_optimizer=settings.compile_optimizer,
-        init_scale=optimization.init_scale)
-    built = Built(model, optimizer, scaler)
+    model = BertForPreTraining(bert_config, attention_backend=settings.attention, fused_norm=settings.fused_norm)
+    if init_checkpoint:
+        load_weights(model, init_checkpoint)
+    model.to(device)
+    optimizer = Lamb(parameter_groups(model, optimization.weight_decay), lr=optimization.learning_rate,
+                     betas=optimization.betas, eps=LAMB_EPSILON, weight_decay=optimization.weight_decay,
+                     max_grad_norm=MAX_GRAD_NORM, compiled=settings.compile_optimizer)
+    built = Built(model, optimizer, make_grad_scaler(settings.precision, device, init_scale=optimization.init_scale))
     if settings.precision == "fp8":  # emulated where there are no float8 matrix units (CPU tests)
         built.fp8 = fp8.convert_encoder(model, settings.fp8_recipe, settings.float8_layers(),
                                         emulate=device.type != "cuda")
@@ -86,22 +90,6 @@ def build(bert_config: BertConfig, settings: StepSettings, device: torch.device,
     if settings.compile:
         compile_model(model, mode=settings.compile_mode)
     return built
-
-
-def _training_parts(bert_config: BertConfig, device: torch.device, precision: str, *, attention: str = "auto",
-                   fused_norm: bool = False, init_checkpoint: str | None = None, learning_rate: float = 4e-4,
-                   betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.01,
-                   compiled_optimizer: bool = False, init_scale: float = 2.0**20):
-    """(model, LAMB, loss scaler): what `train_step` steps, built the same way for train and bench. The
-    model takes its initial weights from torch's current seed (the reference initialisation), then from
-    `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
-    model = BertForPreTraining(bert_config, attention_backend=attention, fused_norm=fused_norm)
-    if init_checkpoint:
-        load_weights(model, init_checkpoint)
-    model.to(device)
-    optimizer = Lamb(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=LAMB_EPSILON,
-                     weight_decay=weight_decay, max_grad_norm=MAX_GRAD_NORM, compiled=compiled_optimizer)
-    return model, optimizer, make_grad_scaler(precision, device, init_scale=init_scale)
 
 
 def compile_model(model: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> torch.nn.Module:

@@ -154,8 +154,10 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_train(args: argparse.Namespace) -> RunConfig:
+    from bert_pretrain.devices import accelerator_type  # torch, imported only when a run starts
+
     with said_by_the_first_process():  # every process of the run reads the same flags and files
-        config = load_config(args)
+        config = load_config(args, accelerator=accelerator_type())
     if is_main_process():
         for note in config.notes:
             print(note, file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bert_pretrain import devices
 from bert_pretrain.batch import Batch
 from bert_pretrain.model import SUM_NAMES
 from bert_pretrain.options.fields import PRECISIONS
@@ -41,7 +42,7 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=devices.autocast_type(device), dtype=dtype)
 
 
 def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2.0**20) -> torch.amp.GradScaler:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_pretrain import fp8
+from bert_pretrain import devices, fp8
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench import hf as bench_hf
@@ -112,7 +112,7 @@ def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict
             shards.write_padded(shard, rows)
         start = time.perf_counter()
         stream = ShardStream(folder, rank=0, world_size=1, seed=options.seed, micro_batch_size=options.batch,
-                             shape=_shape(options, config), pin_memory=device.type == "cuda",
+                             shape=_shape(options, config), pin_memory=devices.pins_host_memory(device),
                              make_batch=functools.partial(pack_padded_rows, max_predictions_per_seq=options.predictions(),
                                                           options=_packing(options, max_seqlen)))
         try:
@@ -168,7 +168,7 @@ def _contestants(options, config, rows, device, backend: str):
     size, per_step = options.batch, options.accumulation
     groups = [[{k: v[(i * per_step + j) * size:(i * per_step + j + 1) * size] for k, v in rows.items()}
                for j in range(per_step)] for i in range(POOL_STEPS)]
-    pin = device.type == "cuda"
+    pin = devices.pins_host_memory(device)
     max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
              for step in groups]
@@ -210,8 +210,8 @@ def _keep_freed_memory() -> str:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return devices.name(device)
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -228,7 +228,7 @@ def _summary(runner: Runner, groups, config, options, device, peak) -> dict:
     sequences = options.batch * len(timed)
     flops = sum(batch_flops(config, n, m) for n, m in zip(lengths, masked))
     tflops = flops / runner.seconds / 1e12
-    if device.type == "cuda":
+    if devices.peak_memory_bytes(device) is not None:
         peak_gb = runner.peak_bytes / 2**30
     else:  # the process's resident peak, both contestants together: the CPU has no per-allocation counter
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -249,7 +249,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     config = bench_config(options)
     _validate(options, config)
     device = resolve_device(options.device)
-    allocator = _keep_freed_memory() if device.type == "cpu" else "torch CUDA caching allocator"
+    allocator = _keep_freed_memory() if device.type == "cpu" else f"torch {device.type} caching allocator"
     rows = load_rows(options, config, options.batch * options.accumulation * POOL_STEPS)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(options.precision, torch.bfloat16)  # fp8: bf16 too
     try:
@@ -257,7 +257,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
-    require_trainable_attention(backend, device.type == "cuda")
+    require_trainable_attention(backend, device.type != "cpu")
     if options.compile_mode != "default" and not compile_enabled(options, device)[0]:
         raise InputError(f"--compile_mode {options.compile_mode} needs the model compiled (the default on CUDA; "
                          "pass --compile on the CPU)")

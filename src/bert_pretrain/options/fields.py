@@ -39,8 +39,9 @@ FP8_LAYERS = ("qkv", "attn_out", "mlp1", "mlp2")
 DEFAULT_FP8_LAYERS = "qkv,mlp1"
 # With --fused_norm these layers' weights go to the fused kernels through F.linear, past any module swap.
 FUSED_NORM_LAYERS = ("attn_out", "mlp2")
-DEVICES = ("auto", "cpu", "cuda")
-DEVICE_HELP = "where to run; 'auto' takes this process's GPU when there is one, else the CPU"
+# --device takes any name torch.device knows, checked when the run starts (the parser imports no torch).
+DEVICE_HELP = ("where to run: auto (this process's accelerator device when there is one, else the CPU), cpu, or "
+               "an accelerator's name as PyTorch knows it (cuda, xpu, mps; a vendor plug-in's, e.g. npu or hpu)")
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, aliases: tuple = (),
@@ -232,7 +233,7 @@ class Refuse(argparse.Action):
 
 def device_option():
     """The --device option of the commands that run a model."""
-    return option("auto", DEVICE_HELP, choices=DEVICES)
+    return option("auto", DEVICE_HELP, metavar="DEVICE")
 
 
 def compile_choices(compile: bool | None, compile_optimizer: bool | None, on_gpu: bool) -> tuple[bool, bool]:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.fields import Refuse, option, truth
 
-FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
+FORMATS = ("auto", "wikidump", "wikiextractor", "text", "jsonl", "parquet", "arrow")  # of the input
 OUTPUT_FORMATS = ("padded", "varlength")
 METHODS = ("default", "reference")  # this project's streaming builder; NVIDIA's script, exactly, per file
 
@@ -75,7 +75,8 @@ class PrepareOptions(InstanceOptions):
     v1.0 reference's."""
 
     input_files: list[str] | str = option(
-        help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read compressed",
+        help="text, JSON Lines, Parquet or Arrow files, folders (searched recursively) or globs; several allowed; "
+             ".bz2/.gz/.zst are read compressed",
         flag="--input_file", metavar="PATH", group="input and output")
     output_dir: str = option(help="writes <N>_shards_uncompressed/ and eval_set_uncompressed/ here (a DATA folder)",
                              group="input and output", aliases=(("--output_file", {
@@ -89,8 +90,16 @@ class PrepareOptions(InstanceOptions):
                                     "them (cased vocabs); create_pretraining_data.py's --do_lower_case=BOOL is "
                                     "understood", group="vocab", aliases=_LOWER_CASE_ALIASES)
     input_format: str = option("auto", "wikidump: pages-articles .xml(.bz2); wikiextractor: <doc> blocks; text: one "
-                                       "sentence per line, blank line between documents; auto: decided per file "
-                                       "from its first bytes", choices=FORMATS, group="input and output")
+                                       "sentence per line, blank line between documents; jsonl: a JSON object per "
+                                       "line (C4, The Pile); parquet (HF hub datasets); arrow: Arrow IPC (HF datasets' "
+                                       "cache); auto: decided per file from its first bytes", choices=FORMATS,
+                               group="input and output")
+    text_field: str = option("text", "jsonl, parquet, arrow: the field or column that holds a record's text (a "
+                                     "record is a document, its lines are paragraphs)", metavar="NAME",
+                             group="input and output")
+    clean_wiki_markup: bool = option(False, "jsonl, parquet, arrow: remove leftover wiki markup (links, refs, tags) as "
+                                            "for WikiExtractor output, e.g. for WikiExtractor's --json output",
+                                     group="input and output")
     num_shards: int = option(1, "training shards (MLPerf: 2048)", group="shards and eval set")
     whole_word_mask: bool = option(False, "mask whole words, not single WordPieces (also "
                                           "--do_whole_word_mask=BOOL)", group=_INSTANCES, aliases=(
@@ -142,6 +151,8 @@ class PrepareOptions(InstanceOptions):
             (self.vocab_file is not None or self.vocab_size is not None, "pass --vocab_file PATH or --vocab_size N"),
             (self.vocab_file is None or self.vocab_size is None, "pass --vocab_file or --vocab_size, not both"),
             (self.input_format in FORMATS, f"--input_format must be one of {', '.join(FORMATS)}"),
+            (bool(self.text_field), "--text_field may not be empty (the field of JSON Lines records, the column of "
+                                    "Parquet and Arrow files, that holds the text; default text)"),
             (self.format in OUTPUT_FORMATS, f"--format must be one of {', '.join(OUTPUT_FORMATS)}"),
             (self.num_shards >= 1, f"--num_shards must be at least 1, got {self.num_shards}"),
             *self.instance_rules(),
@@ -198,6 +209,9 @@ class PrepareOptions(InstanceOptions):
                     "eval_file", "part_range") + (("method",) if self.method == "default" else ()):
             values.pop(key)
         values["vocab_sha256"] = vocab_sha256
+        for key, default in (("text_field", "text"), ("clean_wiki_markup", False)):
+            if values[key] == default:  # folders made before record inputs existed hold neither
+                values.pop(key)
         return values
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from bert_pretrain import fp8
+from bert_pretrain import devices, fp8
 from bert_pretrain.batch import Batch
 from bert_pretrain.build import Optimization, StepSettings, build, require
 from bert_pretrain.data.exchange import ExchangedStream
@@ -139,8 +139,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     if info.world_size > 1:
         # 100 MB buckets as the reference's native DDP (apex's message_size=1e8): BERT-large's 1.3 GB of fp32
         # gradients go in 14 all-reduces instead of torch's default 25 MB (54), fewer launches to overlap.
-        model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                        else None, bucket_cap_mb=100)
+        model = DistributedDataParallel(state.model, device_ids=None if info.device.type == "cpu"
+                                        else [info.device.index], bucket_cap_mb=100)
     global_batch_size = config.batch.train_batch_size * info.world_size
     opt = config.optimizer
     lr_schedule = LrSchedule.from_flags(opt.learning_rate, opt.max_steps, opt.warmup_proportion, opt.warmup_steps,
@@ -282,7 +282,7 @@ def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: Data
         print(f"bert-pretrain train (rank {info.rank}): {message}", file=sys.stderr, flush=True)
 
     exchange = config.data.exchange_padding and config.system.packed and info.world_size > 1
-    pin_memory, make_batch = info.device.type == "cuda", _row_converter(config)
+    pin_memory, make_batch = devices.pins_host_memory(info.device), _row_converter(config)
     stream = ShardStream(
         config.data.input_dir, rank=info.rank, world_size=info.world_size, seed=config.run.seed,
         micro_batch_size=config.batch.micro_batch_size, shape=_shard_shape(config, vocab_size), start=start,
@@ -325,7 +325,7 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
                          "together)") from None
     if config.data.cache_eval_data:
         return [b.to(info.device) for b in batches]
-    return [b.pin_memory() for b in batches] if info.device.type == "cuda" else batches
+    return [b.pin_memory() for b in batches] if devices.pins_host_memory(info.device) else batches
 
 
 def _eval_steps(config: RunConfig, global_batch_size: int, current_step: int) -> list[int]:
@@ -340,8 +340,7 @@ def _eval_steps(config: RunConfig, global_batch_size: int, current_step: int) ->
 
 
 def _platform(info: DistInfo) -> str:
-    name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
-    return f"{info.world_size}x{name}"
+    return f"{info.world_size}x{devices.name(info.device)}"
 
 
 def _log_submission(run: Run) -> None:

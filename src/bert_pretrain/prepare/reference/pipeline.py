@@ -29,6 +29,7 @@ from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
+from bert_pretrain.prepare import records
 from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
@@ -131,6 +132,9 @@ def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
         raise InputError(f"--input_file {' '.join(options.input_list())}: holds no text file besides the vocab, "
                          f"the eval file and prepare's own outputs")
     for path in files:
+        if (fmt := records.detect_format(path)) is not None:  # NVIDIA's script would take each JSON line as a sentence
+            raise InputError(f"{path}: is {records.FORMAT_NAMES[fmt]}, not text; --method reference reads text files "
+                             "(one sentence per line) as NVIDIA's script does: drop --method reference to read records")
         refuse_binary(path)  # only what is clearly not text: invalid UTF-8 in text stops the reference too
     for one, two in zip(files, files[1:]):
         if one.name == two.name:
