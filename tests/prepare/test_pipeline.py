@@ -454,39 +454,42 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing
     assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_an_input_changed_in_content_alone_remakes_every_shard_and_its_restoration_too(shared_data, vocab, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, suffix):
     """Issue 21's repro: one word of an input changed to another of the same length (size and mtime kept),
     rerun, restored, rerun: the shards equal a clean build of the restored inputs; each rerun names the
-    input that changed."""
+    input that changed. The rule holds for any input file, text or records (JSON Lines here)."""
     monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
     text = tmp_path / "text"
     text.mkdir()
     lines = write_wiki_sentences(shared_data, tmp_path / "all.txt", limit_bytes=40_000).read_text().split("\n")
     lines = [line for line in lines if line.strip()]
     documents = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # of 8 real sentences
-    (text / "a.txt").write_text("\n\n".join(documents[:len(documents) // 2]))
-    (text / "b.txt").write_text("\n\n".join(documents[len(documents) // 2:]))
+    for name, part in (("a", documents[:len(documents) // 2]), ("b", documents[len(documents) // 2:])):
+        (text / f"{name}{suffix}").write_text("\n\n".join(part) if suffix == ".txt" else
+                                             "".join(json.dumps({"text": d}) + "\n" for d in part))
+    first = text / f"a{suffix}"
     options = PrepareOptions(input_files=str(text), vocab_file=vocab, output_dir=str(tmp_path / "out"), num_shards=2,
                              num_eval_examples=5, num_eval_documents=2, workers=1, **SMALL)
     run(options)
     clean = all_arrays(tmp_path / "out")
-    original = change_a_word(text / "a.txt")
+    original = change_a_word(first)
     changed = run(options)
     assert len(changed.shards_written) == 2 and changed.eval_instances == 5
-    assert f"1 input files changed since an earlier run read them (md5 differs): {text / 'a.txt'}" in changed.report()
+    assert f"1 input files changed since an earlier run read them (md5 differs): {first}" in changed.report()
     assert not same_arrays(clean, all_arrays(tmp_path / "out"))
-    restore(text / "a.txt", original)
+    restore(first, original)
     restored = run(options)
-    assert len(restored.shards_written) == 2 and str(text / "a.txt") in restored.report()
+    assert len(restored.shards_written) == 2 and str(first) in restored.report()
     assert same_arrays(clean, all_arrays(tmp_path / "out"))
     read = []
     monkeypatch.setattr(input_digests, "input_record", lambda path, real=input_digests.input_record: read.append(path)
                         or real(path))
     unchanged = run(options)
     assert not unchanged.shards_written and not unchanged.notes and read == []  # the status vouches: nothing read
-    (text / "b.txt").touch()  # a new mtime, the same content: read again, nothing made again
-    assert not run(options).shards_written and read == [text / "b.txt"]
+    (text / f"b{suffix}").touch()  # a new mtime, the same content: read again, nothing made again
+    assert not run(options).shards_written and read == [text / f"b{suffix}"]
 
 
 def test_a_refused_run_leaves_the_folder_as_it_found_it(shared_data, vocab, tmp_path):
