@@ -202,8 +202,8 @@ def _setting_change(key: str, then, now) -> str:
 
 
 def _value(value) -> str:
-    if value is None:
-        return "unset"
+    if value is None:  # not recorded: the setting had its default (or did not exist yet)
+        return "the default"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, (list, tuple)):
