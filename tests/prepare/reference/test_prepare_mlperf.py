@@ -253,3 +253,16 @@ def test_a_part_fetched_again_after_a_damaged_download_gives_the_clean_build(rel
     data_file.write_bytes(bytes([weights[0] ^ 1]) + weights[1:])  # the lowest bit of the first weight
     with pytest.raises(InputError, match="fails its CRC-32C check"):  # converted again, not "already converted"
         prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+
+
+def test_a_part_given_twice_is_refused_before_anything_is_written(release, tmp_path):
+    """A part copied under another part's name: refused at the md5 check, before the config is copied or
+    the checkpoint converted; the DATA folder this run made is gone."""
+    text_dir = tmp_path / "results4"
+    shutil.copytree(release / "results4", text_dir)
+    (text_dir / prepare_mlperf.TEXT_MD5_LIST).unlink()  # the parts are compared with each other even without it
+    shutil.copy(text_dir / "part-00001-of-00003", text_dir / "part-00003-of-00003")
+    checkpoint = SHARED_DATA / "tf_checkpoint" / "model.ckpt-28252"
+    with pytest.raises(InputError, match="part-00001-of-00003 and .*part-00003-of-00003: the same bytes"):
+        prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    assert not (tmp_path / "DATA").exists()

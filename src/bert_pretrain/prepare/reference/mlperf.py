@@ -28,8 +28,8 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.options.commands import ConvertOptions
 from bert_pretrain.options.prepare import TEXT_MD5_LIST, PrepareMlperfOptions, PrepareOptions
-from bert_pretrain.prepare.input_digests import InputDigests, fingerprint
-from bert_pretrain.prepare.layout import MANIFEST, PARTS_FOLDER
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
+from bert_pretrain.prepare.layout import MANIFEST, PARTS_FOLDER, OutputLayout
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.pipeline import run as prepare
 from bert_pretrain.prepare.text import is_input_file
@@ -69,7 +69,8 @@ def run(options: PrepareMlperfOptions) -> str:
         raise InputError(f"--vocab_file {options.vocab_file}: {vocab_size:,} tokens, more than the vocab_size "
                          f"{config.vocab_size:,} of --bert_config {options.bert_config}; pass the release's pair")
     data = Path(options.output_dir)
-    with hold_folder(data, "--output_dir", "the DATA folder"):  # prepare's own lock nests inside it
+    layout = OutputLayout(data, options.num_shards, varlength=False)
+    with layout.as_found_if_refused(), hold_folder(data, "--output_dir", "the DATA folder"):  # prepare's nests inside
         return _build(options, inputs, data)
 
 
@@ -79,6 +80,7 @@ def _build(options: PrepareMlperfOptions, inputs: _Inputs, data: Path) -> str:
     with Workers(options.workers) as workers:
         evidence = _checksum_evidence(options, inputs, digests, workers)
     digests.save()
+    refuse_duplicates({p: evidence.md5s[p] for p in (*inputs.parts, inputs.eval_text)})  # before anything is written
     checkpoint_from = fingerprint([evidence.md5s[p] for p in (inputs.index, *inputs.data_files)])
     lines = digests.notes() + [_copy_config(options, data), _convert_checkpoint(options, inputs, checkpoint_from,
                                                                                     data)]
@@ -158,7 +160,8 @@ def _checksum_evidence(options, inputs: _Inputs, digests: InputDigests, workers:
         if names.get("eval.txt", PUBLISHED_MD5["eval.txt"]) != PUBLISHED_MD5["eval.txt"]:
             evidence.differences.append(f"{inputs.md5_list}: gives eval.txt the md5 {names['eval.txt']}, MLCommons' "
                                         f"published one is {PUBLISHED_MD5['eval.txt']}: it is not MLCommons' list")
-    found = evidence.md5s = digests.md5s([*held, *listed] + ([inputs.md5_list] if inputs.md5_list else []), workers)
+    found = evidence.md5s = digests.md5s([*held, *inputs.parts] + ([inputs.md5_list] if inputs.md5_list else []),
+                                         workers)  # the parts also without a list: prepare knows them by content
     evidence.list_md5 = found.get(inputs.md5_list)
     for expected, source, none in ((held, "MLCommons' is", "has no published md5"),
                                    (listed, f"{TEXT_MD5_LIST} gives", f"is not in {TEXT_MD5_LIST}")):
