@@ -4,7 +4,8 @@
                        output_dir="DATA", num_shards=2048, num_eval_examples=10000, method="reference"))
 
 Three stages, each made of independent jobs spread over `workers` processes; every output is
-written atomically, so a rerun skips what is complete and redoes only the rest:
+written atomically and recorded with the contents it was made from (prepare/input_digests.py), so a
+rerun skips what is complete and made from the present inputs, and redoes only the rest:
 1. Parts: each input text file gives `reference_parts/<file name>.hdf5`, the arrays NVIDIA's
    create_pretraining_data.py writes for that file with the same flags (prepare/reference/documents.py,
    prepare/reference/instances.py); `--part_range` makes a slice of the sorted files (one per machine).
