@@ -16,7 +16,6 @@ process does before any worker), megabytes of text per second, for each input.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the record writers shared with the tests (benchmarks -> tests)
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from prepare_bench import SHAPES, instances_in, measured  # noqa: E402
+from prepare_bench import SHAPES, corpus_parser, instances_in, measured  # noqa: E402
 from support.corpora import VARIANTS, cleaned_articles, write_records  # noqa: E402
 
 from bert_pretrain.prepare import records  # noqa: E402
@@ -53,12 +52,7 @@ def scan_seconds(path: Path, fmt: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", default=str(SHARED / "corpus" / "mlperf_wiki_sample"))
-    parser.add_argument("--vocab", default=str(SHARED / "vocab" / "bert-uncased-vocab.txt"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--report", default=None, help="markdown report path (default benchmarks/results/...)")
-    args = parser.parse_args()
+    args = corpus_parser(__doc__).parse_args()
     work = Path(tempfile.mkdtemp(prefix="records-bench-"))
     corpus = sorted(p for p in Path(args.corpus).iterdir() if p.is_file())
     articles = cleaned_articles(corpus)
