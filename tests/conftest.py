@@ -36,6 +36,17 @@ def tiny_config(vocab_size: int = 100, **overrides) -> BertConfig:
     return BertConfig(**values)
 
 
+def write_vocab_file(path: Path, size: int, words: tuple[str, ...] = ()) -> Path:
+    """A WordPiece vocab.txt of `size` tokens: the five special ones at ids 0-4 (as `prepare` trains them), then
+    `words`, then filler tokens 'wordN'; for models whose export must carry a tokenizer."""
+    from bert_pretrain.data.vocab import SPECIAL_TOKENS
+
+    tokens = [*SPECIAL_TOKENS, *words]
+    tokens += [f"word{i}" for i in range(size - len(tokens))]
+    path.write_text("".join(f"{t}\n" for t in tokens[:size]), encoding="utf-8")
+    return path
+
+
 def mlperf_arrays(rng: np.random.Generator, n: int, seq_len: int, max_pred: int, vocab_size: int) -> dict:
     """Rows in the padded MLPerf schema that keep the reference's invariants: [CLS] A [SEP] B [SEP],
     padding after, masked positions ascending and never on [CLS]/[SEP], count = round(0.15 * len)."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import mlperf_arrays, tiny_config
+from conftest import mlperf_arrays, tiny_config, write_vocab_file
 
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.errors import InputError
@@ -57,7 +57,7 @@ def test_hf_export_gives_the_same_logits(tmp_path):
     config = tiny_config(vocab_size=99, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(1)
     model = BertForPreTraining(config).eval()
-    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", write_vocab_file(tmp_path / "vocab.txt", 99))
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
     arrays = mlperf_arrays(np.random.default_rng(0), n=4, seq_len=32, max_pred=5, vocab_size=99)
     with torch.no_grad():

@@ -77,7 +77,7 @@ def build(bert_config: BertConfig, settings: StepSettings, device: torch.device,
     require(settings, device)
     model = BertForPreTraining(bert_config, attention_backend=settings.attention, fused_norm=settings.fused_norm)
     if init_checkpoint:
-        load_weights(model, init_checkpoint)
+        load_weights(model, init_checkpoint, finite=True)  # NaN weights would pass for a diverged step
     model.to(device)
     optimizer = Lamb(parameter_groups(model, optimization.weight_decay), lr=optimization.learning_rate,
                      betas=optimization.betas, eps=LAMB_EPSILON, weight_decay=optimization.weight_decay,

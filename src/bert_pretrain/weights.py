@@ -1,4 +1,4 @@
-"""Model weights in and out: the NVIDIA MLPerf `.pt`, HF transformers folders, and name maps.
+"""Model weights in and out: the NVIDIA MLPerf `.pt`, HF transformers folders (with the tokenizer), and name maps.
 
 The "reference names" are the NVIDIA/HF `BertForPreTraining` state-dict names (399 keys for
 BERT-large: separate query/key/value, the tied `cls.predictions.decoder.weight`). This project's
@@ -22,6 +22,7 @@ from safetensors.torch import save_file as save_safetensors
 
 from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
+from bert_pretrain.data.vocab import CLS, MASK, PAD, SEP, UNK, check_pretraining_vocab, is_lower_cased, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertConfig, BertForPreTraining
 
@@ -175,11 +176,25 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
     raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
-def load_weights(model: BertForPreTraining, path: str | Path) -> None:
-    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`."""
+def load_weights(model: BertForPreTraining, path: str | Path, finite: bool = False) -> None:
+    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`; with
+    `finite`, refuse weights holding NaN or inf (weights to train from)."""
     path = Path(path)
     state = read_hf_directory(path)[1] if path.is_dir() else read_weights_file(path)
+    if finite:
+        require_finite(state, path)
     load_reference_state(model, state, str(path))
+
+
+def require_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Weights with NaN or inf make every loss NaN from the first step on, where the step's own message can only
+    guess at the cause (loss scaling, the learning rate): name the first such tensor as the file names it."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                             "weights to train from must be finite: pass a checkpoint written before the run that "
+                             "made them diverged (a diverged run names the last one that passed its check)")
 
 
 def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:
@@ -243,10 +258,41 @@ def hf_config_dict(config: BertConfig) -> dict:
     return {"architectures": ["BertForPreTraining"], "model_type": "bert", "pad_token_id": 0, **values}
 
 
-def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
-    """Write an HF folder (config.json + model.safetensors, unpadded vocab) that
-    `transformers.BertForPreTraining.from_pretrained` loads with the same outputs."""
+HF_TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hf_tokenizer_files(tokens: list[str], lower_case: bool, max_length: int) -> dict[str, str]:
+    """The files that make an HF folder's `AutoTokenizer` the WordPiece tokenizer the model was trained with: its
+    vocab (ids = line numbers, as the shards hold them), its lower-casing (with accents stripped, as uncased BERT
+    and `prepare` do) and its special tokens."""
+    special = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lower_case, "strip_accents": None,
+              "tokenize_chinese_chars": True, "model_max_length": max_length, **special}
+    return {"vocab.txt": "".join(f"{token}\n" for token in tokens),
+            "tokenizer_config.json": strict_json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": strict_json.dumps(special, indent=2) + "\n"}
+
+
+def read_export_vocab(vocab_file: str | Path, config: BertConfig) -> list[str]:
+    """The vocab an export carries: a pretraining vocab with one token per row of the model's embeddings."""
+    tokens = read_vocab(vocab_file)
+    check_pretraining_vocab(tokens, vocab_file)
+    if len(tokens) != config.vocab_size:
+        raise InputError(f"{vocab_file}: holds {len(tokens)} tokens, but the model has vocab_size {config.vocab_size}; "
+                         "pass the vocab the model was trained with (--vocab_file)")
+    return tokens
+
+
+def export_hf(model: BertForPreTraining, directory: str | Path, vocab_file: str | Path,
+              lower_case: bool | None = None) -> Path:
+    """Write an HF folder (config.json + model.safetensors, unpadded vocab, and the tokenizer of `vocab_file`:
+    lower-casing as `lower_case` says, or as the vocab shows when None) that
+    `transformers.BertForPreTraining.from_pretrained` loads with the same outputs and `AutoTokenizer` reads
+    with the ids the model was trained on."""
     config = model.config
+    tokens = read_export_vocab(vocab_file, config)
+    tokenizer = hf_tokenizer_files(tokens, is_lower_cased(tokens) if lower_case is None else lower_case,
+                                   config.max_position_embeddings)
     state = reference_state(model)
     state.pop(_TIED_DECODER)  # HF re-ties it to the word embeddings on load
     state = {k: (v[: config.vocab_size] if k in _VOCAB_ROWS else v).contiguous().clone() for k, v in state.items()}
@@ -256,4 +302,6 @@ def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
         tmp.mkdir()
         (tmp / "config.json").write_text(strict_json.dumps(hf_config_dict(config), indent=2) + "\n")
         save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in tokenizer.items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return directory

@@ -9,7 +9,7 @@ from bert_pretrain.data import shards
 from bert_pretrain.data.inspect_shard import read_any
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.shards import ShardShape
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 
 
 @pytest.fixture
@@ -117,6 +117,7 @@ def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant,
     path = tmp_path / "part_0_of_1.hdf5"
     write_crafted_shard(path, arrays, variant)
     readers = [lambda: shards.read_padded(path, ShardShape(32, 5, 100)), lambda: read_any(path),
+               lambda: shards.shard_layout(path),
                lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2,
                                    shape=ShardShape(32, 5, 100))]
     if variant in ("external_link", "soft_link"):
@@ -136,3 +137,27 @@ def test_nvidia_output_keeps_being_read(shared_data):
     arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5",
                                 ShardShape(128, 20))
     assert len(arrays["next_sentence_labels"]) == 60
+
+
+def test_damaged_token_bytes_are_called_damage_not_another_vocab(tmp_path, arrays):
+    """Random bytes over a shard's token ids give ids no vocab has (negative, or in the billions); a shard of
+    another vocab gives ids just past this one's. Only the second is a setting to change; the first is a
+    damaged file, which --skip_bad_shards may skip."""
+    path = tmp_path / "part_0_of_1.hdf5"
+    shards.write_padded(path, arrays)
+    with h5py.File(path) as f:
+        offset, size = f["input_ids"].id.get_offset(), f["input_ids"].id.get_storage_size()
+    raw = bytearray(path.read_bytes())
+    raw[offset + size // 2: offset + size // 2 + 64] = np.random.default_rng(1).bytes(64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as err:
+        shards.read_padded(path, ShardShape(32, 5, 100))
+    assert not isinstance(err.value, SettingsMismatch)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key 'input_ids' holds token ids ") and "the shard is damaged" in message
+    assert "another vocab" not in message
+
+    other_vocab = dict(arrays, input_ids=np.where(arrays["input_mask"] == 1, arrays["input_ids"] + 100, 0))
+    shards.write_padded(path, other_vocab)
+    with pytest.raises(SettingsMismatch, match="was the shard made with another vocab"):
+        shards.read_padded(path, ShardShape(32, 5, 100))
