@@ -291,7 +291,7 @@ def write_wiki_sentences(shared: Path, target: Path, limit_bytes: int | None = N
 # refused by every reader (data/shards.py). The external storage and the links point at a file of the
 # test's own, never at a system file.
 CRAFTED_SHARDS = ("external_storage", "virtual_dataset", "external_link", "soft_link", "float64_ids", "uint8_ids",
-                  "group_ids", "varlength_int32_ids")
+                  "group_ids", "varlength_int32_ids", "gzip_ids", "unstored_ids")
 
 
 def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
@@ -333,6 +333,10 @@ def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
             f["input_ids"] = h5py.SoftLink("/ids")
         elif variant == "group_ids":
             f.create_group("input_ids").create_dataset("values", data=ids)
+        elif variant == "gzip_ids":
+            f.create_dataset("input_ids", data=ids, compression="gzip", shuffle=True)
+        elif variant == "unstored_ids":  # declared, never written: a read returns the fill value for every row
+            f.create_dataset("input_ids", shape=ids.shape, dtype="i4")
         else:
             f.create_dataset("input_ids", data=ids.astype({"float64_ids": np.float64, "uint8_ids": np.uint8}[variant]))
 

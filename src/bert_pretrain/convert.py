@@ -22,6 +22,7 @@ from bert_pretrain.tf_checkpoint import read_tf_weights
 from bert_pretrain.tf_table import tf_index_path
 from bert_pretrain.weights import (
     HF_TOKENIZER_FILES,
+    check_fits,
     export_hf,
     load_reference_state,
     read_bert_config,
@@ -42,6 +43,7 @@ def convert(options: ConvertOptions) -> str:
     config, state, notes = _read_input(source, options.bert_config_path)
     if vocab_file is not None:
         read_export_vocab(vocab_file, config)  # refused now, before the weights are loaded
+    check_fits(state, config, str(source))  # before the model is built: a config may claim far more than the file
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
     del state  # the model holds the weights now: one copy in memory while writing

@@ -12,7 +12,10 @@ masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_senten
 
 Reading accepts exactly these dtypes (NVIDIA's create_pretraining_data.py writes the padded ones) and
 only data stored in the file itself: external links, soft links, external storage and virtual
-datasets are refused, as they make the reader open other files.
+datasets are refused, as they make the reader open other files. Data are stored as NVIDIA and this
+project write them, unfiltered, and whole: a compressed dataset (gzip, lzf, ...) or one whose storage
+holds fewer bytes than its shape declares is refused before it is read, so what a read allocates is
+bounded by the file's own bytes (a 10 MB gzip shard could declare 3 million rows).
 
 Files are written to a temporary name in the same folder and renamed when complete, so a file
 with the final name is always whole.
@@ -20,6 +23,7 @@ with the final name is always whole.
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ import numpy as np
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.errors import InputError, SettingsMismatch
+from bert_pretrain.regular_file import require_regular
 
 PADDED_DTYPES = {
     "input_ids": np.dtype("i4"),
@@ -83,6 +88,7 @@ def list_shards(directory: str | Path) -> list[Path]:
 def _open_for_reading(path: Path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
+    require_regular(path, "pass an HDF5 shard file")  # a FIFO would block the open, /dev/zero never end
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -120,13 +126,14 @@ def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5
     datasets read other files: a crafted shard would hand any local file to the reader as tokens."""
     item = f[key]  # a dataset: `_missing` counts a group as missing
     _check_dataset(path, key, dtype, vlen, item.is_virtual, item.external[0][0] if item.external else None,
-                   item.dtype)
+                   item.dtype, item.id)
     return item
 
 
 def _check_dataset(path: Path, key: str, dtype: np.dtype, vlen: bool, virtual: bool, external: str | None,
-                   stored: np.dtype) -> None:
-    """`_dataset`'s checks on what a dataset's header says: its data in the file, the schema's dtype."""
+                   stored: np.dtype, dataset: h5py.h5d.DatasetID) -> None:
+    """`_dataset`'s checks on what a dataset's header says: its data in the file, unfiltered and whole, the
+    schema's dtype."""
 
     def refuse(problem: str, fix: str = _PREPARE_AGAIN):
         raise InputError(f"{path}: '{key}' {problem}; {fix}")
@@ -135,12 +142,29 @@ def _check_dataset(path: Path, key: str, dtype: np.dtype, vlen: bool, virtual: b
         refuse("is a virtual dataset (its data are read from other files), not data stored in the shard")
     if external is not None:
         refuse(f"keeps its data outside the shard (HDF5 external storage in {external}), not in it")
+    filters = _filter_names(dataset)
+    if filters:
+        refuse(f"is stored through the HDF5 filter(s) {', '.join(filters)}, which this project never writes (a "
+               "compressed dataset's rows are decompressed whole, whatever the file's size)",
+               f"rewrite the file unfiltered (h5repack -f NONE {path.name} OUT.hdf5) or {_PREPARE_AGAIN}")
+    # unfiltered, a dataset's storage holds each element's bytes once; less, and a read returns fill values
+    declared_bytes = math.prod(dataset.shape) * dataset.get_type().get_size()
+    stored_bytes = dataset.get_storage_size()
+    if stored_bytes < declared_bytes:
+        refuse(f"declares shape {dataset.shape} ({declared_bytes:,} bytes) but stores {stored_bytes:,} bytes (a "
+               "shard cut short or crafted)")
     rows = "variable-length rows of " if vlen else ""
     element = h5py.check_vlen_dtype(stored) if vlen else stored
     if element != dtype:
         found = f"{rows}{element}" if element is not None else str(stored)
         refuse(f"has dtype {found}, but the schema stores {rows}{dtype}",
                f"convert it to {rows}{dtype} or {_PREPARE_AGAIN}")
+
+
+def _filter_names(dataset: h5py.h5d.DatasetID) -> list[str]:
+    plist = dataset.get_create_plist()
+    return [plist.get_filter(i)[3].decode("ascii", "replace") or str(plist.get_filter(i)[0])
+            for i in range(plist.get_nfilters())]
 
 
 def shard_format(path: str | Path) -> str:
@@ -188,6 +212,7 @@ def shard_layout(path: str | Path) -> ShardLayout:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
+    require_regular(path, "pass an HDF5 shard file")  # a FIFO would block the open, /dev/zero never end
     access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     access.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # closing the file closes every handle opened in it
     try:
@@ -230,7 +255,7 @@ def _layout(file, path: Path) -> ShardLayout:
         external = (creation.get_external(0)[0].decode("utf-8", "replace") if creation.get_external_count()
                     else None)
         _check_dataset(path, key, dtype, varlength and key in VARLENGTH_DTYPES,
-                       creation.get_layout() == h5py.h5d.VIRTUAL, external, datasets[key].dtype)
+                       creation.get_layout() == h5py.h5d.VIRTUAL, external, datasets[key].dtype, datasets[key])
     shapes = {key: datasets[key].shape for key in schema}
     rows = shapes["next_sentence_labels"][0] if len(shapes["next_sentence_labels"]) == 1 else None
     expected_rank = {key: 1 if varlength or key == "next_sentence_labels" else 2 for key in schema}
