@@ -349,3 +349,20 @@ def flip_byte(path: Path) -> bytes:
         f.seek(len(before) // 2)
         f.write(bytes([before[len(before) // 2] ^ 0xFF]))
     return before
+
+
+def change_a_word(path: Path, old: str = "anarch", new: str = "monarc") -> bytes:
+    """Replace `old` in the file with `new` (same length, so the same size) wherever it is; keep the mtime,
+    as `wget` and `cp -p` give a copy its original's. Returns the original bytes."""
+    original = path.read_bytes()
+    assert len(old) == len(new) and old.encode() in original
+    status = path.stat()
+    path.write_bytes(original.replace(old.encode(), new.encode()))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    return original
+
+
+def restore(path: Path, original: bytes) -> None:
+    status = path.stat()
+    path.write_bytes(original)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))

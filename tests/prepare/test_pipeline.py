@@ -11,7 +11,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import check_reference_invariants, cli_here, flip_byte, restored_rows, run_cli, tiny_config
+from conftest import (
+    change_a_word,
+    check_reference_invariants,
+    cli_here,
+    flip_byte,
+    restore,
+    restored_rows,
+    run_cli,
+    tiny_config,
+    write_wiki_sentences,
+)
 
 from bert_pretrain import cli
 from bert_pretrain.data import shards
@@ -22,6 +32,7 @@ from bert_pretrain.folder_lock import LOCK_FILE
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.options.fields import from_args
 from bert_pretrain.options.prepare import PrepareOptions
+from bert_pretrain.prepare import input_digests
 from bert_pretrain.prepare.pipeline import run
 from bert_pretrain.prepare.tokenization import WordPieceTokenizer
 from bert_pretrain.weights import save_reference_checkpoint
@@ -152,7 +163,7 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(shared_data, vocab,
     assert same_arrays(before, all_arrays(tmp_path)) and not list(folder.glob(".*"))
     assert not (tmp_path / "eval_set_uncompressed").exists()  # no eval set asked for: no empty eval folder
     assert not run(options).shards_written
-    with pytest.raises(InputError, match="other settings.*max_seq_length: 64 then, 128 now"):
+    with pytest.raises(InputError, match="other settings .--max_seq_length 64 then, 128 now."):
         run(PrepareOptions(**{**options.__dict__, "max_seq_length": 128}))
     # Other settings that write to other folders share the manifest: refused too, creating nothing.
     for change in ({"num_shards": 2}, {"format": "varlength"}):
@@ -182,6 +193,8 @@ def test_a_shard_changed_in_place_is_made_again(shared_data, vocab, tmp_path):
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "finished_files"}))
     unrecorded = run(options)  # as a folder made before the records were kept
     assert not unrecorded.shards_written and "3 finished files had no record" in unrecorded.report()
+    assert "(finished by another run that has not recorded them yet, or just before a run was killed)" in \
+        unrecorded.report()  # the parts a concurrent --part_range run is making are no "earlier version"
     assert json.loads(manifest.read_text())["finished_files"] == records
 
 
@@ -229,15 +242,20 @@ def test_disk_full_mid_shard_leaves_no_whole_looking_shard(shared_data, vocab, t
 
     def fill_the_disk(self, name, *args, **kwargs):
         calls.append(name)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if len(calls) % 3 == 0:  # as HDF5 says it (h5py 3, /dev/full): its time stamp ends in a newline
+            raise OSError(errno.ENOSPC, "Unable to synchronously create file (file write failed: time = Mon Dec  7 "
+                                        "23:02:04 2026\n, filename = 'x.hdf5', file descriptor = 3, errno = 28, error "
+                                        "message = 'No space left on device', buf = 0x55d1cb992ed8, total write size "
+                                        "= 96, bytes this sub-write = 96, offset = 0)")
         return real(self, name, *args, **kwargs)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fill_the_disk)
-    with pytest.raises(InputError, match=r"part_0_of_1\.hdf5: could not write the shard.*No space left"):
+    with pytest.raises(InputError, match=r"part_0_of_1\.hdf5: could not write the shard \(No space left on device\); "):
         run(options)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p.name != LOCK_FILE) == [
-        "prepare_manifest.json"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # as the run found it
+    result = cli_here("prepare", "--input_file", options.input_files, "--vocab_file", vocab, "--output_dir",
+                      str(tmp_path), "--max_seq_length", "64", "--workers", "1", "--no_progress")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert len(run(options).shards_written) == 1
 
@@ -434,3 +452,166 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_changes_nothing
     assert len(second.stderr.strip().splitlines()) == 1 and unchanged
     assert cli.main(["prepare", *flags, "--output_dir", str(tmp_path / "alone")]) == 0
     assert same_arrays(all_arrays(tmp_path / "busy"), all_arrays(tmp_path / "alone"))
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_an_input_changed_in_content_alone_remakes_every_shard_and_its_restoration_too(shared_data, vocab, tmp_path,
+                                                                                       monkeypatch, suffix):
+    """Issue 21's repro: one word of an input changed to another of the same length (size and mtime kept),
+    rerun, restored, rerun: the shards equal a clean build of the restored inputs; each rerun names the
+    input that changed. The rule holds for any input file, text or records (JSON Lines here)."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "text"
+    text.mkdir()
+    lines = write_wiki_sentences(shared_data, tmp_path / "all.txt", limit_bytes=40_000).read_text().split("\n")
+    lines = [line for line in lines if line.strip()]
+    documents = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # of 8 real sentences
+    for name, part in (("a", documents[:len(documents) // 2]), ("b", documents[len(documents) // 2:])):
+        (text / f"{name}{suffix}").write_text("\n\n".join(part) if suffix == ".txt" else
+                                             "".join(json.dumps({"text": d}) + "\n" for d in part))
+    first = text / f"a{suffix}"
+    options = PrepareOptions(input_files=str(text), vocab_file=vocab, output_dir=str(tmp_path / "out"), num_shards=2,
+                             num_eval_examples=5, num_eval_documents=2, workers=1, **SMALL)
+    run(options)
+    clean = all_arrays(tmp_path / "out")
+    original = change_a_word(first)
+    changed = run(options)
+    assert len(changed.shards_written) == 2 and changed.eval_instances == 5
+    assert f"1 input files changed since an earlier run read them (md5 differs): {first}" in changed.report()
+    assert not same_arrays(clean, all_arrays(tmp_path / "out"))
+    restore(first, original)
+    restored = run(options)
+    assert len(restored.shards_written) == 2 and str(first) in restored.report()
+    assert same_arrays(clean, all_arrays(tmp_path / "out"))
+    read = []
+    monkeypatch.setattr(input_digests, "input_record", lambda path, real=input_digests.input_record: read.append(path)
+                        or real(path))
+    unchanged = run(options)
+    assert not unchanged.shards_written and not unchanged.notes and read == []  # the status vouches: nothing read
+    (text / f"b{suffix}").touch()  # a new mtime, the same content: read again, nothing made again
+    assert not run(options).shards_written and read == [text / f"b{suffix}"]
+
+
+def test_a_refused_run_leaves_the_folder_as_it_found_it(shared_data, vocab, tmp_path):
+    """Refused before anything is read (a missing input), or after the corpus was read (too many shards):
+    no folder, lock file, manifest or empty shard or eval folder is left where there was none."""
+    text = str(shared_data / "google_bert" / "sample_text.txt")
+    options = dict(input_files=text, vocab_file=vocab, output_dir=str(tmp_path / "new"), num_eval_examples=5,
+                   num_eval_documents=1, workers=1, **SMALL)
+    with pytest.raises(InputError, match="no such file"):
+        run(PrepareOptions(**{**options, "input_files": str(tmp_path / "missing.txt")}))
+    with pytest.raises(InputError, match="lower --num_shards"):
+        run(PrepareOptions(**{**options, "num_shards": 500}))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="lower --num_shards"):
+        run(PrepareOptions(**{**options, "num_shards": 500, "output_dir": str(tmp_path / "empty")}))
+    assert not list((tmp_path / "empty").iterdir())
+    run(PrepareOptions(**options))
+    before = snapshot(tmp_path / "new")
+    with pytest.raises(InputError, match="lower --num_shards"):  # other settings, in a folder of their own
+        run(PrepareOptions(**{**options, "num_shards": 500, "output_dir": str(tmp_path / "new" / "more")}))
+    assert snapshot(tmp_path / "new") == before
+
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("dangling", r"corpus/b\.txt is a symlink to .*gone\.txt, which does not exist; restore its target"),
+    ("device", r"corpus/b\.txt is a character device, not a regular file"),
+    ("copy", r"corpus/a\.txt and .*corpus/b\.txt: the same bytes \(md5 [0-9a-f]{32}\) given twice as input"),
+    ("same_file", r"corpus/a\.txt and .*corpus/\.\./corpus/a\.txt: the same bytes"),
+])
+def test_an_input_that_is_missing_or_given_twice_is_refused(shared_data, vocab, tmp_path, entry, message):
+    """A part that is a symlink to nothing or to a device was left out unseen, one given twice was read
+    twice: each is one line naming the file, and no output folder is made."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(shared_data / "google_bert" / "sample_text.txt", corpus / "a.txt")
+    inputs = [str(corpus)]
+    if entry == "dangling":
+        (corpus / "b.txt").symlink_to(tmp_path / "gone.txt")
+    elif entry == "device":
+        (corpus / "b.txt").symlink_to("/dev/null")
+    elif entry == "copy":
+        shutil.copy(corpus / "a.txt", corpus / "b.txt")
+    else:
+        inputs.append(str(corpus / ".." / "corpus" / "a.txt"))
+    result = cli_here("prepare", "--input_file", *inputs, "--vocab_file", vocab, "--output_dir", str(tmp_path / "out"),
+                      "--max_seq_length", "64", "--workers", "1", "--no_progress")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_settings_are_named_by_their_flags_and_values(shared_data, vocab, tmp_path):
+    options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
+                             output_dir=str(tmp_path / "out"), workers=1, **SMALL)
+    run(options)
+    small = tmp_path / "small_vocab.txt"
+    small.write_text("".join(t + "\n" for t in read_vocab(vocab)[:1000]))
+    with pytest.raises(InputError) as refused:
+        run(PrepareOptions(**{**options.__dict__, "vocab_file": str(small), "lower_case": False}))
+    message = str(refused.value)
+    assert "holds shards made with other settings (--lower_case on then, off now; the vocab: sha256 " in message
+    assert __import__("re").search(r"the vocab: sha256 [0-9a-f]{12} then, [0-9a-f]{12} now\)", message), message
+    assert not set("[]'") & set(message)
+
+
+def test_a_vocab_trained_on_inputs_that_changed_is_trained_again(shared_data, tmp_path, monkeypatch):
+    """--vocab_size: the vocab is an output of the inputs too. Built from a damaged input, then the input
+    mended and the command rerun: the vocab is trained again, and the shards equal a clean build's with
+    that vocab (HF's trainer breaks ties differently from run to run, so two trainings need not agree)."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "text"
+    text.mkdir()
+    lines = write_wiki_sentences(shared_data, tmp_path / "all.txt", limit_bytes=30_000).read_text().split("\n")
+    lines = [line for line in lines if line.strip()]
+    (text / "a.txt").write_text("\n\n".join("\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)))
+    options = dict(input_files=str(text), vocab_size=400, num_shards=2, workers=1, **SMALL)
+    good = change_a_word(text / "a.txt", "the", "qxj")  # damage that a vocab trained on it shows
+    run(PrepareOptions(**options, output_dir=str(tmp_path / "out")))
+    assert "qxj" in read_vocab(tmp_path / "out" / "vocab.txt")
+    restore(text / "a.txt", good)
+    mended = run(PrepareOptions(**options, output_dir=str(tmp_path / "out")))
+    assert "qxj" not in read_vocab(tmp_path / "out" / "vocab.txt") and "the" in read_vocab(tmp_path / "out" / "vocab.txt")
+    assert "(the input files changed since the vocab there was trained)" in mended.report()
+    shutil.copy(tmp_path / "out" / "vocab.txt", tmp_path / "vocab.txt")
+    run(PrepareOptions(**{**options, "vocab_size": None}, vocab_file=str(tmp_path / "vocab.txt"),
+                       output_dir=str(tmp_path / "clean")))
+    assert same_arrays(all_arrays(tmp_path / "out"), all_arrays(tmp_path / "clean"))
+    assert "reused the" in run(PrepareOptions(**options, output_dir=str(tmp_path / "out"))).report()
+
+
+def test_shards_of_another_range_made_from_other_inputs_are_named(shared_data, vocab, tmp_path, monkeypatch):
+    """Ranges run on several machines: a rerun of one range after an input changed says which shards of
+    the other ranges still hold the old content."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)
+    shutil.copy(shared_data / "google_bert" / "sample_text.txt", tmp_path / "text.txt")
+    options = dict(input_files=str(tmp_path / "text.txt"), vocab_file=vocab, output_dir=str(tmp_path / "out"),
+                   num_shards=3, workers=1, **SMALL)
+    for shard_range in ("0:1", "1:3"):
+        run(PrepareOptions(**options, shard_range=shard_range))
+    change_a_word(tmp_path / "text.txt", "the", "qxj")
+    again = run(PrepareOptions(**options, shard_range="0:1"))
+    assert len(again.shards_written) == 1
+    assert (f"2 shards outside this run's --shard_range 0:1 were made from other input contents than this run's "
+            f"(the first: {tmp_path / 'out' / '3_shards_uncompressed' / 'part_1_of_3.hdf5'}); run their ranges "
+            "again") in again.report()
+    assert "outside this run's" not in run(PrepareOptions(**options, shard_range="1:3")).report()
+
+
+def test_shards_recorded_before_inputs_were_known_by_content_are_made_again(shared_data, vocab, tmp_path):
+    """A folder of an earlier version (inputs by name and size among the settings, records without what
+    each file was made from) cannot vouch for its shards' inputs: they are made again, equal."""
+    options = PrepareOptions(input_files=str(shared_data / "google_bert" / "sample_text.txt"), vocab_file=vocab,
+                             output_dir=str(tmp_path), num_shards=2, workers=1, **SMALL)
+    run(options)
+    before = all_arrays(tmp_path)
+    manifest = tmp_path / "prepare_manifest.json"
+    values = json.loads(manifest.read_text())
+    values["inputs"] = [["sample_text.txt", 4394]]
+    values["finished_files"] = {k: {"bytes": v["bytes"], "crc32": v["crc32"]} for k, v in values["finished_files"].items()}
+    manifest.write_text(json.dumps(values))
+    again = run(options)
+    assert len(again.shards_written) == 2 and "2 finished files were made from other input contents" in again.report()
+    assert same_arrays(before, all_arrays(tmp_path)) and not run(options).shards_written

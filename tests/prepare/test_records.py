@@ -366,7 +366,7 @@ def test_text_field_option_is_recorded_in_the_manifest(tmp_path, vocab):
     assert manifest["text_field"] == "content"
     again = cli_here("prepare", "--input_file", str(source), "--vocab_file", vocab, "--output_dir", str(tmp_path / "o"),
                      "--no_progress", "--workers", "1")
-    assert again.returncode == 2 and "text_field: 'content' then, None now" in again.stderr, again.stderr
+    assert again.returncode == 2 and "(--text_field content then, the default now)" in again.stderr, again.stderr
     assert cli_here("prepare", "--input_file", str(source), "--vocab_file", vocab, "--output_dir", str(tmp_path / "p"),
                     "--text_field", "").returncode == 2
 

@@ -364,13 +364,20 @@ def validate_padded(arrays: dict[str, np.ndarray], path: str | Path, shape: Shar
                                          "vocab_size)")
 
 
+def _reason(err: OSError) -> str:
+    """The system's words for a failed write; HDF5's own message is a record of its internals that runs
+    over two lines (its time stamp ends in a newline)."""
+    return os.strerror(err.errno) if err.errno else " ".join(str(err).split())
+
+
 def _write_atomically(path: str | Path, write_datasets) -> None:
     path = Path(path)
     try:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             write_datasets(f)
     except OSError as err:
-        raise InputError(f"{path}: could not write the shard ({err}); check the folder is writable and has space") from None
+        raise InputError(f"{path}: could not write the shard ({_reason(err)}); check the folder is writable and has "
+                         "space") from None
 
 
 def write_padded(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
@@ -403,14 +410,14 @@ def padded_writer(path: str | Path, num_rows: int, max_seq_length: int, max_pred
             for key, dataset in datasets.items():
                 dataset[written:written + rows] = np.asarray(arrays[key]).astype(PADDED_DTYPES[key], copy=False)
         except OSError as err:
-            raise InputError(f"{path}: could not write the shard ({err}); check the folder has space") from None
+            raise InputError(f"{path}: could not write the shard ({_reason(err)}); check the folder has space") from None
         written += rows
 
     with atomic_path(path) as tmp:
         try:
             handle = h5py.File(tmp, "w")
         except OSError as err:
-            raise InputError(f"{path}: could not create the shard ({err}); check the folder is writable") from None
+            raise InputError(f"{path}: could not create the shard ({_reason(err)}); check the folder is writable") from None
         with handle:
             datasets = {key: handle.create_dataset(key, shape=(num_rows, *widths[key]), dtype=dtype)
                         for key, dtype in PADDED_DTYPES.items()}

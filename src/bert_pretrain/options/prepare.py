@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.fields import Refuse, option, truth
@@ -202,15 +201,13 @@ class PrepareOptions(InstanceOptions):
                 flags += [f"--{name}", str(value)]
         return flags + ["--workers", str(self.workers)]
 
-    def manifest(self, input_files: list[Path], vocab_sha256: str) -> dict:
-        """What determines the output's content (not the workers or the shard and part ranges)."""
+    def manifest(self, vocab_sha256: str) -> dict:
+        """The settings that determine the output's content (not the workers or the shard and part ranges;
+        nor the input files, known by their content per output file: prepare/input_digests.py)."""
         values = asdict(self)
         for key in ("input_files", "output_dir", "vocab_file", "vocab_size", "workers", "shard_range", "progress",
                     "eval_file", "part_range") + (("method",) if self.method == "default" else ()):
             values.pop(key)
-        if self.eval_file is not None:
-            values["eval_input"] = [Path(self.eval_file).name, Path(self.eval_file).stat().st_size]
-        values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
         values["vocab_sha256"] = vocab_sha256
         for key, default in (("text_field", "text"), ("clean_wiki_markup", False)):
             if values[key] == default:  # folders made before record inputs existed hold neither

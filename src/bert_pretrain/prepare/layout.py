@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bert_pretrain.data import shards
 from bert_pretrain.errors import InputError
-from bert_pretrain.folder_lock import hold_folder
+from bert_pretrain.folder_lock import LOCK_FILE, FolderBusy, hold_folder
+from bert_pretrain.prepare.input_digests import INPUTS_KEY
 from bert_pretrain.prepare.manifest import RECORDS_KEY, read_manifest, write_manifest
 
 PARTS_FOLDER = "reference_parts"  # the reference method's per-input-file outputs
@@ -20,6 +23,8 @@ _SHARD_FOLDER = re.compile(r"\d+_shards_(uncompressed|varlength)")
 EVAL_FOLDERS = {"padded": "eval_set_uncompressed", "varlength": "eval_varlength"}  # MLPerf's, DeepSparkHub's
 # The folder lock's slots (folder_lock.py): the vocab and eval set, then one per shard, then one per reference part.
 _SHARED_SLOT, _FIRST_SHARD_SLOT, _FIRST_PART_SLOT = 0, 1, 1 << 40
+# Settings that earlier versions kept: the inputs by name and size, now known by content (input_digests.py).
+_FORMER_SETTINGS = ("inputs", "eval_input")
 
 
 @dataclass(frozen=True)
@@ -102,22 +107,28 @@ class OutputLayout:
     def manifest_path(self) -> Path:
         return self.output_dir / MANIFEST
 
-    def check_manifest(self, manifest: dict) -> None:
-        """Refuse to mix outputs of different settings; record the settings for later runs.
+    def check_manifest(self, manifest: dict, vocab_retrained: bool = False) -> None:
+        """Refuse to mix outputs of different settings; record the settings for later runs. A vocab this
+        run trained again (its inputs changed) is no other setting: what was made with the old one is
+        made again, as its inputs changed too.
 
         A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
-        records of finished files (prepare/manifest.py) are kept either way.
+        records of finished files and inputs (prepare/manifest.py, prepare/input_digests.py) are kept either way.
         """
         old = read_manifest(self.manifest_path)
-        records = old.pop(RECORDS_KEY, {})
+        kept = {key: old.pop(key) for key in (RECORDS_KEY, INPUTS_KEY) if key in old}
+        for key in _FORMER_SETTINGS:
+            old.pop(key, None)
         if old and self.has_outputs():
-            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k)
+                             and not (vocab_retrained and k == "vocab_sha256"))
             if changed:
-                details = "; ".join(f"{k}: {old.get(k)!r} then, {manifest.get(k)!r} now" for k in changed[:4])
+                details = "; ".join(_setting_change(k, old.get(k), manifest.get(k)) for k in changed[:4])
                 raise InputError(f"{self.output_dir}: holds shards made with other settings ({details}); "
                                  "use another --output_dir or delete this one")
-            return
-        write_manifest(self.manifest_path, {**manifest, RECORDS_KEY: records})
+            if not vocab_retrained:
+                return
+        write_manifest(self.manifest_path, {**manifest, **kept})
 
     def is_complete(self, path: Path) -> bool:
         """A file with the final name is whole (atomic rename); check that it opens and has rows."""
@@ -139,6 +150,30 @@ class OutputLayout:
         of the range finds and deletes what a killed run left (`hold` keeps concurrent runs' ranges apart)."""
         return self.output_dir / f".spool-{first}-{end}"
 
+    @contextmanager
+    def as_found_if_refused(self) -> Iterator[None]:
+        """A run refused with an InputError leaves the folder as it found it: the folders it created and
+        left empty, its lock file and a manifest that records no finished file are removed (and the output
+        folder, if this run created it and it is empty then). Finished outputs stay: a corrected rerun
+        uses them. A run refused because another holds the folder touches nothing of that run's."""
+        created = [folder for folder in (self.shard_dir, self.eval_dir, self.parts_dir, self.output_dir)
+                   if not folder.exists()]
+        lock, manifest = self.output_dir / LOCK_FILE, self.manifest_path
+        ours = [path for path in (lock, manifest) if not path.exists()]
+        try:
+            yield
+        except InputError as err:
+            if not isinstance(err, FolderBusy):
+                with suppress(OSError):  # the folder may not be one (the refusal may say so)
+                    if manifest in ours and not read_manifest(manifest).get(RECORDS_KEY):  # no file finished
+                        manifest.unlink(missing_ok=True)
+                    if lock in ours:
+                        lock.unlink(missing_ok=True)
+                for folder in created:
+                    with suppress(OSError):  # not empty: something of this run's or another's is in it
+                        folder.rmdir()
+            raise
+
     def hold(self, shards: tuple[int, int] = (0, 0), parts: tuple[int, int] = (0, 0), shared: bool = False):
         """This run's share of the folder, locked for it alone while the block runs (FolderBusy if another
         process holds any of it): the vocab and eval set when `shared`, shards and the reference method's
@@ -157,6 +192,24 @@ class OutputLayout:
     def vocab_corpus_path(self) -> Path:
         """The corpus text written for vocab training (only the run whose range starts at 0 trains)."""
         return self.output_dir / ".vocab-corpus.txt"
+
+
+def _setting_change(key: str, then, now) -> str:
+    """One setting's two values as a user reads them: flag names, the vocab by a short hash."""
+    if key == "vocab_sha256":
+        return f"the vocab: sha256 {_value(then)[:12]} then, {_value(now)[:12]} now"
+    return f"--{key} {_value(then)} then, {_value(now)} now"
+
+
+def _value(value) -> str:
+    if value is None:  # not recorded: the setting had its default (or did not exist yet)
+        return "the default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        items = [" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in value]
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    return str(value)
 
 
 @dataclass

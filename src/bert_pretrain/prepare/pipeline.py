@@ -30,9 +30,10 @@ from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab, write_
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import PrepareOptions
 from bert_pretrain.prepare import records, tasks
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
-from bert_pretrain.prepare.manifest import FinishedFiles
+from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.partition import EvalSelector, ShardAssigner, SpoolWriter
 from bert_pretrain.prepare.reference import pipeline as reference_prepare
 from bert_pretrain.prepare.text import (
@@ -65,20 +66,27 @@ def run(options: PrepareOptions) -> PrepareSummary:
     options.check()
     first, end = options.shard_bounds()
     layout = OutputLayout(Path(options.output_dir), options.num_shards, options.format == "varlength")
-    with layout.hold(shards=(first, end), shared=first == 0):  # before anything in the folder is touched
-        return _prepare(options, layout, first, end, started)
+    files = _input_files(options, layout)  # refused before the folder is made
+    with layout.as_found_if_refused(), layout.hold(shards=(first, end), shared=first == 0):
+        return _prepare(options, layout, files, first, end, started)  # the lock before anything in the folder
 
 
-def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int, started: float) -> PrepareSummary:
-    files = _input_files(options, layout)
+def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Path, str]], first: int, end: int,
+             started: float) -> PrepareSummary:
     layout.prepare_folders(shards=False, with_eval=False)  # the vocab and the manifest go here
     if first == 0:  # only the run whose range starts at 0 trains a vocab: its leftover is this run's to delete
         layout.vocab_corpus_path.unlink(missing_ok=True)
     with Workers(options.workers) as workers:
-        vocab_file, notes = _vocab_file(options, files, layout, workers, first)
+        digests = InputDigests(layout.manifest_path)
+        md5s = digests.md5s([path for path, _ in files], workers)
+        refuse_duplicates(md5s)
+        # every output depends on every input: a document's index in the whole stream places it
+        made_from = fingerprint(list(md5s.values()))
+        vocab_file, notes, retrained = _vocab_file(options, files, layout, workers, first, made_from)
         vocab_tokens = _read_pretraining_vocab(vocab_file, trained=options.vocab_file is None)
         vocab_sha256 = _sha256(vocab_file)
-        layout.check_manifest(options.manifest([path for path, _ in files], vocab_sha256))
+        layout.check_manifest(options.manifest(vocab_sha256), vocab_retrained=retrained)
+        digests.save()
         wants_eval = options.num_eval_examples > 0 and first == 0
         layout.prepare_folders(with_eval=wants_eval)  # after the manifest check: a refused run creates nothing
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
@@ -86,9 +94,10 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int
         outputs = [layout.shard_path(i) for i in range(first, end)] + ([layout.eval_path] if wants_eval else [])
         for path in outputs:
             layout.remove_temporaries(path)  # left by a killed run; no other run writes this range
-        finished = FinishedFiles(layout.manifest_path)
+        finished = FinishedFiles(layout.manifest_path, dict.fromkeys(outputs, made_from))
         finished.check(outputs, layout.is_complete, workers)
-        summary.notes += finished.notes()
+        summary.notes += digests.notes() + finished.notes() + _other_ranges_made_otherwise(layout, finished, first, end,
+                                                                                         made_from)
         todo = [i for i in range(first, end) if not finished.is_complete(layout.shard_path(i))]
         summary.shards_skipped = [layout.shard_path(i) for i in range(first, end) if i not in todo]
         eval_todo = wants_eval and not finished.is_complete(layout.eval_path)
@@ -108,6 +117,19 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, first: int, end: int
         finished.save()  # the files `check` found whole without a record
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _other_ranges_made_otherwise(layout: OutputLayout, finished: FinishedFiles, first: int, end: int,
+                                 made_from: str) -> list[str]:
+    """A note naming the shards outside this run's range made from other input contents: the folder is
+    whole only once their ranges are run again on these inputs (on the other machines, say)."""
+    others = [i for i in [*range(first), *range(end, layout.num_shards)]
+              if (record := finished.recorded(layout.shard_path(i))) is not None and record.get("inputs") != made_from]
+    if not others:
+        return []
+    return [f"{len(others)} shards outside this run's --shard_range {first}:{end} were made from other input "
+            f"contents than this run's (the first: {layout.shard_path(others[0])}); run their ranges again on "
+            "these inputs"]
 
 
 def _input_files(options: PrepareOptions, layout: OutputLayout) -> list[tuple[Path, str]]:
@@ -167,11 +189,16 @@ def _raw_documents(files: list[tuple[Path, str]], options: PrepareOptions, tally
             yield from ((tasks.TEXT, doc, path) for doc in text_documents(path, tally))
 
 
-def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: int) -> tuple[Path, list[str]]:
-    """The vocab to use: --vocab_file, the one an earlier run trained, or a new one trained here."""
+def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: int,
+                made_from: str) -> tuple[Path, list[str], bool]:
+    """The vocab to use: --vocab_file, the one an earlier run trained on these inputs' contents, or a new
+    one trained here (and whether it replaces one trained on other contents)."""
     if options.vocab_file is not None:
-        return Path(options.vocab_file), []
-    if layout.vocab_path.exists():
+        return Path(options.vocab_file), [], False
+    trained = FinishedFiles(layout.manifest_path, {layout.vocab_path: made_from})
+    record = trained.recorded(layout.vocab_path)
+    stale = record is not None and record.get("inputs") != made_from  # no record: trained by an earlier version
+    if layout.vocab_path.exists() and not stale:
         size = len(read_vocab(layout.vocab_path))
         if size > options.vocab_size:
             raise InputError(f"{layout.vocab_path}: an earlier run trained this {size:,}-token vocab, more than "
@@ -179,11 +206,12 @@ def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: i
                              "to train a new one, or pass --vocab_file to use this one")
         return layout.vocab_path, [f"reused the {size:,}-token vocab trained by an earlier run (--vocab_size "
                                    f"{options.vocab_size:,}; the trainer may stop short of it on a small corpus); "
-                                   f"delete {layout.vocab_path} to train anew: {layout.vocab_path}"]
+                                   f"delete {layout.vocab_path} to train anew: {layout.vocab_path}"], False
     if first != 0:
         raise InputError(f"--vocab_size with --shard_range {first}:...: the vocab is trained once, by the run whose "
-                         f"range starts at 0 (e.g. --shard_range 0:0 trains it alone); then pass "
-                         f"--vocab_file {layout.vocab_path}")
+                         f"range starts at 0 (e.g. --shard_range 0:0 trains it alone), "
+                         + ("again now that the inputs changed; " if stale else "") +
+                         f"then pass --vocab_file {layout.vocab_path}")
     corpus = layout.vocab_corpus_path  # a fixed name: a killed run's copy is overwritten, then deleted
     try:
         with open(corpus, "w", encoding="utf-8") as out:
@@ -195,7 +223,11 @@ def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: i
     finally:
         corpus.unlink(missing_ok=True)
     write_vocab(layout.vocab_path, vocab)
-    return layout.vocab_path, [f"trained a {len(vocab):,}-token WordPiece vocab on the input: {layout.vocab_path}"]
+    trained.record(layout.vocab_path, file_digest(layout.vocab_path))
+    trained.save()
+    why = " (the input files changed since the vocab there was trained)" if stale else ""
+    return layout.vocab_path, [f"trained a {len(vocab):,}-token WordPiece vocab on the input{why}: "
+                               f"{layout.vocab_path}"], stale
 
 
 def _plain_batches(documents: Iterable[tuple[str, str, Path]]) -> Iterator[list[tuple[str, str]]]:

@@ -25,6 +25,7 @@ import bz2
 import glob
 import gzip
 import html
+import os
 import re
 import stat
 from collections import Counter
@@ -73,14 +74,15 @@ def find_input_files(specs: list[str]) -> list[Path]:
     without duplicates. Hidden files and folders (names starting with '.') are left out of folders."""
     found: dict[Path, None] = {}
     for spec in specs:
+        named = f"--input_file {spec}"
         if _GLOB_CHARS.search(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if is_input_file(Path(p), named))
             if not matches:
                 raise InputError(f"--input_file {spec}: the pattern matches no file")
         elif Path(spec).is_dir():
             root = Path(spec)
-            matches = sorted(p for p in root.rglob("*") if p.is_file()
-                             and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            matches = sorted(p for p in root.rglob("*") if not any(part.startswith(".") for part in
+                                                                   p.relative_to(root).parts) and is_input_file(p, named))
             if not matches:
                 raise InputError(f"--input_file {spec}: the folder holds no file")
         elif Path(spec).is_file():
@@ -92,6 +94,21 @@ def find_input_files(specs: list[str]) -> list[Path]:
             raise InputError(f"--input_file {spec}: no such file or folder")
         found.update(dict.fromkeys(matches))
     return list(found)
+
+
+def is_input_file(path: Path, named: str) -> bool:
+    """Whether a file found in a flag's folder or pattern (`named`: "--input_file corpus/") is read: a
+    regular file is, a folder is not; anything else found there (a symlink to nothing, a device, a FIFO)
+    is refused, as leaving it out would drop a part unseen."""
+    if path.is_file():
+        return True
+    if path.is_dir():
+        return False
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{named}: {path} is a symlink to {os.readlink(path)}, which does not exist; "
+                         "restore its target or delete the link")
+    raise InputError(f"{named}: {path} is {_special_file_kind(path)}, not a regular file; move it out "
+                     "of the input or replace it by the file it stands for")
 
 
 def _special_file_kind(path: Path) -> str | None:

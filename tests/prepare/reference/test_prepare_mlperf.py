@@ -2,9 +2,11 @@
 real-TensorFlow checkpoint fixture, a vocab): the DATA folder the launcher trains on, the checksum
 verdict, a killed run finished by a rerun, bad inputs."""
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +16,24 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, SUBPROCESS_ENV, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import (
+    REPO,
+    SHARED_DATA,
+    SUBPROCESS_ENV,
+    change_a_word,
+    load_reference_peer,
+    restore,
+    run_cli,
+    write_wiki_sentences,
+)
 from support.launcher import launch, tiny_overrides
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import write_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import LOCK_FILE
+from bert_pretrain.prepare import input_digests
+from bert_pretrain.prepare.input_digests import md5_of
 from bert_pretrain.prepare.reference import mlperf as prepare_mlperf
 from bert_pretrain.prepare.tokenization import train_vocab
 
@@ -44,7 +57,7 @@ def release(tmp_path_factory):
     for i in range(3):
         (text_dir / f"part-0000{i}-of-00003").write_text("\n\n".join(documents[i * 30:(i + 1) * 30]) + "\n")
     (text_dir / "eval.txt").write_text("\n\n".join(documents[90:120]) + "\n")
-    md5s = [prepare_mlperf.md5_of(text_dir / f"part-0000{i}-of-00003") for i in range(3)]
+    md5s = [md5_of(text_dir / f"part-0000{i}-of-00003") for i in range(3)]
     md5s[2] = "0" * 32
     (text_dir / prepare_mlperf.TEXT_MD5_LIST).write_text(
         "".join(f"{m}  part-0000{i}-of-00003\n" for i, m in enumerate(md5s)))
@@ -87,8 +100,8 @@ def test_the_data_folder_it_makes_is_the_reference_s_and_the_launcher_trains_on_
     assert np.array_equal(weights["bert.embeddings.word_embeddings.weight"][:1018].numpy(),
                           tf_values["bert/embeddings/word_embeddings"])
     verdict = proc.stdout[proc.stdout.index("is NOT the MLPerf reference data"):]
-    assert f"part-00002-of-00003: md5 {prepare_mlperf.md5_of(release / 'results4' / 'part-00002-of-00003')}, " \
-           f"MLCommons' is {'0' * 32}" in verdict
+    assert f"part-00002-of-00003: md5 {md5_of(release / 'results4' / 'part-00002-of-00003')}, " \
+           f"{prepare_mlperf.TEXT_MD5_LIST} gives {'0' * 32}" in verdict
     assert "part-00000" not in verdict and "--max_seq_length 128, the reference's 512" in verdict
     assert "vocab.txt: md5" in verdict and "3 part files, MLCommons' release has 500" in verdict
 
@@ -138,7 +151,7 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
     checkpoint = SHARED_DATA / "tf_checkpoint" / "model.ckpt-28252"
     for suffix in (".index", ".data-00000-of-00001"):
         files[checkpoint.name + suffix] = checkpoint.with_name(checkpoint.name + suffix)
-    monkeypatch.setattr(prepare_mlperf, "PUBLISHED_MD5", {k: prepare_mlperf.md5_of(p) for k, p in files.items()})
+    monkeypatch.setattr(prepare_mlperf, "PUBLISHED_MD5", {k: md5_of(p) for k, p in files.items()})
     monkeypatch.setattr(prepare_mlperf, "RELEASE_PARTS", 3)
     monkeypatch.setattr(prepare_mlperf, "REFERENCE_FLAGS", {"max_seq_length": 128, "num_shards": 4})
     text_dir = tmp_path / "results4"
@@ -147,16 +160,26 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
         (text_dir / part.name).write_bytes(part.read_bytes())
     (text_dir / "eval.txt").write_bytes(files["eval.txt"].read_bytes())
     (text_dir / prepare_mlperf.TEXT_MD5_LIST).write_text(
-        "".join(f"{prepare_mlperf.md5_of(p)} *{p.name}\n" for p in sorted(text_dir.glob("part-*"))))
+        "".join(f"{md5_of(p)} *{p.name}\n" for p in sorted(text_dir.glob("part-*"))))
     options = prepare_mlperf.PrepareMlperfOptions(
         text_dir=str(text_dir), tf_checkpoint=str(checkpoint.with_name(checkpoint.name + ".index")),
         vocab_file=str(files["vocab.txt"]), bert_config=str(files["bert_config.json"]), output_dir=str(tmp_path / "D"),
         max_seq_length=128, max_predictions_per_seq=20, num_shards=4, num_eval_examples=50, dupe_factor=2, workers=1,
         progress=False)
+    md5_list = text_dir / prepare_mlperf.TEXT_MD5_LIST
     report = prepare_mlperf.run(options)
-    assert report.endswith("holds the MLPerf reference data: every input has MLCommons' published md5 and the flags "
-                           "are the reference's")
-    (text_dir / prepare_mlperf.TEXT_MD5_LIST).unlink()
+    # the parts' md5s come from the user's list alone: the verdict says so and names the list by its md5
+    assert report.endswith(f"holds the MLPerf reference data: the vocab, config, eval.txt and checkpoint have the md5s "
+                           f"MLCommons published (held by this project), the 3 text parts those of "
+                           f"{prepare_mlperf.TEXT_MD5_LIST} (md5 {md5_of(md5_list)}), and the flags are the reference's")
+    assert ("md5s compared with MLCommons' published values, which this project holds: vocab.txt, bert_config.json, "
+            "eval.txt, model.ckpt-28252.index, model.ckpt-28252.data-00000-of-00001") in report
+    assert (f"md5s compared only with the list supplied, {md5_list} (its own md5: {md5_of(md5_list)}; compare it with "
+            f"MLCommons' copy, which this project does not hold): 3 text parts") in report
+    with open(md5_list, "a") as f:  # a list made with md5sum over the files at hand, eval.txt among them
+        f.write(f"{'1' * 32}  eval.txt\n")
+    assert f"gives eval.txt the md5 {'1' * 32}, MLCommons' published one is" in prepare_mlperf.run(options)
+    md5_list.unlink()
     assert "the text parts are unchecked" in prepare_mlperf.run(options)
 
 
@@ -164,6 +187,8 @@ def test_the_verdict_says_reference_data_when_everything_matches(release, tmp_pa
     ("no_eval", "holds no part-* files or no eval.txt"),
     ("no_checkpoint", "no model.ckpt-1.index with .data-* files beside it"),
     ("big_vocab", "more than the vocab_size 1,018 of --bert_config"),
+    ("dangling_part", "part-00003-of-00003 is a symlink to"),
+    ("device_part", "part-00003-of-00003 is a character device, not a regular file"),
 ])
 def test_bad_inputs_are_one_line_errors(release, tmp_path, change, message):
     text_dir = tmp_path / "results4"
@@ -171,6 +196,8 @@ def test_bad_inputs_are_one_line_errors(release, tmp_path, change, message):
     for path in (release / "results4").iterdir():
         if not (change == "no_eval" and path.name == "eval.txt"):
             (text_dir / path.name).write_bytes(path.read_bytes())
+    if change.endswith("_part"):  # left out unseen before
+        (text_dir / "part-00003-of-00003").symlink_to(tmp_path / "gone" if change == "dangling_part" else "/dev/null")
     vocab = release / "vocab.txt"
     if change == "big_vocab":
         vocab = tmp_path / "vocab.txt"
@@ -188,3 +215,54 @@ def test_the_command_is_in_the_help():
     proc = subprocess.run([sys.executable, "-m", "bert_pretrain", "--help"], capture_output=True, text=True,
                           cwd=REPO)
     assert "prepare-mlperf" in proc.stdout
+
+
+def mlperf_options(text_dir, checkpoint, vocab, data) -> prepare_mlperf.PrepareMlperfOptions:
+    return prepare_mlperf.PrepareMlperfOptions(
+        text_dir=str(text_dir), tf_checkpoint=str(checkpoint), vocab_file=str(vocab),
+        bert_config=str(SHARED_DATA / "tf_checkpoint" / "bert_config.json"), output_dir=str(data), max_seq_length=128,
+        max_predictions_per_seq=20, num_shards=4, num_eval_examples=50, dupe_factor=2, workers=1, progress=False)
+
+
+def test_a_part_fetched_again_after_a_damaged_download_gives_the_clean_build(release, tmp_path, monkeypatch):
+    """Issue 21's recovery: a part damaged in the download (a word changed, size and mtime those of the
+    good copy), the md5 check flags it, the part is fetched again and the command rerun: DATA equals a
+    clean build, array for array, and the report names the part. A TensorFlow checkpoint changed in
+    place is converted again (and here found damaged)."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text_dir, checkpoint = tmp_path / "results4", tmp_path / "tf1_ckpt" / "model.ckpt-28252"
+    shutil.copytree(release / "results4", text_dir)
+    checkpoint.parent.mkdir()
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(SHARED_DATA / "tf_checkpoint" / f"model.ckpt-28252{suffix}", checkpoint.parent)
+    part = text_dir / "part-00000-of-00003"
+    good = change_a_word(part)
+    damaged = prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    assert f"{part}: md5 {md5_of(part)}, {prepare_mlperf.TEXT_MD5_LIST} gives {hashlib.md5(good).hexdigest()}" \
+           in damaged
+    restore(part, good)
+    mended = prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "clean"))
+    for path in sorted((tmp_path / "clean").rglob("*.hdf5")):
+        one, two = shards.read_padded(path), shards.read_padded(tmp_path / "DATA" / path.relative_to(tmp_path / "clean"))
+        assert all(np.array_equal(one[k], two[k]) for k in one)
+    assert f"1 input files changed since an earlier run read them (md5 differs): {part}" in mended
+    assert f"{part}: md5" not in mended and "already converted" in mended
+    data_file = checkpoint.with_name(checkpoint.name + ".data-00000-of-00001")
+    weights = data_file.read_bytes()
+    data_file.write_bytes(bytes([weights[0] ^ 1]) + weights[1:])  # the lowest bit of the first weight
+    with pytest.raises(InputError, match="fails its CRC-32C check"):  # converted again, not "already converted"
+        prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+
+
+def test_a_part_given_twice_is_refused_before_anything_is_written(release, tmp_path):
+    """A part copied under another part's name: refused at the md5 check, before the config is copied or
+    the checkpoint converted; the DATA folder this run made is gone."""
+    text_dir = tmp_path / "results4"
+    shutil.copytree(release / "results4", text_dir)
+    (text_dir / prepare_mlperf.TEXT_MD5_LIST).unlink()  # the parts are compared with each other even without it
+    shutil.copy(text_dir / "part-00001-of-00003", text_dir / "part-00003-of-00003")
+    checkpoint = SHARED_DATA / "tf_checkpoint" / "model.ckpt-28252"
+    with pytest.raises(InputError, match="part-00001-of-00003 and .*part-00003-of-00003: the same bytes"):
+        prepare_mlperf.run(mlperf_options(text_dir, checkpoint, release / "vocab.txt", tmp_path / "DATA"))
+    assert not (tmp_path / "DATA").exists()

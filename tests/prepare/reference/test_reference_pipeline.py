@@ -3,16 +3,27 @@ real Wikipedia text and on corpora that take its rare branches, the eval pick, r
 
 import random
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, cli_here, flip_byte, load_reference_peer, run_cli, write_wiki_sentences
+from conftest import (
+    SHARED_DATA,
+    change_a_word,
+    cli_here,
+    flip_byte,
+    load_reference_peer,
+    restore,
+    run_cli,
+    write_wiki_sentences,
+)
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.vocab import read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
+from bert_pretrain.prepare import input_digests
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.pipeline import run
 from bert_pretrain.prepare.reference import pipeline as reference_prepare
@@ -293,3 +304,71 @@ def test_binary_input_is_refused_naming_the_file(vocab, tmp_path):
                     "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--workers", "1", "--no_progress")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "noise.txt: has" in proc.stderr and "so it is not text" in proc.stderr
+
+
+def test_a_part_changed_in_content_alone_is_made_again_and_so_is_the_cut(vocab, release, tmp_path, monkeypatch):
+    """Issue 21's repro for the reference method: one word of a part changed (size and mtime kept), rerun,
+    restored, rerun: that part alone is made again each time, the cut follows, and every array equals
+    the clean build's; the report names the part. The eval set follows its --eval_file the same way."""
+    monkeypatch.setattr(input_digests, "_RACY_WINDOW_NS", 0)  # the files are seconds old: trust their status
+    text = tmp_path / "results4"
+    shutil.copytree(release, text)
+    options = reference_options(part_files(text), tmp_path / "out", vocab, eval_file=str(text / "eval.txt"),
+                                num_eval_examples=25)
+    run(options)
+    clean = {p.relative_to(tmp_path / "out"): read_all(p) for p in sorted((tmp_path / "out").rglob("*.hdf5"))}
+    built = []
+    monkeypatch.setattr(reference_prepare, "build_part",
+                        lambda job, vocab, real=reference_prepare.build_part: built.append(job.source.name) or
+                        real(job, vocab))
+    part = text / "part-00000-of-00003"
+    original = change_a_word(part)
+    changed = run(options)
+    assert built == [part.name] and len(changed.shards_written) == 5
+    assert f"1 input files changed since an earlier run read them (md5 differs): {part}" in changed.report()
+    assert not np.array_equal(read_all(tmp_path / "out" / "reference_parts" / f"{part.name}.hdf5")["input_ids"],
+                              clean[Path("reference_parts") / f"{part.name}.hdf5"]["input_ids"])
+    restore(part, original)
+    eval_text = change_a_word(text / "eval.txt", "the", "she")
+    built.clear()
+    restored = run(options)
+    assert built == ["eval.txt", part.name] and len(restored.shards_written) == 5
+    restore(text / "eval.txt", eval_text)
+    built.clear()
+    again = run(options)
+    assert built == ["eval.txt"] and not again.shards_written
+    for name, arrays in clean.items():
+        assert_same(read_all(tmp_path / "out" / name), arrays)
+
+
+def test_a_run_refused_after_its_parts_keeps_them_and_leaves_no_lock_or_empty_folder(vocab, release, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="fewer than --num_shards 10000"):
+        run(reference_options(part_files(release), out, vocab, num_shards=10_000))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "prepare_manifest.json", "reference_parts", *(f"reference_parts/{p.name}.hdf5" for p in part_files(release))]
+    assert len(run(reference_options(part_files(release), out, vocab)).parts_skipped) == 3  # the parts serve
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_an_eval_file_without_text_is_refused_not_reported_complete(vocab, release, tmp_path, content):
+    (tmp_path / "eval.txt").write_bytes(content)
+    proc = cli_here("prepare", "--method", "reference", "--input_file", str(part_files(release)[0]), "--vocab_file",
+                    str(vocab), "--output_dir", str(tmp_path / "out"), "--eval_file", str(tmp_path / "eval.txt"),
+                    "--num_eval_examples", "10", "--num_shards", "1", "--workers", "1", "--no_progress")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
+    assert f"--eval_file {tmp_path / 'eval.txt'}: makes no instance (0 documents with text)" in proc.stderr
+    assert not (tmp_path / "out" / "eval_set_uncompressed").exists()
+
+
+def test_a_part_given_twice_is_refused(vocab, release, tmp_path):
+    """The same bytes under two names (a part copied, or the eval file among the parts): refused, not read twice."""
+    copy = tmp_path / "part-00003-of-00003"
+    shutil.copy(part_files(release)[0], copy)
+    with pytest.raises(InputError, match="part-00000-of-00003 and .*part-00003-of-00003: the same bytes"):
+        run(reference_options([*part_files(release), copy], tmp_path / "out", vocab))
+    shutil.copy(part_files(release)[1], tmp_path / "eval.txt")
+    with pytest.raises(InputError, match="part-00001-of-00003 and .*eval.txt: the same bytes"):
+        run(reference_options(part_files(release), tmp_path / "out", vocab, eval_file=str(tmp_path / "eval.txt"),
+                              num_eval_examples=5))
+    assert not (tmp_path / "out").exists()

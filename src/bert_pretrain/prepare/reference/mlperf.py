@@ -8,16 +8,17 @@ writes DATA/bert_config.json (a copy), DATA/model.ckpt-28252.apex.pt (the Tensor
 MLPerf's flags: DATA/2048_shards_uncompressed/ and DATA/eval_set_uncompressed/part_eval_10k.hdf5, the
 per-part files in DATA/reference_parts/ deleted once the cut is whole (unless --keep_parts). Each
 output is written atomically and skipped on a rerun when complete, so a killed run is finished by
-running the same command again. It ends by saying whether DATA holds the MLPerf reference data: the
-inputs' md5s equal MLCommons' published ones (the text parts' those listed in
-bert_reference_results_text_md5.txt when text_dir has it) and the flags are the reference's.
+running the same command again, and an output whose inputs changed in content is made again. It ends
+by saying whether DATA holds the MLPerf reference data: the vocab, config, eval.txt and checkpoint have
+the md5s MLCommons published (held here), the text parts those listed in
+bert_reference_results_text_md5.txt (a list the user supplies: the report names its md5 and says which
+md5s were compared with what), and the flags are the reference's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bert_pretrain.atomic import atomic_path
@@ -27,8 +28,11 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.options.commands import ConvertOptions
 from bert_pretrain.options.prepare import TEXT_MD5_LIST, PrepareMlperfOptions, PrepareOptions
-from bert_pretrain.prepare.layout import PARTS_FOLDER
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
+from bert_pretrain.prepare.layout import MANIFEST, PARTS_FOLDER, OutputLayout
+from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
 from bert_pretrain.prepare.pipeline import run as prepare
+from bert_pretrain.prepare.text import is_input_file
 from bert_pretrain.prepare.workers import Workers
 from bert_pretrain.weights import read_bert_config
 
@@ -65,30 +69,38 @@ def run(options: PrepareMlperfOptions) -> str:
         raise InputError(f"--vocab_file {options.vocab_file}: {vocab_size:,} tokens, more than the vocab_size "
                          f"{config.vocab_size:,} of --bert_config {options.bert_config}; pass the release's pair")
     data = Path(options.output_dir)
-    with hold_folder(data, "--output_dir", "the DATA folder"):  # prepare's own lock nests inside it
+    layout = OutputLayout(data, options.num_shards, varlength=False)
+    with layout.as_found_if_refused(), hold_folder(data, "--output_dir", "the DATA folder"):  # prepare's nests inside
         return _build(options, inputs, data)
 
 
 def _build(options: PrepareMlperfOptions, inputs: _Inputs, data: Path) -> str:
+    # the md5s prepare reads again to know its inputs by content: one read of each input between them
+    digests = InputDigests(data / MANIFEST)
     with Workers(options.workers) as workers:
-        differences = _checksum_differences(options, inputs, workers)
-    lines = [_copy_config(options, data), _convert_checkpoint(options, inputs, data)]
+        evidence = _checksum_evidence(options, inputs, digests, workers)
+    digests.save()
+    refuse_duplicates({p: evidence.md5s[p] for p in (*inputs.parts, inputs.eval_text)})  # before anything is written
+    checkpoint_from = fingerprint([evidence.md5s[p] for p in (inputs.index, *inputs.data_files)])
+    lines = digests.notes() + [_copy_config(options, data), _convert_checkpoint(options, inputs, checkpoint_from,
+                                                                                    data)]
     summary = prepare(_prepare_options(options, inputs))
     lines.append(summary.report())
     parts = data / PARTS_FOLDER
     if not options.keep_parts and parts.is_dir() and _cut_is_whole(summary, options):
         shutil.rmtree(parts)
         lines.append(f"deleted {parts} (the cut is whole; --keep_parts keeps it)")
-    differences += [f"--{name} {getattr(options, name)}, the reference's {value}"
-                    for name, value in REFERENCE_FLAGS.items() if getattr(options, name) != value]
-    return "\n".join(lines + [_verdict(data, differences)])
+    differences = evidence.differences + [f"--{name} {getattr(options, name)}, the reference's {value}"
+                                          for name, value in REFERENCE_FLAGS.items() if getattr(options, name) != value]
+    return "\n".join(lines + evidence.lines(inputs.md5_list)
+                     + [_verdict(data, differences, len(inputs.parts), evidence.list_md5)])
 
 
 def _find_inputs(options: PrepareMlperfOptions) -> _Inputs:
     text_dir = Path(options.text_dir)
     if not text_dir.is_dir():
         raise InputError(f"--text_dir {text_dir}: no such folder; pass MLCommons' results4/")
-    parts = sorted(p for p in text_dir.glob("part-*") if p.is_file())
+    parts = sorted(p for p in text_dir.glob("part-*") if is_input_file(p, f"--text_dir {text_dir}"))
     eval_text = text_dir / "eval.txt"
     if not parts or not eval_text.is_file():
         raise InputError(f"--text_dir {text_dir}: holds no part-* files or no eval.txt; pass MLCommons' results4/")
@@ -103,37 +115,62 @@ def _find_inputs(options: PrepareMlperfOptions) -> _Inputs:
     return _Inputs(parts, eval_text, index, data_files, md5_list if md5_list.is_file() else None)
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass
+class _Evidence:
+    """What the md5 check compared, and with what: MLCommons' published md5s this project holds (the
+    vocab, config, eval.txt, checkpoint) or only the list the user supplied (the text parts)."""
+
+    held: list[Path] = field(default_factory=list)
+    listed: list[Path] = field(default_factory=list)
+    list_md5: str | None = None
+    md5s: dict[Path, str] = field(default_factory=dict)  # of every file compared
+    differences: list[str] = field(default_factory=list)
+
+    def lines(self, md5_list: Path | None) -> list[str]:
+        lines = ["md5s compared with MLCommons' published values, which this project holds: "
+                 + ", ".join(p.name for p in self.held)]
+        if md5_list is not None:
+            lines.append(f"md5s compared only with the list supplied, {md5_list} (its own md5: {self.list_md5}; "
+                         f"compare it with MLCommons' copy, which this project does not hold): {len(self.listed)} "
+                         "text parts")
+        return lines
 
 
-def _checksum_differences(options, inputs: _Inputs, workers: Workers) -> list[str]:
-    """What differs from MLCommons' release, one line each: an md5 that is not the published one, a file
-    with no published md5, the text md5 list missing or naming files that are not there."""
-    published = {Path(options.vocab_file): PUBLISHED_MD5["vocab.txt"],
-                 Path(options.bert_config): PUBLISHED_MD5["bert_config.json"],
-                 inputs.eval_text: PUBLISHED_MD5["eval.txt"]}
-    published |= {path: PUBLISHED_MD5.get(path.name) for path in (inputs.index, *inputs.data_files)}
-    differences = []
+def _checksum_evidence(options, inputs: _Inputs, digests: InputDigests, workers: Workers) -> _Evidence:
+    """Each input's md5 against MLCommons' published one where this project holds it, the text parts'
+    against the supplied list; what differs, one line each (an md5 that is not the expected one, a
+    file with no expected md5, the list missing, naming files that are not there, or disagreeing with
+    a published md5)."""
+    held = {Path(options.vocab_file): PUBLISHED_MD5["vocab.txt"],
+            Path(options.bert_config): PUBLISHED_MD5["bert_config.json"],
+            inputs.eval_text: PUBLISHED_MD5["eval.txt"]}
+    held |= {path: PUBLISHED_MD5.get(path.name) for path in (inputs.index, *inputs.data_files)}
+    evidence = _Evidence(held=list(held))
+    listed = {}
     if inputs.md5_list is None:
-        differences.append(f"the text parts are unchecked: {Path(options.text_dir) / TEXT_MD5_LIST} is not there")
+        evidence.differences.append(f"the text parts are unchecked: {Path(options.text_dir) / TEXT_MD5_LIST} is "
+                                    "not there")
     else:
-        listed = _read_md5_list(inputs.md5_list)
-        published |= {part: listed.get(part.name) for part in inputs.parts}
+        names = _read_md5_list(inputs.md5_list)
+        listed = {part: names.get(part.name) for part in inputs.parts}
+        evidence.listed = list(listed)
         present = {p.name for p in inputs.parts} | {inputs.eval_text.name}
-        differences += [f"{inputs.md5_list}: lists {name}, which {options.text_dir} does not hold"
-                        for name in sorted(set(listed) - present)]
-    found = dict(zip(published, workers.ordered(md5_of, ((p,) for p in published))))
-    differences += [f"{path}: md5 {found[path]}, MLCommons' is {want}" if want else f"{path}: has no published md5"
-                    for path, want in published.items() if want != found[path]]
+        evidence.differences += [f"{inputs.md5_list}: lists {name}, which {options.text_dir} does not hold"
+                                 for name in sorted(set(names) - present)]
+        if names.get("eval.txt", PUBLISHED_MD5["eval.txt"]) != PUBLISHED_MD5["eval.txt"]:
+            evidence.differences.append(f"{inputs.md5_list}: gives eval.txt the md5 {names['eval.txt']}, MLCommons' "
+                                        f"published one is {PUBLISHED_MD5['eval.txt']}: it is not MLCommons' list")
+    found = evidence.md5s = digests.md5s([*held, *inputs.parts] + ([inputs.md5_list] if inputs.md5_list else []),
+                                         workers)  # the parts also without a list: prepare knows them by content
+    evidence.list_md5 = found.get(inputs.md5_list)
+    for expected, source, none in ((held, "MLCommons' is", "has no published md5"),
+                                   (listed, f"{TEXT_MD5_LIST} gives", f"is not in {TEXT_MD5_LIST}")):
+        evidence.differences += [f"{path}: md5 {found[path]}, {source} {want}" if want else f"{path}: {none}"
+                                 for path, want in expected.items() if want != found[path]]
     if len(inputs.parts) != RELEASE_PARTS:
-        differences.append(f"{options.text_dir}: {len(inputs.parts)} part files, MLCommons' release has "
-                           f"{RELEASE_PARTS}")
-    return differences
+        evidence.differences.append(f"{options.text_dir}: {len(inputs.parts)} part files, MLCommons' release has "
+                                    f"{RELEASE_PARTS}")
+    return evidence
 
 
 def _read_md5_list(path: Path) -> dict[str, str]:
@@ -155,11 +192,21 @@ def _copy_config(options, data: Path) -> str:
     return f"wrote {target}"
 
 
-def _convert_checkpoint(options, inputs: _Inputs, data: Path) -> str:
+def _convert_checkpoint(options, inputs: _Inputs, made_from: str, data: Path) -> str:
+    """Convert, unless the converted file is as recorded and was made from these TensorFlow files'
+    contents (`made_from`); one without a record is converted again (a minute, not hours)."""
     target = data / CHECKPOINT_NAME
-    if target.exists():  # written atomically: whole
+    finished = FinishedFiles(data / MANIFEST, {target: made_from})
+    with Workers(1) as here:
+        finished.check([target], lambda _: False, here)
+    if finished.is_complete(target):
+        finished.save()
         return f"{target}: already converted"
-    return convert(ConvertOptions(input=str(inputs.index), output=str(target), bert_config_path=options.bert_config))
+    done = convert(ConvertOptions(input=str(inputs.index), output=str(target), bert_config_path=options.bert_config,
+                                  overwrite=True))  # a file left here is not this checkpoint's conversion
+    finished.record(target, file_digest(target))
+    finished.save()
+    return done + "".join(f"; {note}" for note in finished.notes())
 
 
 def _prepare_options(options: PrepareMlperfOptions, inputs: _Inputs) -> PrepareOptions:
@@ -172,9 +219,10 @@ def _cut_is_whole(summary, options) -> bool:
     return len(summary.shards_written) + len(summary.shards_skipped) == options.num_shards
 
 
-def _verdict(data: Path, differences: list[str]) -> str:
+def _verdict(data: Path, differences: list[str], parts: int, list_md5: str | None) -> str:
     if not differences:
-        return (f"{data} holds the MLPerf reference data: every input has MLCommons' published md5 and the flags "
-                "are the reference's")
+        return (f"{data} holds the MLPerf reference data: the vocab, config, eval.txt and checkpoint have the md5s "
+                f"MLCommons published (held by this project), the {parts} text parts those of {TEXT_MD5_LIST} "
+                f"(md5 {list_md5}), and the flags are the reference's")
     return (f"{data} is NOT the MLPerf reference data (results on it cannot be compared with MLPerf's); it "
             "differs in:\n" + "\n".join(f"  {line}" for line in differences))

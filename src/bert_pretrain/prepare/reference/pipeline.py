@@ -4,7 +4,8 @@
                        output_dir="DATA", num_shards=2048, num_eval_examples=10000, method="reference"))
 
 Three stages, each made of independent jobs spread over `workers` processes; every output is
-written atomically, so a rerun skips what is complete and redoes only the rest:
+written atomically and recorded with the contents it was made from (prepare/input_digests.py), so a
+rerun skips what is complete and made from the present inputs, and redoes only the rest:
 1. Parts: each input text file gives `reference_parts/<file name>.hdf5`, the arrays NVIDIA's
    create_pretraining_data.py writes for that file with the same flags (prepare/reference/documents.py,
    prepare/reference/instances.py); `--part_range` makes a slice of the sorted files (one per machine).
@@ -30,6 +31,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
 from bert_pretrain.prepare import records
+from bert_pretrain.prepare.input_digests import InputDigests, fingerprint, refuse_duplicates
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
@@ -79,17 +81,19 @@ def run(options: PrepareOptions) -> PrepareSummary:
     if eval_source is not None and not eval_source.is_file():
         raise InputError(f"--eval_file {eval_source}: no such file")
     # the cut's shards are locked when it starts: the runs of the other part ranges may be running still
-    with layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
+    with layout.as_found_if_refused(), layout.hold(parts=(first, end), shared=eval_source is not None and first == 0):
         vocab_sha256 = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
         layout.prepare_folders(shards=False, with_eval=False)
-        layout.check_manifest(options.manifest(parts + ([eval_source] if eval_source else []), vocab_sha256))
+        layout.check_manifest(options.manifest(vocab_sha256))
         wants_eval = eval_source is not None and first == 0
         layout.prepare_folders(shards=False, with_eval=wants_eval)
         layout.parts_dir.mkdir(exist_ok=True)
         summary = PrepareSummary(layout.output_dir, layout.shard_dir, layout.eval_path if wants_eval else None,
                                  vocab_file, eval_source=eval_source)
-        finished = FinishedFiles(layout.manifest_path)
         with Workers(options.workers) as workers:
+            digests = InputDigests(layout.manifest_path)
+            finished = FinishedFiles(layout.manifest_path, _made_from(layout, parts, eval_source, digests, workers))
+            digests.save()
             shard_paths = [layout.shard_path(i) for i in range(options.num_shards)]
             finished.check(shard_paths, layout.is_complete, workers)
             cut_done = all(finished.is_complete(p) for p in shard_paths)
@@ -101,9 +105,22 @@ def run(options: PrepareOptions) -> PrepareSummary:
                 _cut(options, layout, parts, workers, summary, finished)
             finally:
                 finished.save()
-        summary.notes[:0] = finished.notes()
+        summary.notes[:0] = digests.notes() + finished.notes()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _made_from(layout: OutputLayout, parts: list[Path], eval_source: Path | None, digests: InputDigests,
+               workers: Workers) -> dict[Path, str]:
+    """What each output is made from: a part from its text file, the eval set from --eval_file, every
+    shard of the cut from all parts in their order."""
+    md5s = digests.md5s(parts + ([eval_source] if eval_source else []), workers)
+    refuse_duplicates(md5s)
+    made_from = {layout.part_path(p): md5s[p] for p in parts}
+    if eval_source is not None:
+        made_from[layout.eval_path] = md5s[eval_source]
+    cut = fingerprint([md5s[p] for p in parts])
+    return made_from | {layout.shard_path(i): cut for i in range(layout.num_shards)}
 
 
 def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
@@ -187,6 +204,9 @@ def build_part(job: PartJob, vocab: VocabIds) -> PartResult:
     docs = read_reference_documents(job.source, _tokenizer(job.vocab_file, job.vocab_sha256, job.lower_case))
     instances = create_reference_instances(docs, job.options, vocab.vocab_size, job.seed)
     rows = len(instances) if job.limit is None else min(job.limit, len(instances))
+    if job.limit is not None and rows == 0:  # an empty eval set would pass for a finished one
+        raise InputError(f"--eval_file {job.source}: makes no instance ({docs.num_documents} documents with text); "
+                         "pass a text file of documents, e.g. MLCommons' results4/eval.txt")
     with shards.padded_writer(job.output, rows, job.options.max_seq_length,
                               job.options.max_predictions_per_seq) as write:
         for lo in range(0, rows, _BLOCK_ROWS):
