@@ -16,7 +16,7 @@ import random
 import sys
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
+    CheckpointWriter,
     Progress,
     TrainingState,
     checkpoints_in,
@@ -87,6 +88,8 @@ class Run:
     paused_seconds: float = 0.0  # evals and checkpoints
     samples_at_start: int = 0
     last_log: tuple[float, int] = (0.0, 0)  # (time, samples) at the last log
+    last_checkpoint_time: float = 0.0  # time.monotonic() of the last save (or of the loop's start)
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # rank 0's background checkpoint writes
 
 
 def guard(world_size: int, collective, last_checkpoint=lambda: None):
@@ -111,7 +114,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
-                                  ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
+                                  ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints,
+                                  ckpt.checkpoint_every_minutes)
     resume_path, resume_note = _resume_path(config, info, schedule)
     if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
         _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
