@@ -343,6 +343,7 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
         summary["final_mlm_accuracy"] = progress.eval_history[-1]["mlm_accuracy"]
     if run.resumed_from is not None:
         summary["resumed_from"] = str(run.resumed_from)
+    summary["restarts"] = run.observers.metrics.restarts()  # torchrun's restarts of this job, each where it went on
     run.observers.metrics.write_summary(summary)
     shown = ["status", "stopped_by", "end_to_end_seconds", "train_samples_per_second", "final_mlm_accuracy",
              "steps", "samples_trained", "peak_memory_gb_max"]

@@ -51,6 +51,7 @@ from bert_pretrain.train.divergence import DivergenceGuard
 from bert_pretrain.train.metrics import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
+from bert_pretrain.train.recovery import Restart, this_restart
 from bert_pretrain.weights import read_bert_config, require_positions
 
 POLY_POWER = 1.0
@@ -116,13 +117,18 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints,
                                   ckpt.checkpoint_every_minutes)
-    resume_path, resume_note = _resume_path(config, info, schedule)
-    if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
-        _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
+    restart = this_restart()
+    resume_path, resume_note = _resume_path(config, info, schedule, restart)
+    # asked to resume, a run continues the folder's logs (or, with no checkpoint to resume from, starts them
+    # anew, as told); a restarted worker's folder holds its own job's files
+    if ckpt.resume_from_checkpoint is None and restart is None:
+        _refuse_an_earlier_runs_folder(info, schedule)
     log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
+    # a restart from the beginning keeps metrics.jsonl's restart records (resume_at(0) below drops the rest)
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
-                             resumed=resume_path is not None, progress_bar=config.system.progress,
-                             total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
+                             resumed=resume_path is not None or restart is not None,
+                             progress_bar=config.system.progress, total_steps=config.optimizer.max_steps,
+                             target_accuracy=config.run.target_mlm_accuracy)
     observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared)
     if resume_note:
         observers.say(resume_note)
@@ -137,8 +143,12 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
                                            info.device) + _changed_options(checkpoint.get("run", {}), config):
             observers.say(note)
         observers.metrics.resume_at(state.progress.samples)
-        observers.say(f"resuming from {resume_path} at step {state.progress.step} "
-                      f"({state.progress.samples} samples)")
+        observers.say(f"{f'{restart}: ' if restart else ''}resuming from {resume_path} at step "
+                      f"{state.progress.step} ({state.progress.samples} samples)")
+    elif restart is not None:
+        observers.metrics.resume_at(0)
+    if restart is not None:
+        observers.restarted(restart.count, resume_path, state.progress)
     if config.system.precision == "fp8":  # in place, from outside the model, before it is compiled
         for note in _convert_to_fp8(state.model, config, info.device).notes:
             observers.say(note)
@@ -187,19 +197,26 @@ def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.dev
                                emulate=device.type != "cuda")
 
 
-def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule) -> tuple[Path | None, str]:
-    """The checkpoint to resume from (the same on every process) and a note for the user."""
+def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule,
+                 restart: Restart | None) -> tuple[Path | None, str]:
+    """The checkpoint to resume from (the same on every process) and a note for the user. A worker torchrun
+    restarted continues from the newest checkpoint in its folder, whatever it was started with."""
     wanted = config.checkpoint.resume_from_checkpoint
-    if wanted is None:
+    if wanted is None and restart is None:
         return None, ""
-    if wanted != "latest":
+    if wanted not in (None, "latest") and restart is None:
         return Path(wanted), ""
     found = schedule.latest() if info.is_main else None
     latest = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process agrees
-    if latest is None:
+    if latest is not None:
+        return Path(latest), ""
+    if restart is None:
         return None, (f"note: --resume_from_checkpoint found no {schedule.prefix}*.pt in {schedule.output_dir}; "
                       "starting a new run")
-    return Path(latest), ""
+    if wanted not in (None, "latest"):  # restarted before this job wrote a checkpoint: where the user started it
+        return Path(wanted), ""
+    return None, (f"{restart}: no {schedule.prefix}*.pt in {schedule.output_dir} yet; starting the run again from "
+                  "the beginning")
 
 
 def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> None:
