@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     # The workers are this process's children: told its pid, a worker that starts after this process was
     # killed outright notices (see parent_death.py) and stops instead of training on alone.
     os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
+    # Each attempt's workers get a store of their own: on the rendezvous' store, which outlives a restart, a
+    # restarted worker can read an address the previous attempt's worker left and fail to connect
+    # (pytorch/pytorch#135712, #167288; seen here as gloo's "connectFullMesh failed" on a second restart).
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
