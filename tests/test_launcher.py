@@ -154,6 +154,15 @@ def test_several_nodes_use_the_c10d_rendezvous(data, recording_python):
     assert no_master.returncode == 2 and "MASTER_ADDR" in no_master.stderr
 
 
+def test_the_restart_budget_defaults_to_3_on_one_node_and_10_on_several(data, recording_python):
+    stub, record = recording_python
+    for extra, budget in (({}, "3"), ({"NNODES": "2", "MASTER_ADDR": "10.0.0.1"}, "10"), ({"MAX_RESTARTS": "0"}, "0")):
+        result = launch(data, extra_env={"PYTHON": str(stub), **extra})
+        assert result.returncode == 0 and f"up to {budget} restart(s)" in result.stderr, result.stderr
+        argv = record.read_text().splitlines()
+        assert argv[argv.index("--max_restarts") + 1] == budget and argv.index("--max_restarts") < argv.index("-m", 3)
+
+
 def test_without_data_it_runs_the_demo(recording_python):
     stub, record = recording_python
     result = launch(None, "--quick", extra_env={"PYTHON": str(stub)})

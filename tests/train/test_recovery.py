@@ -124,3 +124,30 @@ def test_torchruns_restart_count_and_budget_are_read(monkeypatch):
     assert this_restart() == Restart(2, 5) and str(this_restart()) == "restart 2 of at most 5"
     monkeypatch.delenv("TORCHELASTIC_MAX_RESTARTS")
     assert str(this_restart()) == "restart 2"
+
+
+def test_a_restarted_worker_takes_its_folders_newest_checkpoint_over_the_one_it_was_started_with(tmp_path):
+    from types import SimpleNamespace
+
+    from bert_pretrain.distributed import DistInfo
+    from bert_pretrain.train.checkpoint import CheckpointSchedule
+    from bert_pretrain.train.setup import _resume_path
+
+    schedule = CheckpointSchedule(tmp_path, False, 100, 0, 5)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=None)
+    given = str(tmp_path / "elsewhere" / "phase1_ckpt_3.pt")
+    restart = Restart(1, 3)
+
+    def resume(wanted, restart):
+        return _resume_path(SimpleNamespace(checkpoint=SimpleNamespace(resume_from_checkpoint=wanted)), info,
+                            schedule, restart)
+
+    assert resume(None, None) == (None, "")
+    assert resume(None, restart) == (None, f"restart 1 of at most 3: no phase1_ckpt_*.pt in {tmp_path} yet; starting "
+                                           "the run again from the beginning")
+    assert resume(given, restart) == (Path(given), "")  # no checkpoint of this job yet: where the user started it
+    schedule.path_for(20).write_bytes(b"x")
+    schedule.path_for(30).write_bytes(b"x")
+    for wanted in (None, "latest", given):
+        assert resume(wanted, restart) == (schedule.path_for(30), "")
+    assert resume(given, None) == (Path(given), "")  # the first attempt does what it was told
