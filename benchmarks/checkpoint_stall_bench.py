@@ -2,16 +2,19 @@
 
 Training is BERT-base (fp32, LAMB, 30,522-token vocab; 110 M weights, so 1.3 GB of weights and LAMB
 moments to write) on small micro-batches, so that a step costs about what the save's copy does and
-the stall stands out. Each round trains a few ordinary steps (their median is the round's step time),
-then saves and trains AFTER more steps; the stall is what the save call, those steps and the wait for
-the write took beyond AFTER ordinary steps. The two ways alternate round by round, on the same model
+the stall stands out. Each round trains BEFORE ordinary steps, saves, trains AFTER more steps, waits
+for the write, and trains BEFORE ordinary steps again; the median of the ordinary steps is the round's
+step time. Two measures: the save call (how long the training thread cannot step: the whole write when
+blocking, the copy to host memory in the background way), and the stall (what the save call, the
+AFTER steps and the wait took beyond AFTER ordinary steps: it adds what the writer thread's competition
+for cores and memory bandwidth costs the steps). The two ways alternate round by round, on the same model
 and disk, through the code `train` runs:
 
 - blocking: `save_training_checkpoint` (the write finishes before the next step);
 - background: `host_snapshot` (a copy in host memory), then `CheckpointWriter.start`, the next steps,
   and `CheckpointWriter.wait` (the loop waits at the next save or the end of the run).
 
-Reported: each round's stall and step time, the median stall of each way, and their ratio.
+Reported: each round's figures, the median of each way, and the ratios background / blocking.
 
     PYTHONPATH=src python benchmarks/checkpoint_stall_bench.py [--rounds 3] [--after 6] [--out FILE.md]
 """
@@ -93,6 +96,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="sequences of 128 tokens per step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on cores other "
                         "processes share)")
+    parser.add_argument("--folder", help="where to write the checkpoints (a disk like --output_dir's; default: the "
+                        "system's temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the report to this Markdown file")
     args = parser.parse_args()
 
@@ -106,12 +111,14 @@ def main() -> None:
     timed_steps(state, batch, 2)  # LAMB's moments exist from the first step: the state has its full size
 
     rows, stalls, helds = [], {"blocking": [], "background": []}, {"blocking": [], "background": []}
-    with tempfile.TemporaryDirectory(dir=".") as folder:  # the disk a run's --output_dir would be on
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         for round_ in range(args.rounds):
             for way in ("blocking", "background"):
-                step = statistics.median(timed_steps(state, batch, args.before))
+                ordinary = timed_steps(state, batch, args.before)
                 path = Path(folder) / f"phase1_ckpt_{round_}_{way}.pt"
                 held, window = save_and_train(state, batch, path, way == "background", args.after)
+                # ordinary steps on both sides of the window: the load of other processes drifts
+                step = statistics.median(ordinary + timed_steps(state, batch, args.before))
                 stall = window - args.after * step
                 stalls[way].append(stall)
                 helds[way].append(held)
@@ -133,7 +140,7 @@ def main() -> None:
                                       ("batch", args.batch), ("threads", args.threads))),
         "```",
         "",
-        "| round | save | step ms (median before) | save call s | save + steps + wait, s | stall s |",
+        "| round | save | step ms (median around) | save call s | save + steps + wait, s | stall s |",
         "|---|---|---:|---:|---:|---:|",
         *rows,
         "",

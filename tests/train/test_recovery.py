@@ -151,3 +151,36 @@ def test_a_restarted_worker_takes_its_folders_newest_checkpoint_over_the_one_it_
     for wanted in (None, "latest", given):
         assert resume(wanted, restart) == (schedule.path_for(30), "")
     assert resume(given, None) == (Path(given), "")  # the first attempt does what it was told
+
+
+@pytest.mark.slow
+def test_a_job_refused_for_an_earlier_runs_folder_is_refused_on_its_restarts_too(data, tmp_path):
+    """The first attempt is refused (the folder holds another run's files, and no --resume_from_checkpoint): its
+    restarts must not take that run's checkpoint or logs for their own."""
+    out = tmp_path / "out"
+    one_process = {"NPROC_PER_NODE": "1"}
+    earlier = launch(data, *tiny_overrides(data, out, max_steps=2, train_batch_size=8, gradient_accumulation_steps=1,
+                                           target_mlm_accuracy=0.999), "--no-skip_checkpoint",
+                     extra_env={**one_process, "MAX_RESTARTS": "0"})
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = launch(data, *flags(data, out), extra_env={**one_process, "MAX_RESTARTS": "1"})
+    assert again.returncode == 2, again.stderr[-3000:]
+    last = again.stderr.strip().splitlines()[-1]
+    assert "stopped after 1 restart(s)" in last and f"{out}: holds the checkpoints and logs of an earlier run" in last
+    assert again.stderr.count("holds the checkpoints and logs of an earlier run") == 3  # 2 attempts + the last line
+    assert "resuming from" not in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_folder_is_this_jobs_only_when_its_first_attempt_marked_it(tmp_path, monkeypatch):
+    from bert_pretrain.train.recovery import began_by_this_job, mark_as_this_jobs
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    assert not began_by_this_job(tmp_path)
+    mark_as_this_jobs(tmp_path)
+    assert began_by_this_job(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    assert not began_by_this_job(tmp_path)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert not began_by_this_job(tmp_path)

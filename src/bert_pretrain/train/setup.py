@@ -51,7 +51,7 @@ from bert_pretrain.train.divergence import DivergenceGuard
 from bert_pretrain.train.metrics import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
-from bert_pretrain.train.recovery import Restart, this_restart
+from bert_pretrain.train.recovery import Restart, began_by_this_job, mark_as_this_jobs, this_restart
 from bert_pretrain.weights import read_bert_config, require_positions
 
 POLY_POWER = 1.0
@@ -117,12 +117,14 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints,
                                   ckpt.checkpoint_every_minutes)
-    restart = this_restart()
+    restart = _restart_in_this_jobs_folder(info, schedule.output_dir)
     resume_path, resume_note = _resume_path(config, info, schedule, restart)
     # asked to resume, a run continues the folder's logs (or, with no checkpoint to resume from, starts them
     # anew, as told); a restarted worker's folder holds its own job's files
     if ckpt.resume_from_checkpoint is None and restart is None:
         _refuse_an_earlier_runs_folder(info, schedule)
+    if restart is None and info.is_main:  # accepted: restarts of this job may continue in it
+        mark_as_this_jobs(schedule.output_dir)
     log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
     # a restart from the beginning keeps metrics.jsonl's restart records (resume_at(0) below drops the rest)
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
@@ -195,6 +197,15 @@ def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.dev
     system = config.system
     return fp8.convert_encoder(model, system.fp8_recipe, fp8_layer_names(system.fp8_layers, system.fused_norm),
                                emulate=device.type != "cuda")
+
+
+def _restart_in_this_jobs_folder(info: DistInfo, output_dir: Path) -> Restart | None:
+    """The restart this worker is, when its job began --output_dir; else None (a first attempt, or a restart
+    of one that was refused: it is judged as a first attempt again). Rank 0 decides, so every process agrees."""
+    restart = this_restart()
+    if restart is None:
+        return None
+    return restart if broadcast_object(began_by_this_job(output_dir) if info.is_main else None) else None
 
 
 def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule,
