@@ -22,8 +22,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch==$TORCH_VERSION"
 fi
 # torch is a dependency with no upper bound, so pip keeps the one that is there; the fp8 extra (torchao,
-# which depends on no torch) lets the fp8 tests run.
-.venv/bin/python -m pip install -q -e ".[test,fp8]"
+# which depends on no torch) lets the fp8 tests run, the corpora extra (pyarrow, zstandard) prepare's record tests.
+.venv/bin/python -m pip install -q -e ".[test,fp8,corpora]"
 # The Triton kernels (--fused_norm) are tested on any CPU in Triton's interpreter. A GPU torch brings its
 # own triton (CUDA's, or ROCm's under another package name): an importable one is never replaced.
 if ! .venv/bin/python -c "import triton" 2>/dev/null && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then

@@ -10,12 +10,13 @@
 #   model.ckpt-28252.apex.pt    the MLPerf initial checkpoint ({'model': state_dict})
 # The recipe (configs/bert_large_deepsparkhub.toml) comes first and your flags after it, so yours win
 # (e.g. --max_steps 100).
-# One process per GPU (torch.cuda.device_count(); set CUDA_VISIBLE_DEVICES to choose), or one CPU
-# process without GPUs. Several nodes: run this on each with NNODES, MASTER_ADDR and MASTER_PORT set
-# (torchrun's c10d rendezvous; node ranks are assigned when the nodes meet). MAX_RESTARTS (default 3 on
-# one node, 10 on several) is how often a failed job is restarted from its newest checkpoint. With DATA
-# unset it runs the built-in demo, which needs no download. CLEAR_CACHES=1 drops the OS page cache first
-# (root).
+# One process per accelerator device (GPUs: set CUDA_VISIBLE_DEVICES to choose; XPU, Ascend, Gaudi, ...
+# through torch.accelerator), or one CPU process without any. Several nodes: run this on each with NNODES,
+# MASTER_ADDR and MASTER_PORT set (torchrun's c10d rendezvous; node ranks are assigned when the nodes
+# meet), or under Slurm with one task per node (srun --ntasks-per-node=1 ...), which sets them
+# (docs/training.md, "Slurm"). MAX_RESTARTS (default 3 on one node, 10 on several) is how often a failed
+# job is restarted from its newest checkpoint. With DATA unset it runs the built-in demo, which needs no
+# download. CLEAR_CACHES=1 drops the OS page cache first (root).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME="train_bert_pretraining_amp_dist.sh"
@@ -52,9 +53,35 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export INIT_LOSS_SCALE=${INIT_LOSS_SCALE:-1024}
-GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
-NPROC=${NPROC_PER_NODE:-$GPUS}
+DEVICES=$("$PYTHON" -c 'from bert_pretrain.devices import count; print(count())')
+NPROC=${NPROC_PER_NODE:-$DEVICES}
 if [ "$NPROC" -lt 1 ]; then NPROC=1; fi
+RDZV_CONF=()
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_NNODES:-}" ]; then
+    # Under Slurm: the step's nodes, this node's place among them and the first node's address (the
+    # rendezvous host, so node 0 hosts its store: no guessing from host names); what is set by hand wins.
+    NODE_RANK=${SLURM_NODEID:-0}
+    if [ -z "${NNODES:-}" ]; then
+        NNODES=$SLURM_NNODES
+        if [ "$NNODES" -gt 1 ] && [ -z "${SLURM_STEP_ID:-}" ]; then
+            echo "$NAME: error: Slurm gave this job $NNODES nodes, but this is its batch script, which runs on" \
+                 "the first node only; start it on every node: srun --ntasks-per-node=1 bash $NAME" >&2
+            exit 2
+        fi
+    fi
+    if [ "$NNODES" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+        nodes=${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST:-}}
+        MASTER_ADDR=$(scontrol show hostnames "$nodes" 2>/dev/null | head -n 1 || true)
+        if [ -z "$MASTER_ADDR" ]; then
+            echo "$NAME: error: could not read the first node of Slurm's node list '$nodes' (scontrol show" \
+                 "hostnames); set MASTER_ADDR to a host every node can reach" >&2
+            exit 2
+        fi
+        RDZV_CONF=(--rdzv_conf "is_host=$([ "$NODE_RANK" = 0 ] && echo true || echo false)")
+    fi
+    MASTER_PORT=${MASTER_PORT:-$((29500 + SLURM_JOB_ID % 1000))}  # two jobs sharing a node, two ports
+    RDZV_ID=${RDZV_ID:-slurm-$SLURM_JOB_ID}
+fi
 NNODES=${NNODES:-1}
 if [ "$NNODES" -gt 1 ]; then
     if [ -z "${MASTER_ADDR:-}" ]; then
@@ -62,7 +89,7 @@ if [ "$NNODES" -gt 1 ]; then
         exit 2
     fi
     RENDEZVOUS=(--nnodes "$NNODES" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:${MASTER_PORT:-29500}"
-                --rdzv_id "${RDZV_ID:-bert-pretrain}")
+                --rdzv_id "${RDZV_ID:-bert-pretrain}" "${RDZV_CONF[@]}")
 else
     RENDEZVOUS=(--standalone)
 fi
@@ -76,7 +103,8 @@ case "$MAX_RESTARTS" in
                       "restarts)" >&2
                  exit 2 ;;
 esac
-echo "$NAME: $NNODES node(s) x $NPROC process(es); shards $SHARDS; up to $MAX_RESTARTS restart(s)" >&2
+echo "$NAME: $NNODES node(s) x $NPROC process(es)${NODE_RANK:+ (Slurm node $NODE_RANK)}; shards $SHARDS; up to" \
+     "$MAX_RESTARTS restart(s)" >&2
 
 # A new results folder per run; --resume_from_checkpoint (without an --output_dir of yours) continues
 # in the newest one.

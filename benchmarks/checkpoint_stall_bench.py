@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert_pretrain.build import StepSettings, build
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.model import MODEL_SHAPES, BertConfig
-from bert_pretrain.step import training_parts, train_step
+from bert_pretrain.step import train_step
 from bert_pretrain.train.checkpoint import (
     CheckpointWriter,
     Progress,
@@ -104,8 +105,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, max_position_embeddings=512, **MODEL_SHAPES["base"])
-    model, optimizer, scaler = training_parts(config, CPU, "fp32")
-    state = TrainingState(model, optimizer, scaler, Progress(), DataPosition())
+    built = build(config, StepSettings(precision="fp32"), CPU)
+    state = TrainingState(built.model, built.optimizer, built.scaler, Progress(), DataPosition())
     arrays = synthetic_rows(np.random.default_rng(0), args.batch, 128, 20, config.vocab_size)
     batch = padded_batch(*(arrays[k] for k in KEYS))
     timed_steps(state, batch, 2)  # LAMB's moments exist from the first step: the state has its full size

@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     bench = [sys.executable, "-m", "bert_pretrain", "bench", "--device", args.device]
     benches = {name: (name, [*bench, *rest], limit) for name, rest, limit in _bench_plan(args)}
     gpu_tests = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_fp8.py",
-                 "tests/test_fused_norm.py", "tests/test_step.py", "tests/test_optim.py"]
+                 "tests/kernels/test_fused_norm.py", "tests/test_step.py", "tests/test_optim.py"]
     # In order of importance, so a short budget still measures the fp8 numbers and checks correctness.
     check = [*(benches[n] for n in FP8_CHECK if n in benches), ("lamb", [*me, "--section", "lamb"], 90),
              ("gpu tests", gpu_tests, 150), ("train_fp8", [*me, "--section", "train_fp8"], 60),

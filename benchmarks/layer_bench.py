@@ -125,7 +125,7 @@ def _time_layer(layer, variant: str, batch, backend: str, hidden: int, dtype, de
 
     def run():
         if variant != "compiled_static" and variant != "eager":
-            torch._dynamo.maybe_mark_dynamic(x, 0)  # as step.compile_model marks the packed stream
+            torch._dynamo.maybe_mark_dynamic(x, 0)  # as build.compile_model marks the packed stream
             torch._dynamo.maybe_mark_dynamic(batch.cu_seqlens, 0)  # B changes here, not in training
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             out = layer(x, batch, backend)

@@ -145,12 +145,18 @@ def versions() -> str:
             f"tokenizers {tokenizers.__version__}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def corpus_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags the data-preparation benchmarks share: the corpus, the vocab, repeats and the report."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--corpus", default=str(SHARED / "corpus" / "mlperf_wiki_sample"))
     parser.add_argument("--vocab", default=str(SHARED / "vocab" / "bert-uncased-vocab.txt"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--report", default=None, help="markdown report path (default benchmarks/results/...)")
+    return parser
+
+
+def main() -> None:
+    parser = corpus_parser(__doc__)
     parser.add_argument("--peer", nargs=3, metavar=("TEXT", "VOCAB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:

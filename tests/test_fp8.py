@@ -263,13 +263,14 @@ def test_evaluation_runs_the_same_weights_in_bf16_and_puts_the_float8_layers_bac
 @pytest.mark.slow
 @needs_torchao
 def test_regional_compilation_with_float8_layers_matches_eager_and_compiles_once(monkeypatch):
-    """step.compile_model as train applies it, with aot_eager (Inductor's CPU code generation is not what
+    """build.compile_model as train applies it, with aot_eager (Inductor's CPU code generation is not what
     the GPU runs, and slow here): the same steps, one compilation for three token counts, no graph break."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     from torch._dynamo.utils import counters
 
+    from bert_pretrain.build import compile_model
     from bert_pretrain.optim import Lamb, parameter_groups
-    from bert_pretrain.step import compile_model, make_grad_scaler, train_step
+    from bert_pretrain.step import make_grad_scaler, train_step
 
     compile_ = nn.Module.compile
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: compile_(self, **{**kw, "backend": "aot_eager"}))
@@ -302,7 +303,7 @@ def test_fp8_packs_token_counts_in_multiples_of_16(tmp_path):
     flags = train_flags(data, tmp_path / "out")
     arrays = mlperf_arrays(np.random.default_rng(0), 5, 32, 5, 64)
     for extra, multiple in (([], 1), (["--fp8"], 16)):
-        config = load_config(build_parser().parse_args(["train", *flags, *extra]), cuda_available=False)
+        config = load_config(build_parser().parse_args(["train", *flags, *extra]), accelerator=None)
         tokens = _row_converter(config)(arrays).input_ids.shape[0]
         assert tokens % multiple == 0 and (multiple == 1 or tokens - int(arrays["input_mask"].sum()) < 16)
     assert _packing(BenchOptions(precision="fp8", pad_to_multiple=24), None).pad_to_multiple == 48
@@ -314,8 +315,9 @@ def test_compiled_fp8_steps_on_a_gpu_track_bf16_and_compile_once(cuda_fp8):
     CPU test's bounds of bf16, compiled steps as eager ones, one layer compilation for three token counts."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
+    from bert_pretrain.build import compile_model
     from bert_pretrain.optim import Lamb, parameter_groups
-    from bert_pretrain.step import compile_model, make_grad_scaler, train_step
+    from bert_pretrain.step import make_grad_scaler, train_step
 
     shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256)
     batches = [_batch(seed).to(cuda_fp8) for seed in range(3)]

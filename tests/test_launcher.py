@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, SUBPROCESS_ENV, write_data_folder, write_prepared_data_folder
 from support.launcher import LAUNCHER, compliance, launch, tiny_overrides
 
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_data_folder(tmp_path_factory.mktemp("DATA"), num_shards=4)

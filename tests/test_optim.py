@@ -401,3 +401,18 @@ def test_a_fused_qkv_weight_gets_one_trust_ratio_per_block_as_the_reference_q_k_
     for group in parameter_groups(model, 0.01):
         for name, k in zip(group["param_names"], group["segments"]):
             assert k == (3 if name.endswith("attention.self.qkv.weight") else 1), name
+
+
+def test_the_schedule_built_from_the_reference_flags_is_its_rate_at_every_step():
+    """--warmup_steps 0 takes the warmup from --warmup_proportion and starts it at 0 whatever
+    --start_warmup_step says (the reference's rule); otherwise both flags hold."""
+    from bert_pretrain.optim import LrSchedule
+
+    by_proportion = LrSchedule.from_flags(4e-4, 1000, 0.1, 0, start_warmup_step=-76)
+    assert (by_proportion.warmup_steps, by_proportion.start_warmup_step) == (100, 0)
+    by_steps = LrSchedule.from_flags(4e-4, 1000, 0.1, 30, start_warmup_step=-76)
+    assert (by_steps.warmup_steps, by_steps.start_warmup_step) == (30, -76)
+    for step in (0, 1, 29, 99, 100, 500, 999, 1200):
+        assert by_proportion.at(step) == lr_at(step, 4e-4, 100, 1000, 0)
+        assert by_steps.at(step) == lr_at(step, 4e-4, 30, 1000, -76)
+    assert by_proportion.at(1200) == 0.0 and by_proportion.degree == 1.0

@@ -66,7 +66,7 @@ def test_fp16_overflow_skips_the_update():
 
 
 def test_compile_model_marks_the_hot_regions_and_keeps_parameter_names():
-    from bert_pretrain.step import compile_model
+    from bert_pretrain.build import compile_model
 
     model = _model()
     names = list(model.state_dict())
@@ -84,9 +84,9 @@ def test_the_encoder_layers_compile_once_for_every_token_count_under_autocast():
     (a second BERT-large layer compilation)."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
+    from bert_pretrain.build import compile_model
     from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
     from bert_pretrain.model import BertLayer
-    from bert_pretrain.step import compile_model
 
     torch._dynamo.reset()
     model = compile_model(_model(), backend="aot_eager")  # what Dynamo traces and caches; no code generated
@@ -132,8 +132,9 @@ def test_train_step_never_waits_for_the_gpu(precision):
 @pytest.mark.gpu
 @CUDA
 def test_compiled_model_computes_what_the_eager_model_does():
+    from bert_pretrain.build import compile_model
     from bert_pretrain.data.packing import pack_padded_rows
-    from bert_pretrain.step import autocast, compile_model
+    from bert_pretrain.step import autocast
 
     device = torch.device("cuda")
     model = _model().to(device)

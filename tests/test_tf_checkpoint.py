@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 from conftest import mlperf_arrays
-from oracles.tf_table_writer import (snappy_reencoded, write_checkpoint)
+from oracles.tf_table_writer import snappy_reencoded, write_checkpoint
 
 from bert_pretrain import cli, tf_checkpoint
 from bert_pretrain.data.shards import write_padded

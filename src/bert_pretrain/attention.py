@@ -34,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bert_pretrain import devices
+
 BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 PACKED_ONLY = ("flash", "varlen", "flex", "flash_attn")
 _HALF = (torch.float16, torch.bfloat16)
@@ -86,10 +88,7 @@ def unsupported_reason(backend: str, device: torch.device, dtype: torch.dtype, d
 
 def attention_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the attention inputs will have: the autocast dtype under autocast, else x's."""
-    device_type = x.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
+    return devices.autocast_dtype(x.device.type) or x.dtype
 
 
 @torch.compiler.disable

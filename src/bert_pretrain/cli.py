@@ -1,8 +1,9 @@
 """`bert-pretrain <command>`: parse the flags, call one function, turn bad input into a short message.
 
-Each command's flags come from its options dataclass (`options.add_options`); this module only maps
-command names to those classes and to the function that runs them. Heavy modules are imported inside
-the handlers so `--help` stays fast.
+Each command's flags come from its options dataclass (options/: `add_options`); this module only maps
+command names to those classes and to the function that runs them. options/ imports no torch, h5py or
+numpy; the modules that do the work are imported inside the handlers, so `--help` is fast and works
+without them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from typing import Callable
 
 from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.failure_cause import record_failure_cause
+from bert_pretrain.options.bench import BenchOptions
+from bert_pretrain.options.commands import ConvertOptions, DemoOptions, EvaluateOptions, InspectOptions
 from bert_pretrain.options.fields import add_options, from_args
+from bert_pretrain.options.prepare import PrepareMlperfOptions, PrepareOptions
+from bert_pretrain.options.train import (
+    TRAIN_DESCRIPTION,
+    TRAIN_USAGE,
+    RunConfig,
+    add_arguments,
+    is_main_process,
+    load_config,
+)
 
 DESCRIPTION = """\
 BERT pretraining (masked-LM + next-sentence prediction) as MLPerf Training defines it.
@@ -48,8 +60,22 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 @dataclass(frozen=True)
 class Command:
     summary: str  # one line, in `bert-pretrain --help`
-    options: Callable[[], type] | None  # the options dataclass, imported when asked for (train: its own)
-    run: Callable[[object], int]  # runs the command on an instance of it
+    run: Callable[[object], int]  # runs the command on its options
+    options: type | None = None  # the options dataclass: its fields are the flags
+    # train's flags come in several groups with TOML recipes and the reference-only flags, so it brings its
+    # own parser setup and reading of the parsed flags instead of `options`
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    read: Callable[[argparse.Namespace], object] | None = None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        if self.configure is not None:
+            self.configure(parser)
+        else:
+            add_options(parser, self.options)
+        parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+    def options_from(self, args: argparse.Namespace):
+        return self.read(args) if self.read is not None else from_args(self.options, args)
 
 
 def _prepare(options) -> int:
@@ -123,77 +149,41 @@ def _demo(options) -> int:
     return run_demo(options.output_dir, options.target_mlm_accuracy, options.max_steps, options.workers)
 
 
-def _prepare_options():
-    from bert_pretrain.options.prepare import PrepareOptions
-
-    return PrepareOptions
-
-
-def _prepare_mlperf_options():
-    from bert_pretrain.options.prepare import PrepareMlperfOptions
-
-    return PrepareMlperfOptions
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.description, parser.usage = TRAIN_DESCRIPTION, TRAIN_USAGE
+    add_arguments(parser)
 
 
-def _bench_options():
-    from bert_pretrain.options.bench import BenchOptions
+def _read_train(args: argparse.Namespace) -> RunConfig:
+    from bert_pretrain.devices import accelerator_type  # torch, imported only when a run starts
 
-    return BenchOptions
-
-
-def _command_options(name: str):
-    def load():
-        from bert_pretrain.options import commands as command_options
-
-        return getattr(command_options, name)
-
-    return load
+    with said_by_the_first_process():  # every process of the run reads the same flags and files
+        config = load_config(args, accelerator=accelerator_type())
+    if is_main_process():
+        for note in config.notes:
+            print(note, file=sys.stderr)
+    return config
 
 
 COMMANDS = {
-    "prepare": Command("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare_options, _prepare),
+    "prepare": Command("text or a Wikipedia dump -> MLPerf HDF5 shards (+ eval set)", _prepare, PrepareOptions),
     "prepare-mlperf": Command("MLCommons' BERT release -> the recipe's DATA folder (the reference's exact shards, eval "
                               "set, config, converted init checkpoint), checked against the published md5s",
-                              _prepare_mlperf_options, _prepare_mlperf),
+                              _prepare_mlperf, PrepareMlperfOptions),
     "train": Command("pretrain BERT on MLPerf shards (LAMB, mixed precision, DDP, eval to a target, MLPerf log)",
-                     None, _train),
-    "evaluate": Command("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line",
-                        _command_options("EvaluateOptions"), _evaluate),
+                     _train, configure=_configure_train, read=_read_train),
+    "evaluate": Command("masked-LM / NSP accuracy of a checkpoint on eval shards; prints one JSON line", _evaluate,
+                        EvaluateOptions),
     "convert": Command("convert weights: TensorFlow checkpoints, NVIDIA .pt, this project's checkpoints, HF "
-                       "transformers folders -> NVIDIA .pt or HF folders",
-                       _command_options("ConvertOptions"), _convert),
+                       "transformers folders -> NVIDIA .pt or HF folders", _convert, ConvertOptions),
     "bench": Command("training-step throughput of this project vs HF transformers; prints a table and one JSON line",
-                     _bench_options, _bench),
+                     _bench, BenchOptions),
     "inspect": Command("what is in a shard (counts, lengths, masking and NSP statistics, instances decoded) or a "
-                       "checkpoint (the model's shape; for a training checkpoint, where the run stood)",
-                       _command_options("InspectOptions"), _inspect),
+                       "checkpoint (the model's shape; for a training checkpoint, where the run stood)", _inspect,
+                       InspectOptions),
     "demo": Command("the whole pipeline on a corpus built from this Python's documentation: prepare, train to a "
-                    "target, export (a few minutes on 2 CPU cores)", _command_options("DemoOptions"), _demo),
+                    "target, export (a few minutes on 2 CPU cores)", _demo, DemoOptions),
 }
-
-
-def _add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    if name == "train":  # several option groups, TOML recipes and the reference-only flags
-        from bert_pretrain.options.train import TRAIN_DESCRIPTION, TRAIN_USAGE, add_arguments
-
-        parser.description, parser.usage = TRAIN_DESCRIPTION, TRAIN_USAGE
-        add_arguments(parser)
-    else:
-        add_options(parser, COMMANDS[name].options())
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-
-def _options(name: str, args: argparse.Namespace):
-    if name == "train":
-        from bert_pretrain.options.train import is_main_process, load_config
-
-        with said_by_the_first_process():  # every process of the run reads the same flags and files
-            config = load_config(args)
-        if is_main_process():
-            for note in config.notes:
-                print(note, file=sys.stderr)
-        return config
-    return from_args(COMMANDS[name].options(), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         p = parser.subcommands[name] = sub.add_parser(name, help=command.summary, description=command.summary,
                                                       formatter_class=_Formatter)
-        _add_arguments(name, p)
+        command.add_arguments(p)
     return parser
 
 
@@ -216,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # the subcommand's own error, so that the hint names its --help
         parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return COMMANDS[args.command].run(_options(args.command, args)) or 0
+        command = COMMANDS[args.command]
+        return command.run(command.options_from(args)) or 0
     except BrokenPipeError:  # stdout went to `head` or similar, which stopped reading: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # as a process killed by SIGPIPE

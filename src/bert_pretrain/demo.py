@@ -1,6 +1,6 @@
 """`bert-pretrain demo`: the whole pipeline on a corpus every Python installation carries.
 
-1. corpus   the standard library's docstrings and help() topics (data/builtin_corpus.py)
+1. corpus   the standard library's docstrings and help() topics (prepare/builtin_corpus.py)
 2. prepare  a WordPiece vocab trained on it, 128-token MLPerf-layout shards and a held-out eval set
 3. train    a small BERT with LAMB until the masked-LM accuracy on the held-out set reaches the target
             (or the step limit), with the MLPerf log, metrics, plot and checkpoints of a real run
@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from bert_pretrain import strict_json
+from bert_pretrain.devices import accelerator_type
 from bert_pretrain.folder_lock import hold_folder
 from bert_pretrain.model import MODEL_SHAPES, BertForPreTraining
 from bert_pretrain.options.prepare import PrepareOptions
@@ -102,7 +103,7 @@ def _run_demo(out: Path, target_accuracy: float, max_steps: int, workers: int, e
     print("demo 3/4 train: " + shlex.join(["bert-pretrain", "train", *flags]), flush=True)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    code = train(load_config(parser.parse_args(flags)))
+    code = train(load_config(parser.parse_args(flags), accelerator=accelerator_type()))
     if code != 0:
         return code
 

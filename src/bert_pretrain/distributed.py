@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bert_pretrain import devices
 from bert_pretrain.errors import InputError
 from bert_pretrain.parent_death import LAUNCHER_PID_VARIABLE, die_with_parent
 
@@ -30,20 +31,15 @@ class DistInfo:
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """'auto' picks this process's GPU when CUDA is available, else the CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
-        return torch.device("cuda", local_rank)
-    return torch.device(requested)
+    """'auto' picks this process's accelerator device when there is one (CUDA, XPU, MPS, ...), else the CPU."""
+    return devices.resolve(requested, local_rank)
 
 
 def init_distributed(device: str = "auto", backend: str | None = None, timeout_s: float = 600.0) -> DistInfo:
     """Join the torchrun process group if there is one; choose this process's device.
 
-    `backend` defaults to nccl on CUDA and gloo on CPU. The timeout bounds how long a collective
+    `backend` defaults to torch.distributed's backend for the device type (nccl on CUDA, gloo on the CPU,
+    xccl on XPU, a plug-in's own, e.g. hccl). The timeout bounds how long a collective
     waits for a dead peer before every survivor fails with an error instead of hanging.
     """
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: it stops when its launcher is killed outright
@@ -53,10 +49,12 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
-    if resolved.type == "cuda":
-        torch.cuda.set_device(resolved)
+    devices.set_current(resolved)
     if world_size > 1 and not dist.is_initialized():
-        backend = backend or ("nccl" if resolved.type == "cuda" else "gloo")
+        backend = backend or devices.process_group_backend(resolved)
+        if backend not in devices.known_backends():
+            raise InputError(f"--dist_backend {backend}: not a collective backend this PyTorch knows; use one of "
+                             f"{', '.join(devices.known_backends())}, or leave it out for {resolved.type}'s default")
         dist.init_process_group(
             backend=backend,
             timeout=datetime.timedelta(seconds=timeout_s),

@@ -18,10 +18,10 @@ from tqdm import tqdm
 from bert_pretrain import fp8
 from bert_pretrain.batch import Batch
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, padded_batch
-from bert_pretrain.data.shards import PADDED_DTYPES, list_shards, read_padded
+from bert_pretrain.data.shards import PADDED_DTYPES, ShardShape, list_shards, read_padded
 from bert_pretrain.distributed import all_reduce_sum, init_distributed, shutdown
 from bert_pretrain.errors import InputError
-from bert_pretrain.model import BertForPreTraining
+from bert_pretrain.model import SUM_NAMES, BertForPreTraining
 from bert_pretrain.options.commands import EvaluateOptions
 from bert_pretrain.step import autocast
 from bert_pretrain.weights import load_weights, read_bert_config
@@ -44,13 +44,7 @@ class EvalResult:
         return {key: value for key, value in self.to_dict().items() if not math.isfinite(value)}
 
 
-def load_eval_set(
-    eval_dir: str | Path,
-    num_examples: int | None,
-    max_seq_length: int,
-    max_predictions_per_seq: int,
-    vocab_size: int,
-) -> dict[str, np.ndarray]:
+def load_eval_set(eval_dir: str | Path, num_examples: int | None, shape: ShardShape) -> dict[str, np.ndarray]:
     """The first `num_examples` rows (all when None) of the eval folder's shards, validated."""
     if num_examples is not None and num_examples < 1:
         raise InputError(f"--num_eval_examples must be at least 1, got {num_examples} (leave it out to use "
@@ -59,7 +53,7 @@ def load_eval_set(
     for path in list_shards(eval_dir):
         if num_examples is not None and have >= num_examples:
             break
-        arrays = read_padded(path, max_seq_length, max_predictions_per_seq, vocab_size)
+        arrays = read_padded(path, shape)
         parts.append(arrays)
         have += len(arrays["next_sentence_labels"])
     if num_examples is not None and have < num_examples:
@@ -102,18 +96,18 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64, device=device)
     with fp8.float8_off(model):
         # disable=None: a bar on a terminal only, so a log file gets no carriage-return updates
         for batch in tqdm(batches, desc="eval", unit="batch", disable=None if progress else True, leave=False):
             with autocast(device, precision):
                 out = model(batch.to(device, non_blocking=True))
-            sums += torch.stack([
-                out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_count.double(),
-                out.nsp_loss_sum.double(), out.nsp_correct.double(), out.nsp_count.double(),
-            ])
+            sums += out.sums()
     model.train(was_training)
-    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, nsp_count = all_reduce_sum(sums).tolist()
+    total = dict(zip(SUM_NAMES, all_reduce_sum(sums).tolist()))
+    mlm_count, nsp_count = total["mlm_count"], total["nsp_count"]
+    mlm_loss, mlm_correct, nsp_loss, nsp_correct = (total[k] for k in ("mlm_loss_sum", "mlm_correct", "nsp_loss_sum",
+                                                                        "nsp_correct"))
     return EvalResult(
         mlm_accuracy=mlm_correct / max(mlm_count, 1.0),
         mlm_loss=mlm_loss / max(mlm_count, 1.0),
@@ -124,11 +118,11 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, progress: bo
     )
 
 
-def rank_eval_batches(eval_dir: str | Path, num_examples: int | None, max_seq_length: int,
-                      max_predictions_per_seq: int, vocab_size: int, batch_size: int, rank: int, world_size: int,
-                      packed: bool = False) -> list[Batch]:
-    """This process's contiguous share of the eval set, in batches (what `train` and `evaluate` run)."""
-    arrays = load_eval_set(eval_dir, num_examples, max_seq_length, max_predictions_per_seq, vocab_size)
+def rank_eval_batches(eval_dir: str | Path, shape: ShardShape, *, batch_size: int, rank: int, world_size: int,
+                      num_examples: int | None = None, packed: bool = False) -> list[Batch]:
+    """This process's contiguous share of the eval set (its first `num_examples` rows; all when None), in
+    batches: what `train` and `evaluate` run."""
+    arrays = load_eval_set(eval_dir, num_examples, shape)
     mine = rank_rows(len(arrays["next_sentence_labels"]), rank, world_size)
     return eval_batches({k: v[mine] for k, v in arrays.items()}, batch_size, packed=packed)
 
@@ -142,9 +136,9 @@ def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
     model = BertForPreTraining(config)
     load_weights(model, options.init_checkpoint)
     model.to(info.device)
-    batches = rank_eval_batches(options.eval_dir, options.num_eval_examples, options.max_seq_length,
-                                options.max_predictions_per_seq, config.vocab_size, options.eval_batch_size,
-                                info.rank, info.world_size)
+    shape = ShardShape(options.max_seq_length, options.max_predictions_per_seq, config.vocab_size)
+    batches = rank_eval_batches(options.eval_dir, shape, batch_size=options.eval_batch_size, rank=info.rank,
+                                world_size=info.world_size, num_examples=options.num_eval_examples)
     result = evaluate(model, batches, info.device, progress=info.is_main, precision=options.precision)
     shutdown()
     not_finite = result.not_finite()  # the sums were reduced: every process sees the same, and exits alike

@@ -4,7 +4,7 @@ Post-LayerNorm BERT as in google-research/bert and NVIDIA's MLPerf v1.0 implemen
 tanh-approximated GELU for "gelu", LayerNorm eps 1e-12, vocab padded to a multiple of 8 for the
 embedding and decoder GEMMs (padded rows are zero and are cut off before the softmax, so they are
 never predicted). Parameter names follow the HF/NVIDIA checkpoints except that query/key/value are
-one fused `qkv` projection (one GEMM); `checkpoint.py` maps the names.
+one fused `qkv` projection (one GEMM); `weights.py` maps the names.
 
 Architecture only: no training logic, no file formats beyond `bert_config.json`.
 """
@@ -144,6 +144,14 @@ class PretrainingOutput:
     nsp_correct: torch.Tensor
     nsp_count: torch.Tensor
 
+    def sums(self) -> torch.Tensor:
+        """(len(SUM_NAMES),) float64 on the device, in SUM_NAMES order: what training's logs and evaluation add
+        up over batches and processes (one stack, so one all-reduce and one read at the end)."""
+        return torch.stack([getattr(self, name).detach().double() for name in SUM_NAMES])
+
+
+SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_loss_sum", "nsp_correct", "nsp_count")
+
 
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
@@ -158,7 +166,7 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         x = x + self.token_type_embeddings(segment_ids)
         # In the compute dtype under autocast (LayerNorm returns fp32), as every layer's input and output:
-        # cast here, the encoder's input is this very tensor, the one step.compile_model marks dynamic (tests/test_step.py).
+        # cast here, the encoder's input is this very tensor, the one build.compile_model marks dynamic (tests/test_step.py).
         return self.dropout(self.LayerNorm(x)).to(attention_dtype(x))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -297,3 +298,25 @@ def lr_at(
     if position < warmup_steps:
         return base_lr * max(position, 0) / (warmup_steps + 1e-6)
     return base_lr * (1.0 - min(last / total_steps, 1.0)) ** degree
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """The learning-rate schedule as one value: built once from the reference's flags, asked for the rate
+    before each update (`at`), and logged whole to the MLPerf log."""
+
+    base_lr: float
+    warmup_steps: int
+    total_steps: float
+    start_warmup_step: int = 0
+    degree: float = 1.0  # the poly decay's power: 1, a linear decay to 0, in BERT's and MLPerf's runs
+
+    @classmethod
+    def from_flags(cls, learning_rate: float, max_steps: float, warmup_proportion: float, warmup_steps: int,
+                   start_warmup_step: int) -> LrSchedule:
+        return cls(learning_rate, warmup_steps_for(max_steps, warmup_proportion, warmup_steps), max_steps,
+                   warmup_start_for(warmup_steps, start_warmup_step))
+
+    def at(self, step: int) -> float:
+        """The rate of the next update after `step` applied ones (`lr_at`)."""
+        return lr_at(step, self.base_lr, self.warmup_steps, self.total_steps, self.start_warmup_step, self.degree)

@@ -1,11 +1,10 @@
 """One optimizer step: forward/backward over the micro-batches, mixed precision, optimizer update.
 
-Shared by `train` and `bench`, so the benchmark times exactly what training runs. In bf16 and fp32
+Shared by `train` and `bench` (which build what it steps with build.py), so the benchmark times exactly
+what training runs. In bf16 and fp32
 nothing here reads a tensor back to the host: the returned sums stay on the device until the caller
 reads them at log time. In fp16, `GradScaler.step` reads its overflow flag back (every optimizer
 without `_step_supports_amp_scaling` makes it), and the loss scale is read at that same point.
-
-`compile_model` applies `torch.compile` from outside the model (regional compilation).
 """
 
 from __future__ import annotations
@@ -16,14 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from bert_pretrain import devices
 from bert_pretrain.batch import Batch
-from bert_pretrain.model import BertConfig, BertForPreTraining
-from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
+from bert_pretrain.model import SUM_NAMES
 from bert_pretrain.options.fields import PRECISIONS
-from bert_pretrain.weights import load_weights
-
-# Order of the entries of StepResult.sums.
-SUM_NAMES = ("loss", "mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
 
 
 @dataclass
@@ -47,7 +42,7 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=devices.autocast_type(device), dtype=dtype)
 
 
 def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2.0**20) -> torch.amp.GradScaler:
@@ -55,73 +50,6 @@ def make_grad_scaler(precision: str, device: torch.device, init_scale: float = 2
     return torch.amp.GradScaler(
         device.type, init_scale=init_scale, growth_interval=2000, enabled=precision == "fp16"
     )
-
-
-def training_parts(bert_config: BertConfig, device: torch.device, precision: str, *, attention: str = "auto",
-                   fused_norm: bool = False, init_checkpoint: str | None = None, learning_rate: float = 4e-4,
-                   betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.01,
-                   compiled_optimizer: bool = False, init_scale: float = 2.0**20):
-    """(model, LAMB, loss scaler): what `train_step` steps, built the same way for train and bench. The
-    model takes its initial weights from torch's current seed (the reference initialisation), then from
-    `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
-    model = BertForPreTraining(bert_config, attention_backend=attention, fused_norm=fused_norm)
-    if init_checkpoint:
-        load_weights(model, init_checkpoint)
-    model.to(device)
-    optimizer = Lamb(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=LAMB_EPSILON,
-                     weight_decay=weight_decay, max_grad_norm=MAX_GRAD_NORM, compiled=compiled_optimizer)
-    return model, optimizer, make_grad_scaler(precision, device, init_scale=init_scale)
-
-
-def compile_model(model: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> torch.nn.Module:
-    """Compile the model's hot regions in place and return the model.
-
-    Each encoder layer, the embeddings, the masked-LM head's transform and the loss are compiled
-    (`Module.compile`, so parameter names and checkpoints are unchanged). All encoder layers run one
-    compiled graph (parameters are graph inputs), so compiling BERT-large costs about one layer. The
-    attention backend is resolved outside the layers. The packed token count is marked dynamic
-    before the first call, so batches of any token count share one compilation (keep
-    `Batch.max_seqlen` fixed as well, see data/packing.py, or its first change costs one more).
-    `backend` is torch.compile's (tests of what Dynamo traces use "aot_eager", which generates no code).
-    """
-    from bert_pretrain.model import (
-        BertEmbeddings,
-        BertEncoder,
-        BertLayer,
-        BertModel,
-        BertPredictionHeadTransform,
-        PretrainingLoss,
-    )
-
-    for module in model.modules():
-        if isinstance(module, (BertEmbeddings, BertLayer, BertPredictionHeadTransform, PretrainingLoss)):
-            module.compile(mode=mode, backend=backend)
-        elif isinstance(module, BertModel):
-            module.register_forward_pre_hook(_mark_packed_tokens_dynamic)
-        elif isinstance(module, BertEncoder):
-            module.register_forward_pre_hook(_mark_hidden_dynamic)
-    return model
-
-
-def _mark_packed_tokens_dynamic(module, args) -> None:
-    """Before BertModel.forward(batch, ...): the packed stream's length N varies from batch to batch."""
-    batch = args[0]
-    if batch.is_packed:
-        for tensor in (batch.input_ids, batch.segment_ids, batch.position_ids):
-            torch._dynamo.maybe_mark_dynamic(tensor, 0)
-
-
-def _mark_hidden_dynamic(module, args) -> None:
-    """Before BertEncoder.forward(x, batch, ...): x is (N, H) when packed."""
-    if args[1].is_packed:
-        torch._dynamo.maybe_mark_dynamic(args[0], 0)
-
-
-def _sums(out) -> torch.Tensor:
-    return torch.stack([
-        out.loss.detach().double(), out.mlm_loss_sum.double(), out.mlm_correct.double(),
-        out.mlm_count.double(), out.nsp_correct.double(), out.nsp_count.double(),
-    ])
 
 
 def train_step(
@@ -148,7 +76,7 @@ def train_step(
             with autocast(device, precision):
                 out = model(batch.to(device, non_blocking=True))
             scaler.scale(out.loss / accumulation).backward()
-        sums += _sums(out)
+        sums += out.sums()
     sums[0] /= accumulation
     scaler.unscale_(optimizer)
     # fp16: GradScaler.step reads its overflow flag back to the host anyway, so reading the scale around it

@@ -17,7 +17,7 @@ from bert_pretrain.data.loader import (
     shuffling_seed,
     worker_seed,
 )
-from bert_pretrain.data.shards import list_shards, read_padded, write_padded
+from bert_pretrain.data.shards import ShardShape, list_shards, read_padded, write_padded
 from bert_pretrain.errors import InputError
 
 SEQ, PRED, VOCAB = 16, 3, 100
@@ -45,7 +45,7 @@ def shards(tmp_path):
 
 def stream(folder, rank=0, world=1, batch=4, **kwargs):
     return ShardStream(folder, rank=rank, world_size=world, seed=1234, micro_batch_size=batch,
-                       max_seq_length=SEQ, max_predictions_per_seq=PRED, vocab_size=VOCAB, **kwargs)
+                       shape=ShardShape(SEQ, PRED, VOCAB), **kwargs)
 
 
 def row_keys(batch):
@@ -168,8 +168,8 @@ def test_a_folder_without_shards_is_an_error(tmp_path):
 def test_a_shard_of_another_sequence_length_is_named_once_and_never_skipped(shards, skip):
     """Every shard would fail alike: the message gives the setting to change, not --skip_bad_shards."""
     with pytest.raises(InputError) as err:
-        ShardStream(shards, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
-                    max_predictions_per_seq=PRED, vocab_size=VOCAB, skip_bad_shards=skip)
+        ShardStream(shards, rank=0, world_size=1, seed=1, micro_batch_size=2,
+                    shape=ShardShape(32, PRED, VOCAB), skip_bad_shards=skip)
     message = str(err.value)
     assert f"but max_seq_length is 32; pass --max_seq_length {SEQ}" in message
     assert "--skip_bad_shards" not in message and "unreadable" not in message and message.count(".hdf5") == 1

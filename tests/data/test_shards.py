@@ -8,6 +8,7 @@ from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
 from bert_pretrain.data import shards
 from bert_pretrain.data.inspect_shard import read_any
 from bert_pretrain.data.loader import ShardStream
+from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.errors import InputError
 
 
@@ -24,7 +25,7 @@ def test_padded_round_trip_has_the_reference_dtypes(tmp_path, arrays):
         for key, dtype in shards.PADDED_DTYPES.items():
             assert f[key].dtype == dtype and f[key].compression is None
         assert f["input_ids"].shape == (10, 32) and f["masked_lm_positions"].shape == (10, 5)
-    back = shards.read_padded(path, 32, 5, 100)
+    back = shards.read_padded(path, ShardShape(32, 5, 100))
     for key in arrays:
         np.testing.assert_array_equal(back[key], arrays[key])
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
@@ -39,7 +40,7 @@ def test_varlength_round_trip(tmp_path, arrays):
         assert h5py.check_vlen_dtype(f["input_ids"].dtype) == np.dtype("i2")
         assert h5py.check_vlen_dtype(f["segment_ids"].dtype) == np.dtype("i1")
         assert len(f["input_ids"][0]) == arrays["input_mask"][0].sum()
-    back = shards.read_padded(path, 32, 5, 100)
+    back = shards.read_padded(path, ShardShape(32, 5, 100))
     for key in arrays:
         np.testing.assert_array_equal(back[key], arrays[key])
 
@@ -72,7 +73,7 @@ def test_validation_names_the_file_and_problem(tmp_path, arrays, break_it, messa
     path = tmp_path / "part_bad.hdf5"
     _write_raw(path, arrays)
     with pytest.raises(InputError) as err:
-        shards.read_padded(path, 32, 5, 100)
+        shards.read_padded(path, ShardShape(32, 5, 100))
     assert str(path) in str(err.value) and message in str(err.value)
 
 
@@ -80,7 +81,7 @@ def test_width_mismatch_names_the_flag(tmp_path, arrays):
     path = tmp_path / "part_0.hdf5"
     shards.write_padded(path, arrays)
     with pytest.raises(InputError, match="pass --max_seq_length 32"):
-        shards.read_padded(path, 128, 5, 100)
+        shards.read_padded(path, ShardShape(128, 5, 100))
 
 
 def test_not_hdf5_and_listing(tmp_path):
@@ -115,9 +116,9 @@ def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant,
     rerun check through num_samples) refuses a shard that reads another file or stores another dtype."""
     path = tmp_path / "part_0_of_1.hdf5"
     write_crafted_shard(path, arrays, variant)
-    readers = [lambda: shards.read_padded(path, 32, 5, 100), lambda: read_any(path),
-               lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2, max_seq_length=32,
-                                   max_predictions_per_seq=5, vocab_size=100)]
+    readers = [lambda: shards.read_padded(path, ShardShape(32, 5, 100)), lambda: read_any(path),
+               lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2,
+                                   shape=ShardShape(32, 5, 100))]
     if variant in ("external_link", "soft_link"):
         readers.append(lambda: shards.num_samples(path))  # every link of the root is refused, not only the keys
     for read in readers:
@@ -132,5 +133,6 @@ def test_every_crafted_shard_is_tried():
 
 def test_nvidia_output_keeps_being_read(shared_data):
     """NVIDIA's create_pretraining_data.py output has exactly the schema's dtypes."""
-    arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5", 128, 20)
+    arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5",
+                                ShardShape(128, 20))
     assert len(arrays["next_sentence_labels"]) == 60

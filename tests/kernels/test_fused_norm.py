@@ -163,7 +163,7 @@ def test_compiled_model_with_fused_norm_trains(device):
     """Under torch.compile (the kernels are opaque custom operators), with dropout: finite gradients
     for every parameter, the same result from the same random state, and eval without dropout equal
     to the unfused model's."""
-    from bert_pretrain.step import compile_model
+    from bert_pretrain.build import compile_model
 
     torch._dynamo.reset()
     models, batch = _tiny_packed(device, dropout=0.1)

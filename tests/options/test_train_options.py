@@ -26,8 +26,9 @@ def paths(tmp_path) -> list[str]:
             "--bert_config_path", str(tmp_path / "bert_config.json"), "--output_dir", str(tmp_path / "out")]
 
 
-def load(argv, cuda=False) -> RunConfig:
-    return load_config(build_parser().parse_args(["train", *argv]), cuda_available=cuda)
+def load(argv, cuda=False, accelerator=None) -> RunConfig:
+    """`cuda`: as on a machine with GPUs; `accelerator`: with another accelerator's devices ("xpu", ...)."""
+    return load_config(build_parser().parse_args(["train", *argv]), accelerator="cuda" if cuda else accelerator)
 
 
 def test_defaults_are_the_reference_defaults(paths):
@@ -178,7 +179,7 @@ def test_fp16_without_a_gpu_falls_back_to_fp32_with_a_note(paths):
     ("train_batch_size = 'eight'\n", ["train_batch_size", "must be a whole number"]),
     ("max_steps = 7100.5\n", ["max_steps", "must be a whole number"]),
     ("fp16 = 1\n", ["fp16", "must be true or false"]),
-    ("device = 'tpu'\n", ["device", "one of"]),
+    ("attention = 'fastest'\n", ["attention", "one of"]),
     ("train_batch_size = \n", ["not valid TOML"]),
 ])
 def test_bad_toml_is_named(text, words, tmp_path, paths):
@@ -223,7 +224,7 @@ def test_help_teaches_every_option_and_the_cli_reports_bad_input_in_one_line(pat
 
 
 def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
-    """options.py lists attention backends and compile modes literally (the parser imports no torch)."""
+    """options/fields.py lists attention backends and compile modes literally (the parser imports no torch)."""
     from bert_pretrain.attention import BACKENDS
     from bert_pretrain.options.fields import ATTENTION_BACKENDS, COMPILE_MODES
 
@@ -234,6 +235,26 @@ def test_choices_written_out_here_are_the_ones_the_code_runs(paths):
     assert tuple(fields["compile_mode"].metadata["argparse"]["choices"]) == COMPILE_MODES
     assert load(["--compile_mode", "max-autotune-no-cudagraphs", *paths]).system.compile_mode == \
         "max-autotune-no-cudagraphs"
+
+
+def test_any_device_pytorch_knows_is_taken_and_checked_when_the_run_starts(paths):
+    """--device is not a fixed list: a vendor's device name parses (torch.device checks it at run time, see
+    tests/test_devices.py); the parser imports no torch."""
+    for name in ("xpu", "npu", "hpu", "mps", "cuda:1", "privateuseone"):
+        assert load(["--device", name, *paths]).system.device == name
+
+
+def test_on_an_accelerator_other_than_cuda(paths):
+    """fp16 runs (autocast and GradScaler by device type); the recipe's --dist_backend nccl gives way to the
+    device's default; compilation stays opt-in (measured only on CUDA)."""
+    config = load(["--fp16", "--dist_backend", "nccl", *paths], accelerator="xpu")
+    assert config.system.precision == "fp16" and config.system.dist_backend is None
+    assert "note: --dist_backend nccl is CUDA's; using xpu's default collective backend" in config.notes
+    assert (config.system.compile, config.system.compile_optimizer) == (False, False)
+    explicit = load(["--device", "xpu:0", "--fp16", *paths])  # named, on a machine whose 'auto' would be the CPU
+    assert explicit.system.precision == "fp16"
+    on_cpu = load(["--device", "cpu", "--fp16", "--dist_backend", "nccl", *paths], accelerator="xpu")
+    assert on_cpu.system.precision == "fp32" and on_cpu.system.dist_backend == "gloo"
 
 
 def test_lamb_is_compiled_with_the_model_unless_told_otherwise(paths):

@@ -5,8 +5,8 @@ lists of token strings, one `random.Random(random_seed)` drawn in the script's o
 FullTokenizer (BasicTokenizer + WordPiece, character by character), its line reading (TensorFlow's
 reader: lines end at '\\n', every '\\r' is dropped, strict UTF-8), its HDF5 arrays and dtypes. Not
 used by the package. It is
-- the oracle of tests/test_reference_prepare.py (prepare's reference method must equal it) and of the
-  statistics test in tests/test_instances.py (`reference_instances`);
+- the oracle of tests/prepare/reference/test_reference_pipeline.py (prepare's reference method must equal it) and of the
+  statistics test in tests/prepare/test_instances.py (`reference_instances`);
 - the peer of benchmarks/reference_prepare_bench.py (what the real script costs without TensorFlow)
   and of benchmarks/prepare_bench.py.
 """

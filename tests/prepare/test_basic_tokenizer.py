@@ -1,4 +1,4 @@
-"""The exact tokenizer path (WordPieceTokenizer(exact=True), data/basic_tokenizer.py for non-ASCII text)
+"""The exact tokenizer path (WordPieceTokenizer(exact=True), prepare/basic_tokenizer.py for non-ASCII text)
 against the transcription of the reference FullTokenizer: on the characters where HF's normalizer
 differs, on every code point where anything is assigned, and on every line of real text."""
 

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import load_reference_peer, check_reference_invariants, restored_rows
+from conftest import check_reference_invariants, load_reference_peer, restored_rows
 
 from bert_pretrain.options.prepare import InstanceOptions
 from bert_pretrain.prepare.instances import Documents, VocabIds, _truncate, create_instances, create_pairs

@@ -15,6 +15,7 @@ from conftest import check_reference_invariants, cli_here, flip_byte, restored_r
 
 from bert_pretrain import cli
 from bert_pretrain.data import shards
+from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.data.vocab import read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import LOCK_FILE
@@ -58,7 +59,8 @@ def test_reference_demo_on_sample_text(shared_data, vocab, tmp_path):
                      "--random_seed", "12345", "--dupe_factor", "5", "--workers", "1", "--no_progress")
     assert result.returncode == 0, result.stderr
     assert "becomes a DATA folder" in result.stdout
-    arrays = shards.read_padded(tmp_path / "1_shards_uncompressed" / "part_0_of_1.hdf5", 128, 20, 30522)
+    arrays = shards.read_padded(tmp_path / "1_shards_uncompressed" / "part_0_of_1.hdf5",
+                                ShardShape(128, 20, 30522))
     assert all(arrays[k].dtype == dtype for k, dtype in shards.PADDED_DTYPES.items())
     tokenizer = WordPieceTokenizer.from_vocab_file(vocab)
     segments = check_reference_invariants(arrays, tokenizer.ids["[CLS]"], tokenizer.ids["[SEP]"], 0.15, 20)

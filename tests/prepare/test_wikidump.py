@@ -5,11 +5,12 @@ import time
 import tracemalloc
 
 import pytest
+from support.wikidump_pages import HEADER, page
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.prepare.text import Tally
 from bert_pretrain.prepare.wikidump import iter_articles, wikitext_to_paragraphs
-from support.wikidump_pages import HEADER, page
+
 
 def test_real_dump_articles(shared_data):
     dump = next((shared_data / "wikidump").glob("*.bz2"))

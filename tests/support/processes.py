@@ -16,6 +16,7 @@ def worker_pids(parent: int) -> dict[int, int]:
     return ranks
 
 
+
 def wait_until_gone(pid: int, patience_s: float = 60.0) -> bool:
     """Whether `pid` ends (or is a zombie nobody reaped) within `patience_s`: a poll, not a timing."""
     deadline = time.monotonic() + patience_s

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bert_pretrain.cli import build_parser
 from bert_pretrain.data.loader import DataPosition
+from bert_pretrain.devices import accelerator_type
 from bert_pretrain.distributed import init_distributed, shutdown
 from bert_pretrain.options.train import load_config
 from bert_pretrain.train.setup import shard_stream
@@ -19,7 +20,7 @@ from bert_pretrain.weights import read_bert_config
 
 if __name__ == "__main__":
     out, steps = Path(sys.argv[1]), int(sys.argv[2])
-    config = load_config(build_parser().parse_args(["train", *sys.argv[3:]]))
+    config = load_config(build_parser().parse_args(["train", *sys.argv[3:]]), accelerator=accelerator_type())
     info = init_distributed(config.system.device)
     vocab_size = read_bert_config(config.checkpoint.bert_config_path).vocab_size
     stream = shard_stream(config, info, vocab_size, start=DataPosition())

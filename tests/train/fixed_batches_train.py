@@ -21,6 +21,7 @@ from bert_pretrain.cli import build_parser
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.data.packing import padded_batch
 from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
+from bert_pretrain.devices import accelerator_type
 from bert_pretrain.options.train import load_config
 from bert_pretrain.train.loop import train
 
@@ -58,5 +59,5 @@ def _compile_with(backend: str) -> None:
 if __name__ == "__main__":
     if os.environ.get("TEST_COMPILE_BACKEND"):
         _compile_with(os.environ["TEST_COMPILE_BACKEND"])
-    config = load_config(build_parser().parse_args(["train", *sys.argv[1:]]))
+    config = load_config(build_parser().parse_args(["train", *sys.argv[1:]]), accelerator=accelerator_type())
     sys.exit(train(config, stream_factory=FixedGlobalBatches))

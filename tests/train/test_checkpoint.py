@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from support.states import CPU, assert_same_training_state, make_state, trained_state
 
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.errors import InputError
@@ -22,7 +23,7 @@ from bert_pretrain.train.checkpoint import (
     save_training_checkpoint,
 )
 from bert_pretrain.weights import load_weights, save_reference_checkpoint
-from support.states import CPU, assert_same_training_state, make_state, trained_state
+
 
 def test_a_checkpoint_restores_every_piece_exactly(tmp_path):
     state = trained_state()
@@ -189,7 +190,17 @@ HAND_EDITS = {
                                         r"rank_states\[0\].rng.torch is not a torch random state"),
     "a python state as a number": (_set(5, "rank_states", 0, "rng", "python"),
                                    r"rank_states\[0\].rng.python is not a python random state"),
+    # an accelerator's generator is saved under its device type (devices.rng_state)
+    "an XPU state as a list": (_set([1, 2], "rank_states", 0, "rng", "xpu"),
+                               r"rank_states\[0\].rng.xpu is not a generator state"),
 }
+
+
+def test_an_accelerators_generator_state_under_its_device_type_passes_the_check(written, tmp_path):
+    checkpoint = torch.load(written, weights_only=True)
+    checkpoint["rank_states"][0]["rng"]["xpu"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(checkpoint, tmp_path / written.name)
+    read_training_checkpoint(tmp_path / written.name)
 
 
 @pytest.fixture(scope="module")

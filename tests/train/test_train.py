@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, SUBPROCESS_ENV, cli_here, run_cli, tiny_config, train_flags, write_data_folder
+from support.states import assert_same_training_state
 
 from bert_pretrain.data.loader import epoch_files, shard_index
 from bert_pretrain.data.shards import list_shards
 from bert_pretrain.train.checkpoint import read_training_checkpoint
-from support.states import assert_same_training_state
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """On a GPU: the launcher's tiny MLPerf run with --fp16 and with --bf16 (one process) trains, reaches the
-target and writes a compliant log. Skipped without CUDA; run with `pytest -m gpu tests/test_train_gpu.py`."""
+target and writes a compliant log. Skipped without CUDA; run with `pytest -m gpu tests/train/test_train_gpu.py`."""
 
 import json
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_pretrain import fp8
+from bert_pretrain import devices, fp8
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.attention import PACKED_ONLY, resolve_backend
 from bert_pretrain.bench import hf as bench_hf
@@ -30,6 +30,7 @@ from bert_pretrain.bench.flops import batch_flops, peak_tflops
 from bert_pretrain.bench.power import EnergyMeter
 from bert_pretrain.bench.step_profile import format_profile, profile_steps
 from bert_pretrain.bench.timing import Runner, time_contestants
+from bert_pretrain.build import StepSettings, build, require
 from bert_pretrain.data import shards
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows, row_lengths
@@ -37,11 +38,10 @@ from bert_pretrain.data.shards import masked_counts
 from bert_pretrain.data.synthetic import synthetic_rows
 from bert_pretrain.distributed import resolve_device
 from bert_pretrain.errors import InputError, SettingsMismatch
-from bert_pretrain.kernels import fused_norm
 from bert_pretrain.model import MODEL_SHAPES, BertConfig
 from bert_pretrain.options.bench import BenchOptions
-from bert_pretrain.options.fields import PRECISIONS, compile_choices, fp8_layer_names, require_trainable_attention
-from bert_pretrain.step import compile_model, make_grad_scaler, train_step, training_parts
+from bert_pretrain.options.fields import PRECISIONS, compile_choices, require_trainable_attention
+from bert_pretrain.step import make_grad_scaler, train_step
 from bert_pretrain.weights import read_bert_config
 
 POOL_STEPS = 16  # distinct steps cycled through, so lengths vary as in training
@@ -60,7 +60,6 @@ def _validate(options: BenchOptions, config: BertConfig) -> None:
         raise InputError(f"--precision {options.precision!r} is not one of {PRECISIONS}")
     if options.compare not in (None, "hf", "bf16"):
         raise InputError(f"--compare {options.compare!r}: the peers are 'hf' and 'bf16'")
-    fp8_layer_names(options.fp8_layers, options.fused_norm)
     for name in ("batch", "accumulation", "steps", "rounds", "seq", "pad_to_multiple", "max_predictions_per_seq"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(options, name)}")
@@ -87,11 +86,15 @@ def load_rows(options: BenchOptions, config: BertConfig, count: int) -> dict[str
         rng = np.random.default_rng(options.seed)
         return synthetic_rows(rng, count, options.seq, options.predictions(), config.vocab_size)
     try:
-        arrays = shards.read_padded(options.shard, options.seq, options.predictions(), config.vocab_size)
+        arrays = shards.read_padded(options.shard, _shape(options, config))
     except SettingsMismatch as err:  # its fix names train's flag; bench's is --seq
         raise SettingsMismatch(err.path, err.problem, err.fix.replace("--max_seq_length", "--seq")) from None
     index = np.arange(count) % len(arrays["next_sentence_labels"])
     return {key: value[index] for key, value in arrays.items()}
+
+
+def _shape(options: BenchOptions, config: BertConfig) -> shards.ShardShape:
+    return shards.ShardShape(options.seq, options.predictions(), config.vocab_size)
 
 
 def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict, device: torch.device,
@@ -109,8 +112,7 @@ def measure_input_pipeline(options: BenchOptions, config: BertConfig, rows: dict
             shards.write_padded(shard, rows)
         start = time.perf_counter()
         stream = ShardStream(folder, rank=0, world_size=1, seed=options.seed, micro_batch_size=options.batch,
-                             max_seq_length=options.seq, max_predictions_per_seq=options.predictions(),
-                             vocab_size=config.vocab_size, pin_memory=device.type == "cuda",
+                             shape=_shape(options, config), pin_memory=devices.pins_host_memory(device),
                              make_batch=functools.partial(pack_padded_rows, max_predictions_per_seq=options.predictions(),
                                                           options=_packing(options, max_seqlen)))
         try:
@@ -140,23 +142,25 @@ def compile_enabled(options: BenchOptions, device: torch.device) -> tuple[bool, 
 
 
 def _project_runner(name: str, options: BenchOptions, config, device, steps, precision: str, fused: bool):
-    """This project's model, LAMB and `step.train_step` at `precision` (fp8: converted, then compiled as train
-    does), from the same initial weights for every `name`. Returns the runner and the fp8 conversion (or None)."""
+    """This project's model, LAMB and `step.train_step` at `precision`, built by build.py as train builds
+    them, from the same initial weights for every `name`. Returns the runner and the fp8 conversion (or None)."""
     torch.manual_seed(options.seed)
-    compile_model_too, compile_optimizer = compile_enabled(options, device)
-    model, optimizer, scaler = training_parts(config, device, precision, attention=options.attention,
-                                              fused_norm=fused, compiled_optimizer=compile_optimizer)
-    conversion = None
-    if precision == "fp8":  # the same Parameters: LAMB's are still the model's
-        conversion = fp8.convert_encoder(model, options.fp8_recipe, fp8_layer_names(options.fp8_layers, fused),
-                                         emulate=device.type != "cuda")
-    if compile_model_too:
-        compile_model(model, mode=options.compile_mode)
+    built = build(config, step_settings(options, device, precision, fused), device)
 
     def step(micro_batches):
-        return train_step(model, optimizer, scaler, micro_batches, precision, device).sums[0]
+        return train_step(built.model, built.optimizer, built.scaler, micro_batches, precision, device).sums[0]
 
-    return Runner(name, step, steps, model, optimizer), conversion
+    return Runner(name, step, steps, built.model, built.optimizer), built.fp8
+
+
+def step_settings(options: BenchOptions, device: torch.device, precision: str | None = None,
+                  fused: bool | None = None) -> StepSettings:
+    """The step bench times: its flags, with the compile defaults train has (on CUDA only)."""
+    compile_model_too, compile_optimizer = compile_enabled(options, device)
+    return StepSettings(precision=options.precision if precision is None else precision, attention=options.attention,
+                        fused_norm=options.fused_norm if fused is None else fused, fp8_recipe=options.fp8_recipe,
+                        fp8_layers=options.fp8_layers, compile=compile_model_too, compile_optimizer=compile_optimizer,
+                        compile_mode=options.compile_mode)
 
 
 def _contestants(options, config, rows, device, backend: str):
@@ -164,7 +168,7 @@ def _contestants(options, config, rows, device, backend: str):
     size, per_step = options.batch, options.accumulation
     groups = [[{k: v[(i * per_step + j) * size:(i * per_step + j + 1) * size] for k, v in rows.items()}
                for j in range(per_step)] for i in range(POOL_STEPS)]
-    pin = device.type == "cuda"
+    pin = devices.pins_host_memory(device)
     max_seqlen = _fixed_max_seqlen(options, backend)
     steps = [[pack_padded_rows(g, options.predictions(), _packing(options, max_seqlen)) for g in step]
              for step in groups]
@@ -206,8 +210,8 @@ def _keep_freed_memory() -> str:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return devices.name(device)
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -224,7 +228,7 @@ def _summary(runner: Runner, groups, config, options, device, peak) -> dict:
     sequences = options.batch * len(timed)
     flops = sum(batch_flops(config, n, m) for n, m in zip(lengths, masked))
     tflops = flops / runner.seconds / 1e12
-    if device.type == "cuda":
+    if devices.peak_memory_bytes(device) is not None:
         peak_gb = runner.peak_bytes / 2**30
     else:  # the process's resident peak, both contestants together: the CPU has no per-allocation counter
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -245,7 +249,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     config = bench_config(options)
     _validate(options, config)
     device = resolve_device(options.device)
-    allocator = _keep_freed_memory() if device.type == "cpu" else "torch CUDA caching allocator"
+    allocator = _keep_freed_memory() if device.type == "cpu" else f"torch {device.type} caching allocator"
     rows = load_rows(options, config, options.batch * options.accumulation * POOL_STEPS)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(options.precision, torch.bfloat16)  # fp8: bf16 too
     try:
@@ -253,14 +257,11 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                                   config.hidden_size // config.num_attention_heads)
     except ValueError as err:
         raise InputError(f"--attention: {err}") from None
-    require_trainable_attention(backend, device.type == "cuda")
+    require_trainable_attention(backend, device.type != "cpu")
     if options.compile_mode != "default" and not compile_enabled(options, device)[0]:
         raise InputError(f"--compile_mode {options.compile_mode} needs the model compiled (the default on CUDA; "
                          "pass --compile on the CPU)")
-    if options.fused_norm:
-        fused_norm.require(device)
-    if options.precision == "fp8":
-        fp8.require(device, "--precision fp8")
+    require(step_settings(options, device), device, fp8_flag="--precision fp8")
     progress(f"bench: {options.model if not options.bert_config_path else options.bert_config_path} "
              f"seq {options.seq} batch {options.batch}x{options.accumulation} {options.precision} on "
              f"{_device_name(device)}; "
@@ -271,15 +272,16 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     meter = EnergyMeter(device)
     runners, peer_error = time_contestants(runners, options, device, meter, progress)
     peak = options.peak_tflops or peak_tflops(_device_name(device), options.precision)
+    settings = step_settings(options, device)
     result = {
         "model": options.bert_config_path or options.model, "seq": options.seq, "batch": options.batch,
         "accumulation": options.accumulation,
         "precision": options.precision, "device": str(device), "device_name": _device_name(device),
         "fp8_recipe": options.fp8_recipe if conversion else None,
         "fp8_layers": list(conversion.layers) if conversion else None, "compare": options.compare,
-        "attention": backend, "compile": compile_enabled(options, device)[0],
-        "compile_mode": options.compile_mode if compile_enabled(options, device)[0] else None,
-        "compile_optimizer": compile_enabled(options, device)[1], "fused_norm": options.fused_norm,
+        "attention": backend, "compile": settings.compile,
+        "compile_mode": settings.compile_mode if settings.compile else None,
+        "compile_optimizer": settings.compile_optimizer, "fused_norm": options.fused_norm,
         "hf_compile": options.hf_compile if options.compare else None, "shard": options.shard,
         "max_predictions_per_seq": options.predictions(), "warmup": options.warmup, "rounds": options.rounds,
         "pad_to_multiple": _packing(options, None).pad_to_multiple, "seed": options.seed,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bert_pretrain import devices
 from bert_pretrain.atomic import atomic_path
 
 # First match wins, so this project's fused LayerNorm kernels (fused_norm.py) are told apart from
@@ -100,13 +101,11 @@ def profile_steps(run_step: Callable[[], object], steps: int, device: torch.devi
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as profiler:
-        if cuda:
-            torch.cuda.synchronize(device)
+        devices.synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             run_step()
-        if cuda:
-            torch.cuda.synchronize(device)
+        devices.synchronize(device)
         wall = time.perf_counter() - start
     if cuda:
         rows = _device_rows(profiler.key_averages())

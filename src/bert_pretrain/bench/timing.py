@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from bert_pretrain import devices
 from bert_pretrain.bench.power import EnergyMeter
 
 
@@ -26,11 +27,6 @@ def _static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> i
 # through allocates the optimizer's state (and compiles a compiled LAMB): the warm-up runs until then, at most
 # this many steps more, so none of that lands in a timed block.
 MAX_STEPS_TO_FIRST_UPDATE = 32
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Runner:
@@ -65,9 +61,8 @@ class Runner:
         return extra
 
     def run(self, steps: int, device, meter: EnergyMeter | None, other: Runner | None, timed: bool) -> None:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _synchronize(device)
+        devices.reset_peak_memory(device)
+        devices.synchronize(device)
         if meter:
             meter.start()
         start = time.perf_counter()
@@ -75,16 +70,17 @@ class Runner:
             index = self.step()
             if timed:
                 self.timed_indices.append(index)
-        _synchronize(device)
+        devices.synchronize(device)
         if not timed:
             return
         self.block_seconds.append(time.perf_counter() - start)
         self.seconds += self.block_seconds[-1]
         joules = meter.stop() if meter else None
         self.joules = None if joules is None or self.joules is None else self.joules + joules
-        if device.type == "cuda":
+        allocated = devices.peak_memory_bytes(device)
+        if allocated is not None:
             resident_other = _static_bytes(other.model, other.optimizer) if other else 0
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device) - resident_other)
+            self.peak_bytes = max(self.peak_bytes, allocated - resident_other)
 
 
 def time_contestants(runners, options, device, meter, progress):
@@ -104,7 +100,7 @@ def time_contestants(runners, options, device, meter, progress):
                 runner.run(per_round, device, active_meter, other, timed=True)
             progress(f"bench: round {round_index + 1}/{options.rounds} done")
         return runners, None
-    except torch.cuda.OutOfMemoryError as err:
+    except devices.OUT_OF_MEMORY as err:
         if len(runners) == 1:
             raise
         # The peer (HF: logits for every position) ran out of memory: time this project alone.
@@ -113,7 +109,7 @@ def time_contestants(runners, options, device, meter, progress):
     ours = Runner(runners[0].name, runners[0].step_fn, runners[0].inputs, runners[0].model, runners[0].optimizer)
     runners.clear()  # drop the peer's model, optimizer and gradients
     gc.collect()
-    torch.cuda.empty_cache()
+    devices.empty_cache(device)
     for _ in range(options.rounds):
         ours.run(per_round, device, active_meter, None, timed=True)
     return [ours], peer_error

@@ -29,7 +29,7 @@ import numpy as np
 
 from bert_pretrain.batch import Batch
 from bert_pretrain.data.packing import padded_batch
-from bert_pretrain.data.shards import PADDED_KEYS, list_shards, read_padded
+from bert_pretrain.data.shards import PADDED_KEYS, ShardShape, list_shards, read_padded
 from bert_pretrain.errors import InputError, SettingsMismatch
 
 
@@ -105,9 +105,7 @@ class ShardStream:
         world_size: int,
         seed: int,
         micro_batch_size: int,
-        max_seq_length: int,
-        max_predictions_per_seq: int,
-        vocab_size: int,
+        shape: ShardShape,
         start: DataPosition = DataPosition(),
         make_batch: Callable[[dict[str, np.ndarray]], Batch] = padded_rows_batch,
         pin_memory: bool = False,
@@ -118,7 +116,7 @@ class ShardStream:
         self._rank, self._world_size, self._seed = rank, world_size, seed
         self._worker_seed = worker_seed(seed, rank, world_size)
         self._batch_size = micro_batch_size
-        self._shape = (max_seq_length, max_predictions_per_seq, vocab_size)
+        self._shape = shape
         self._make_batch, self._pin_memory = make_batch, pin_memory
         self._skip_bad_shards, self._on_skip = skip_bad_shards, on_skip
         self.skipped_shards: list[str] = []
@@ -128,10 +126,6 @@ class ShardStream:
         self._open(start.epoch, start.slot)
         if (self._epoch, self._slot) == (start.epoch, start.slot):
             self._row = min(start.row, len(self._order))
-
-    @property
-    def num_files(self) -> int:
-        return len(self._files)
 
     @property
     def position(self) -> DataPosition:
@@ -148,7 +142,7 @@ class ShardStream:
 
     def _read(self, path: Path) -> dict[str, np.ndarray]:
         try:
-            return read_padded(path, *self._shape)
+            return read_padded(path, self._shape)
         except InputError:
             raise  # already names the file and the problem
         except (OSError, KeyError, ValueError) as err:  # h5py's errors for data damaged past the header

@@ -17,7 +17,7 @@ Choices, and why:
 - Static-ish shapes: `pad_to_multiple` rounds the flat token count N up by appending one padding
   segment (token 0, segment 0, position 0) to `cu_seqlens`, so the stream takes few distinct
   lengths (CUDA graphs, allocator reuse) and `cu_seqlens` always has B+2 entries. It costs at most
-  `pad_to_multiple` tokens per batch. The default (1) adds nothing: `step.compile_model` marks the
+  `pad_to_multiple` tokens per batch. The default (1) adds nothing: `build.compile_model` marks the
   token dimension dynamic, so compiled code needs no bucketing. `max_seqlen` may be fixed
   (e.g. at max_seq_length) so that kernels and compiled code see one value; the flash kernels
   only size their grid with it.

@@ -21,6 +21,7 @@ with the final name is always whole.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -145,20 +146,26 @@ def num_samples(path: str | Path) -> int:
         return int(_dataset(f, path, "next_sentence_labels", PADDED_DTYPES["next_sentence_labels"]).shape[0])
 
 
-def read_padded(
-    path: str | Path,
-    max_seq_length: int | None = None,
-    max_predictions_per_seq: int | None = None,
-    vocab_size: int | None = None,
-) -> dict[str, np.ndarray]:
-    """All six arrays of a padded shard, validated (a varlength shard is padded on the fly)."""
+@dataclass(frozen=True)
+class ShardShape:
+    """What a run expects of its shards: the row width, the masked-LM slots per row, and the vocab size the
+    token ids must stay below (None: not checked)."""
+
+    max_seq_length: int
+    max_predictions_per_seq: int
+    vocab_size: int | None = None
+
+
+def read_padded(path: str | Path, shape: ShardShape | None = None) -> dict[str, np.ndarray]:
+    """All six arrays of a padded shard, validated against `shape` when given (a varlength shard is padded
+    on the fly, to `shape`)."""
     path = Path(path)
     if shard_format(path) == "varlength":
-        if max_seq_length is None or max_predictions_per_seq is None:
+        if shape is None:
             raise InputError(f"{path}: a variable-length shard needs max_seq_length and max_predictions_per_seq to pad")
         rows = read_varlength(path)
         try:
-            arrays = varlength_to_padded(rows, max_seq_length, max_predictions_per_seq)
+            arrays = varlength_to_padded(rows, shape.max_seq_length, shape.max_predictions_per_seq)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
     else:
@@ -167,18 +174,15 @@ def read_padded(
             if missing:
                 raise InputError(f"{path}: missing keys {missing}; a padded shard needs {list(PADDED_DTYPES)}")
             arrays = {k: np.asarray(_dataset(f, path, k, dtype)[:]) for k, dtype in PADDED_DTYPES.items()}
-    validate_padded(arrays, path, max_seq_length, max_predictions_per_seq, vocab_size)
+    validate_padded(arrays, path, shape)
     return arrays
 
 
-def validate_padded(
-    arrays: dict[str, np.ndarray],
-    path: str | Path,
-    max_seq_length: int | None = None,
-    max_predictions_per_seq: int | None = None,
-    vocab_size: int | None = None,
-) -> None:
-    """Raise InputError naming `path` and the problem if the arrays break the padded schema."""
+def validate_padded(arrays: dict[str, np.ndarray], path: str | Path, shape: ShardShape | None = None) -> None:
+    """Raise InputError naming `path` and the problem if the arrays break the padded schema (SettingsMismatch
+    if they do not have `shape`)."""
+    max_seq_length, max_predictions_per_seq, vocab_size = (
+        (shape.max_seq_length, shape.max_predictions_per_seq, shape.vocab_size) if shape else (None, None, None))
 
     def fail(problem: str):
         raise InputError(f"{path}: {problem}")
@@ -260,7 +264,7 @@ def padded_writer(path: str | Path, num_rows: int, max_seq_length: int, max_pred
 
     def write(arrays: dict[str, np.ndarray]) -> None:
         nonlocal written
-        validate_padded(arrays, path, max_seq_length, max_predictions_per_seq)
+        validate_padded(arrays, path, ShardShape(max_seq_length, max_predictions_per_seq))
         rows = len(arrays["next_sentence_labels"])
         if written + rows > num_rows:
             raise ValueError(f"{path}: {written + rows} rows written into a shard of {num_rows}")

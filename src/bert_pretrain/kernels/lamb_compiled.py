@@ -8,7 +8,7 @@ few fused kernels that read the gradient, weight and moments once, write them on
 two norms of the trust ratio on the way: about 11 passes.
 
 Compiling all ~400 tensors of BERT-large as one graph takes minutes, so the update is cut into units
-the way `step.compile_model` cuts the model: the tensors of one encoder layer (names sharing a
+the way `build.compile_model` cuts the model: the tensors of one encoder layer (names sharing a
 prefix up to the layer's index) form a unit, and every layer's unit has the same shapes, so they
 share one compilation; the remaining tensors (embeddings, heads) form one more. Step-dependent
 values (learning rate, bias corrections) enter as 0-d CPU tensors, which the compiled kernels take

@@ -1,6 +1,6 @@
 """The options of the smaller commands (evaluate, convert, inspect, demo); every field is one of their
-flags. Kept free of torch so the command line is built without it. (train's options are in
-train/config.py, prepare's in data/prepare_options.py, bench's in bench/options.py.)"""
+flags. (train's are in options/train.py, prepare's and prepare-mlperf's in options/prepare.py, bench's in
+options/bench.py.)"""
 
 from __future__ import annotations
 

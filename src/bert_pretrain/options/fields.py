@@ -25,7 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-# attention.BACKENDS written out, so that building the command line imports no torch (tests/test_config.py
+# attention.BACKENDS written out, so that building the command line imports no torch (tests/options/test_train_options.py
 # checks that they agree), and torch.compile's modes.
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "varlen", "flex", "flash_attn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -39,8 +39,9 @@ FP8_LAYERS = ("qkv", "attn_out", "mlp1", "mlp2")
 DEFAULT_FP8_LAYERS = "qkv,mlp1"
 # With --fused_norm these layers' weights go to the fused kernels through F.linear, past any module swap.
 FUSED_NORM_LAYERS = ("attn_out", "mlp2")
-DEVICES = ("auto", "cpu", "cuda")
-DEVICE_HELP = "where to run; 'auto' takes this process's GPU when there is one, else the CPU"
+# --device takes any name torch.device knows, checked when the run starts (the parser imports no torch).
+DEVICE_HELP = ("where to run: auto (this process's accelerator device when there is one, else the CPU), cpu, or "
+               "an accelerator's name as PyTorch knows it (cuda, xpu, mps; a vendor plug-in's, e.g. npu or hpu)")
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, aliases: tuple = (),
@@ -115,9 +116,7 @@ def add_options(parser: argparse.ArgumentParser, cls, suppress_defaults: bool = 
     given). With `suppress_defaults` the parsed namespace holds only the flags actually given (so they
     can override a TOML file); otherwise each absent flag has the field's default."""
     sections, exclusive = {}, {}
-    for f in dataclasses.fields(cls):
-        if not is_option(f):
-            continue
+    for f in _help_order(cls):
         target = container or parser
         if f.metadata["group"]:
             if f.metadata["group"] not in sections:
@@ -131,6 +130,18 @@ def add_options(parser: argparse.ArgumentParser, cls, suppress_defaults: bool = 
                 exclusive[key] = target.add_mutually_exclusive_group(required=required)
             target = exclusive[key]
         _add_one(target, cls, f, suppress_defaults)
+
+
+def _help_order(cls) -> list[dataclasses.Field]:
+    """The option fields section by section, the sections in the order the class's own fields name them (so a
+    shared group inherited from a base, such as InstanceOptions, does not move to the top of `--help`), and
+    within a section the inherited fields first (a base declares the reference's leading flags)."""
+    own = list(cls.__dict__.get("__annotations__", {}))  # in the order the class declares them
+    options = [f for f in dataclasses.fields(cls) if is_option(f)]
+    by_name = {f.name: f for f in options}
+    sections = list(dict.fromkeys([by_name[n].metadata["group"] for n in own if n in by_name]
+                                  + [f.metadata["group"] for f in options]))
+    return sorted(options, key=lambda f: (sections.index(f.metadata["group"]), f.name in own))
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -222,7 +233,7 @@ class Refuse(argparse.Action):
 
 def device_option():
     """The --device option of the commands that run a model."""
-    return option("auto", DEVICE_HELP, choices=DEVICES)
+    return option("auto", DEVICE_HELP, metavar="DEVICE")
 
 
 def compile_choices(compile: bool | None, compile_optimizer: bool | None, on_gpu: bool) -> tuple[bool, bool]:

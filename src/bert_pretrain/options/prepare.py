@@ -4,44 +4,80 @@ one of their flags. Free of torch, h5py and numpy, so the command line is built 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.fields import Refuse, option, truth
 
-FORMATS = ("auto", "wikidump", "wikiextractor", "text")  # of the input
+FORMATS = ("auto", "wikidump", "wikiextractor", "text", "jsonl", "parquet", "arrow")  # of the input
 OUTPUT_FORMATS = ("padded", "varlength")
 METHODS = ("default", "reference")  # this project's streaming builder; NVIDIA's script, exactly, per file
 
 
+_INSTANCES = "instances (create_pretraining_data.py flags, MLPerf values)"
+
+
 @dataclass(frozen=True)
 class InstanceOptions:
-    max_seq_length: int = 512
-    max_predictions_per_seq: int = 76
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 10
-    whole_word_mask: bool = False
+    """How documents become masked-LM/NSP instances: create_pretraining_data.py's flags with MLPerf's values,
+    declared once for `prepare` and `prepare-mlperf` (both subclass it) and handed to the instance builders.
+    The fields keep the reference's order, so `InstanceOptions(512, 76, 0.15, 0.1, 10)` reads as its flags."""
 
+    max_seq_length: int = option(512, "tokens per instance, [CLS] and [SEP]s included", group=_INSTANCES)
+    max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_INSTANCES)
+    masked_lm_prob: float = option(0.15, "share of an instance's tokens to mask (80%% [MASK], 10%% random, "
+                                         "10%% kept)", group=_INSTANCES)
+    short_seq_prob: float = option(0.1, "probability of a shorter target length, so the model also sees short "
+                                        "sequences", group=_INSTANCES)
+    dupe_factor: int = option(10, "passes over the documents, each masked anew", group=_INSTANCES)
+    # Not a flag here: NVIDIA's script has no whole-word masking, so prepare-mlperf never asks for it;
+    # PrepareOptions makes it one.
+    whole_word_mask: bool = False
+    random_seed: int = option(12345, "seed of the document shuffle, pairing and masking: same seed, same shards",
+                              group=_INSTANCES)
+
+    def instance_options(self) -> InstanceOptions:
+        """These settings alone (what a worker process needs), whatever command's options they came from."""
+        return InstanceOptions(**{f.name: getattr(self, f.name) for f in fields(InstanceOptions)})
+
+    def instance_rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.max_seq_length >= 5, f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), "
+                                       f"got {self.max_seq_length}"),
+            (self.max_predictions_per_seq >= 1, "--max_predictions_per_seq must be at least 1"),
+            (0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}"),
+            (0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}"),
+            (self.dupe_factor >= 1, f"--dupe_factor must be at least 1, got {self.dupe_factor}"),
+            (self.random_seed >= 0, f"--random_seed must be 0 or more, got {self.random_seed}"),
+        ]
 
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-_INSTANCES = "instances (create_pretraining_data.py flags, MLPerf values)"
+def workers_option():
+    return option(help="processes on this machine (default: one per CPU this process may use)",
+                  default_factory=default_workers, group="scale")
+
+
+def progress_option():
+    return option(True, "progress bars (--no_progress: none)", group="scale",
+                  aliases=(("--no_progress", {"action": "store_false"}),))
+
 _LOWER_CASE_ALIASES = (("--no_lower_case", {"action": "store_false"}),
                        ("--do_lower_case", {"type": truth, "nargs": "?", "const": True, "metavar": "BOOL"}))
 
 
-@dataclass
-class PrepareOptions:
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions(InstanceOptions):
     """What `bert-pretrain prepare` does; every field is one of its flags. The defaults are the MLPerf
     v1.0 reference's."""
 
     input_files: list[str] | str = option(
-        help="text files, folders (searched recursively) or globs; several allowed; .bz2/.gz are read compressed",
+        help="text, JSON Lines, Parquet or Arrow files, folders (searched recursively) or globs; several allowed; "
+             ".bz2/.gz/.zst are read compressed",
         flag="--input_file", metavar="PATH", group="input and output")
     output_dir: str = option(help="writes <N>_shards_uncompressed/ and eval_set_uncompressed/ here (a DATA folder)",
                              group="input and output", aliases=(("--output_file", {
@@ -55,18 +91,17 @@ class PrepareOptions:
                                     "them (cased vocabs); create_pretraining_data.py's --do_lower_case=BOOL is "
                                     "understood", group="vocab", aliases=_LOWER_CASE_ALIASES)
     input_format: str = option("auto", "wikidump: pages-articles .xml(.bz2); wikiextractor: <doc> blocks; text: one "
-                                       "sentence per line, blank line between documents; auto: decided per file "
-                                       "from its first bytes", choices=FORMATS, group="input and output")
+                                       "sentence per line, blank line between documents; jsonl: a JSON object per "
+                                       "line (C4, The Pile); parquet (HF hub datasets); arrow: Arrow IPC (HF datasets' "
+                                       "cache); auto: decided per file from its first bytes", choices=FORMATS,
+                               group="input and output")
+    text_field: str = option("text", "jsonl, parquet, arrow: the field or column that holds a record's text (a "
+                                     "record is a document, its lines are paragraphs)", metavar="NAME",
+                             group="input and output")
+    clean_wiki_markup: bool = option(False, "jsonl, parquet, arrow: remove leftover wiki markup (links, refs, tags) as "
+                                            "for WikiExtractor output, e.g. for WikiExtractor's --json output",
+                                     group="input and output")
     num_shards: int = option(1, "training shards (MLPerf: 2048)", group="shards and eval set")
-    max_seq_length: int = option(512, "tokens per instance, [CLS] and [SEP]s included", group=_INSTANCES)
-    max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_INSTANCES)
-    masked_lm_prob: float = option(0.15, "share of an instance's tokens to mask (80%% [MASK], 10%% random, "
-                                         "10%% kept)", group=_INSTANCES)
-    short_seq_prob: float = option(0.1, "probability of a shorter target length, so the model also sees short "
-                                        "sequences", group=_INSTANCES)
-    dupe_factor: int = option(10, "passes over the documents, each masked anew", group=_INSTANCES)
-    random_seed: int = option(12345, "seed of the document shuffle, pairing and masking: same seed, same shards",
-                              group=_INSTANCES)
     whole_word_mask: bool = option(False, "mask whole words, not single WordPieces (also "
                                           "--do_whole_word_mask=BOOL)", group=_INSTANCES, aliases=(
         ("--do_whole_word_mask", {"type": truth, "nargs": "?", "const": True, "metavar": "BOOL"}),))
@@ -76,13 +111,11 @@ class PrepareOptions:
                                             "(MLPerf: 10000)", group="shards and eval set")
     format: str = option("padded", "padded: the MLPerf v1.0 schema; varlength: only real tokens, for the packed "
                                    "path", choices=OUTPUT_FORMATS, group="input and output")
-    workers: int = option(help="processes on this machine (default: one per CPU this process may use)",
-                          default_factory=default_workers, group="scale")
+    workers: int = workers_option()
     shard_range: str | tuple[int, int] | None = option(
         None, "write only shards FIRST..END-1 (one slice per machine; same files as one machine writes); the run "
               "whose range starts at 0 writes the eval set", metavar="FIRST:END", group="scale")
-    progress: bool = option(True, "progress bars (--no_progress: none)", group="scale",
-                            aliases=(("--no_progress", {"action": "store_false"}),))
+    progress: bool = progress_option()
     method: str = option("default", "default: this project's streaming builder (the reference's distribution, any "
                                     "input, any corpus size); reference: each input text file gives exactly the "
                                     "instances NVIDIA's create_pretraining_data.py writes for it "
@@ -102,10 +135,6 @@ class PrepareOptions:
         files = [self.input_files] if isinstance(self.input_files, (str, os.PathLike)) else self.input_files
         return [str(f) for f in files]
 
-    def instance_options(self) -> InstanceOptions:
-        return InstanceOptions(self.max_seq_length, self.max_predictions_per_seq, self.masked_lm_prob,
-                               self.short_seq_prob, self.dupe_factor, self.whole_word_mask)
-
     def shard_bounds(self) -> tuple[int, int]:
         """The validated `shard_range` as (first, end)."""
         return _bounds(self.shard_range, self.num_shards, "--shard_range", "--num_shards")
@@ -123,15 +152,11 @@ class PrepareOptions:
             (self.vocab_file is not None or self.vocab_size is not None, "pass --vocab_file PATH or --vocab_size N"),
             (self.vocab_file is None or self.vocab_size is None, "pass --vocab_file or --vocab_size, not both"),
             (self.input_format in FORMATS, f"--input_format must be one of {', '.join(FORMATS)}"),
+            (bool(self.text_field), "--text_field may not be empty (the field of JSON Lines records, the column of "
+                                    "Parquet and Arrow files, that holds the text; default text)"),
             (self.format in OUTPUT_FORMATS, f"--format must be one of {', '.join(OUTPUT_FORMATS)}"),
             (self.num_shards >= 1, f"--num_shards must be at least 1, got {self.num_shards}"),
-            (self.max_seq_length >= 5, f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), "
-                                       f"got {self.max_seq_length}"),
-            (self.max_predictions_per_seq >= 1, "--max_predictions_per_seq must be at least 1"),
-            (0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}"),
-            (0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}"),
-            (self.dupe_factor >= 1, f"--dupe_factor must be at least 1, got {self.dupe_factor}"),
-            (self.random_seed >= 0, f"--random_seed must be 0 or more, got {self.random_seed}"),
+            *self.instance_rules(),
             (self.num_eval_examples >= 0, "--num_eval_examples must be 0 (no eval set) or more"),
             (self.num_eval_examples == 0 or self.num_eval_documents >= 1,
              "--num_eval_documents must be at least 1 when --num_eval_examples > 0"),
@@ -187,6 +212,9 @@ class PrepareOptions:
             values["eval_input"] = [Path(self.eval_file).name, Path(self.eval_file).stat().st_size]
         values["inputs"] = [[p.name, p.stat().st_size] for p in input_files]
         values["vocab_sha256"] = vocab_sha256
+        for key, default in (("text_field", "text"), ("clean_wiki_markup", False)):
+            if values[key] == default:  # folders made before record inputs existed hold neither
+                values.pop(key)
         return values
 
 
@@ -206,13 +234,12 @@ def _bounds(value, count: int, flag: str, what: str) -> tuple[int, int]:
 
 
 TEXT_MD5_LIST = "bert_reference_results_text_md5.txt"  # MLCommons' md5s of the text parts, in results4/
-_MLPERF_INSTANCES = "instances (MLPerf's values; others make data that is not the reference's)"
 
 
-@dataclass(frozen=True)
-class PrepareMlperfOptions:
-    """What `bert-pretrain prepare-mlperf` does (prepare_mlperf.py); every field is one of its flags. The
-    defaults are MLPerf's."""
+@dataclass(frozen=True, kw_only=True)
+class PrepareMlperfOptions(InstanceOptions):
+    """What `bert-pretrain prepare-mlperf` does (prepare/reference/mlperf.py); every field is one of its flags.
+    The defaults are MLPerf's; other instance settings make data that is not the reference's."""
 
     text_dir: str = option(help="MLCommons' results4/: part-00000-of-00500 ... part-00499-of-00500 and eval.txt "
                                 f"(and {TEXT_MD5_LIST}, which checks them)", group="inputs (MLCommons' release)")
@@ -226,13 +253,5 @@ class PrepareMlperfOptions:
                               group="output")
     num_shards: int = option(2048, "training shards", group="output")
     num_eval_examples: int = option(10000, "eval instances (the first ones of eval.txt's)", group="output")
-    max_seq_length: int = option(512, "tokens per instance", group=_MLPERF_INSTANCES)
-    max_predictions_per_seq: int = option(76, "masked-LM slots per instance", group=_MLPERF_INSTANCES)
-    masked_lm_prob: float = option(0.15, "share of an instance's tokens to mask", group=_MLPERF_INSTANCES)
-    short_seq_prob: float = option(0.1, "probability of a shorter target length", group=_MLPERF_INSTANCES)
-    dupe_factor: int = option(10, "passes over each part's documents", group=_MLPERF_INSTANCES)
-    random_seed: int = option(12345, "the seed of every part's random stream", group=_MLPERF_INSTANCES)
-    workers: int = option(help="processes on this machine (default: one per CPU this process may use)",
-                          default_factory=default_workers, group="scale")
-    progress: bool = option(True, "progress bars (--no_progress: none)", group="scale",
-                            aliases=(("--no_progress", {"action": "store_false"}),))
+    workers: int = workers_option()
+    progress: bool = progress_option()

@@ -140,8 +140,8 @@ class SystemOptions:
     fp8_recipe: str = option("tensorwise", "torchao's float8 scaling recipe, with --fp8", choices=FP8_RECIPES)
     fp8_layers: str = option(DEFAULT_FP8_LAYERS, "with --fp8: the encoder layer's linear layers in float8, "
                                                  "comma-separated from qkv, attn_out, mlp1, mlp2, or all")
-    dist_backend: str | None = option(None, "collective backend (default: nccl on GPUs, gloo on CPUs)",
-                                      choices=("nccl", "gloo"))
+    dist_backend: str | None = option(None, "collective backend (default: torch.distributed's for the device: nccl "
+                                            "on CUDA, gloo on CPUs, xccl on XPU, a vendor plug-in's such as hccl)")
     dist_timeout: int = option(600, "seconds a collective waits for a lost process before every process "
                                     "stops with an error")
     progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal; else a log "
@@ -235,8 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "one-line note saying why it changes nothing here"))
 
 
-def load_config(args: argparse.Namespace, cuda_available: bool | None = None) -> RunConfig:
-    """Merge defaults < the --config TOML < flags, validate, and return the frozen run config."""
+def load_config(args: argparse.Namespace, *, accelerator: str | None) -> RunConfig:
+    """Merge defaults < the --config TOML < flags, validate, and return the frozen run config. `accelerator`: the
+    device type --device auto takes here ('cuda', 'xpu', ...; None without one: devices.accelerator_type())."""
     given = vars(args)
     values, reference_given = {}, {}
     if "config" in given:
@@ -250,12 +251,8 @@ def load_config(args: argparse.Namespace, cuda_available: bool | None = None) ->
             values[key] = value
         elif key in REFERENCE_ONLY:
             reference_given[key] = value
-    if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
     notes = reference_notes(reference_given)
-    values, more_notes = _resolve_system(values, cuda_available)
+    values, more_notes = _resolve_system(values, accelerator)
     groups = {g: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
               for g, cls in GROUPS}
     config = RunConfig(**groups, notes=tuple(notes + more_notes))
@@ -263,7 +260,14 @@ def load_config(args: argparse.Namespace, cuda_available: bool | None = None) ->
     return config
 
 
-def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]]:
+def device_type(device: str, accelerator: str | None) -> str:
+    """The device type `--device` names ('cuda' for 'cuda:1'; 'auto': the accelerator's, else 'cpu')."""
+    if device == "auto":
+        return accelerator or "cpu"
+    return device.split(":", 1)[0].strip()
+
+
+def _resolve_system(values: dict, accelerator: str | None) -> tuple[dict, list[str]]:
     """The precision and backend that will actually run, with a note for each fallback."""
     values, notes = dict(values), []
     if values.get("fp16") and values.get("bf16"):
@@ -272,21 +276,25 @@ def _resolve_system(values: dict, cuda_available: bool) -> tuple[dict, list[str]
     if values.get("fp16") and values.get("fp8"):  # fp8 runs the rest in bf16, so --bf16 may stay on with it
         raise InputError("--fp8 and --fp16 are both on (the flags, the --config file or the launcher); --fp8 runs "
                          "all but its float8 layers in bf16: add --no-fp16")
-    device = values.get("device", "auto")
-    on_gpu = device == "cuda" or (device == "auto" and cuda_available)
+    kind = device_type(values.get("device", "auto"), accelerator)
+    on_accelerator = kind != "cpu"
     precision = ("fp8" if values.get("fp8") else "fp16" if values.get("fp16") else "bf16" if values.get("bf16")
                  else "fp32")
-    if precision == "fp16" and not on_gpu:
+    if precision == "fp16" and not on_accelerator:
         notes.append("note: --fp16 needs a GPU and none is in use; training in fp32 "
                      "(--bf16 runs on CPUs)")
         precision = "fp32"
-    if values.get("dist_backend") == "nccl" and not on_gpu:
+    if values.get("dist_backend") == "nccl" and kind == "cpu":
         notes.append("note: --dist_backend nccl needs GPUs; using gloo on the CPU")
         values["dist_backend"] = "gloo"
+    elif values.get("dist_backend") == "nccl" and kind != "cuda":  # the recipe's flag, on another accelerator
+        notes.append(f"note: --dist_backend nccl is CUDA's; using {kind}'s default collective backend")
+        values["dist_backend"] = None
     values["precision"] = precision
-    require_trainable_attention(values.get("attention", "auto"), on_gpu)
+    require_trainable_attention(values.get("attention", "auto"), on_accelerator)
+    # compilation by default where it was measured to pay (CUDA; docs/performance.md), elsewhere on request
     values["compile"], values["compile_optimizer"] = compile_choices(values.get("compile"),
-                                                                     values.get("compile_optimizer"), on_gpu)
+                                                                     values.get("compile_optimizer"), kind == "cuda")
     return values, notes
 
 

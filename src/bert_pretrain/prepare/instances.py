@@ -105,7 +105,7 @@ def create_pairs(docs: Documents, options: InstanceOptions, rng: random.Random) 
 
 def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=None) -> None:
     """emit() each pair of document `d` (the reference's create_instances_from_document), in order;
-    `truncate` (default `_truncate`) trims each pair (data/reference_instances.py passes the
+    `truncate` (default `_truncate`) trims each pair (prepare/reference/instances.py passes the
     reference's own token-by-token draws)."""
     truncate = truncate or _truncate
     max_num_tokens = options.max_seq_length - 3
@@ -124,6 +124,8 @@ def document_pairs(d, sentence_starts, doc_starts, options, rng, emit, truncate=
             a_start, a_length = sentence_starts[chunk_first], sentence_starts[a_end] - sentence_starts[chunk_first]
             if chunk == 1 or rng.random() < 0.5:
                 is_random_next = 1
+                # google-research's loop: ten tries at a random document other than this one; a corpus of
+                # one document (or bad luck ten times) pairs the document with itself, as the reference does.
                 for _ in range(10):
                     other = rng.randint(0, num_docs - 1)
                     if other != d:

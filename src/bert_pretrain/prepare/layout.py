@@ -106,7 +106,7 @@ class OutputLayout:
         """Refuse to mix outputs of different settings; record the settings for later runs.
 
         A manifest with no output beside it (an earlier run failed before writing any) is replaced; the
-        records of finished files (data/manifest.py) are kept either way.
+        records of finished files (prepare/manifest.py) are kept either way.
         """
         old = read_manifest(self.manifest_path)
         records = old.pop(RECORDS_KEY, {})

@@ -5,11 +5,11 @@
 
 Two stages, both spread over `workers` processes:
 1. Read: this process scans the input in a fixed order and cuts it into raw documents (cheap); each
-   document's index in that stream decides its training shard or the eval set (data/partition.py);
+   document's index in that stream decides its training shard or the eval set (prepare/partition.py);
    workers clean, split and tokenize batches of documents; the tokens are spooled to one file per
    shard. Documents of shards outside `--shard_range` are not tokenized.
 2. Build: each worker takes one shard at a time, makes its instances with the shard's own random
-   stream (seed, shard) and writes it atomically (data/tasks.py).
+   stream (seed, shard) and writes it atomically (prepare/tasks.py).
 The output depends only on the input, the options and the seed, not on the number of workers or
 machines, and a worker holds one shard, never the corpus (docs/data.md).
 """
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab, write_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.options.prepare import PrepareOptions
-from bert_pretrain.prepare import tasks
+from bert_pretrain.prepare import records, tasks
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles
@@ -123,10 +123,14 @@ def _input_files(options: PrepareOptions, layout: OutputLayout) -> list[tuple[Pa
 
 
 def _input_format(path: Path, asked: str) -> str:
-    """The format of one input file; a binary file is refused whatever --input_format says."""
+    """The format of one input file; a binary file is refused whatever --input_format says (Parquet and Arrow
+    files are binary: their magic bytes are checked instead)."""
     if asked == "auto":
-        return detect_format(path)
-    refuse_binary(path)
+        return records.detect_format(path) or detect_format(path)
+    if asked in records.FORMATS:
+        records.check_format(path, asked)
+    else:
+        refuse_binary(path)
     return asked
 
 
@@ -146,10 +150,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _raw_documents(files: list[tuple[Path, str]], tally: Tally) -> Iterator[tuple[str, str, Path]]:
+def _raw_documents(files: list[tuple[Path, str]], options: PrepareOptions, tally: Tally
+                   ) -> Iterator[tuple[str, str, Path]]:
     """(kind, payload, file) of every document of every input file, in order."""
+    # a record's text is taken as it is, or cleaned as WikiExtractor text is when asked (WikiExtractor's --json)
+    record_kind = tasks.WIKIEXTRACTOR if options.clean_wiki_markup else tasks.PARAGRAPHS
     for path, fmt in files:
-        if fmt == "wikidump":
+        if fmt in records.FORMATS:
+            documents = records.record_documents(path, fmt, options.text_field, tally)
+            yield from ((record_kind, text, path) for text in documents)
+        elif fmt == "wikidump":
             yield from ((tasks.WIKITEXT, text, path) for text in iter_articles(path, tally))
         elif fmt == "wikiextractor":
             yield from ((tasks.WIKIEXTRACTOR, body, path) for body in wikiextractor_documents(path, tally))
@@ -177,7 +187,7 @@ def _vocab_file(options, files, layout: OutputLayout, workers: Workers, first: i
     corpus = layout.vocab_corpus_path  # a fixed name: a killed run's copy is overwritten, then deleted
     try:
         with open(corpus, "w", encoding="utf-8") as out:
-            batches = _plain_batches(_raw_documents(files, Tally()))
+            batches = _plain_batches(_raw_documents(files, options, Tally()))
             for texts in tqdm(workers.ordered(tasks.clean_documents, ((b,) for b in batches)), unit="batch",
                               desc="vocab: read", disable=not options.progress):
                 out.writelines(text.replace("\n", " ") + "\n" for text in texts)
@@ -259,7 +269,7 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
             raise InputError(f"a shard passed {slots_limit:,} tokens: more than one worker should hold at "
                              f"--dupe_factor {options.dupe_factor} (see docs/data.md); raise --num_shards")
 
-    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, tally)))
+    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, options, tally)))
     bar = tqdm(unit="doc", desc="read", disable=not options.progress)
     for results in workers.ordered(tasks.tokenize_documents, arguments):
         placed, results = batches.placements.popleft(), iter(results)
@@ -305,7 +315,7 @@ def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: 
                          f"{tally.examples[LONG_LINES]}); put one sentence or paragraph per line")
     if summary.documents == 0:
         raise InputError(f"{names}: no documents found (empty files, or no text in the expected format); "
-                         "check --input_file and --input_format")
+                         "check --input_file and --input_format (records: --text_field)")
     training = summary.documents - summary.eval_documents
     if training < options.num_shards:
         raise InputError(f"{names}: {summary.documents:,} documents, {summary.eval_documents:,} held out for the eval "

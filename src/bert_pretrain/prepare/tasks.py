@@ -24,8 +24,9 @@ from bert_pretrain.prepare.text import clean_wiki_leftovers, document_sentences
 from bert_pretrain.prepare.tokenization import WordPieceTokenizer, train_vocab
 from bert_pretrain.prepare.wikidump import wikitext_to_paragraphs
 
-# Raw document kinds: what the cheap scan yields and the worker turns into sentences.
-WIKITEXT, WIKIEXTRACTOR, TEXT = "wikitext", "wikiextractor", "text"
+# Raw document kinds: what the cheap scan yields and the worker turns into sentences. PARAGRAPHS: a record's
+# text (records.py), one paragraph per line, split into sentences without markup cleanup.
+WIKITEXT, WIKIEXTRACTOR, TEXT, PARAGRAPHS = "wikitext", "wikiextractor", "text", "paragraphs"
 
 
 @functools.lru_cache(maxsize=2)
@@ -89,7 +90,7 @@ class ShardResult:
     instances: int
     documents: int
     tokens: int
-    digest: dict  # data/manifest.py's record of the file written
+    digest: dict  # prepare/manifest.py's record of the file written
 
 
 def build_shard(job: ShardJob) -> ShardResult:

@@ -1,11 +1,13 @@
 """Input text: finding the files, reading them safely, cutting them into documents and sentences.
 
-Three inputs (docs/data.md):
+The inputs (docs/data.md):
 - plain text in the google-research format: one sentence per line, a blank line between documents;
 - WikiExtractor output: `<doc id=.. url=.. title=..>` blocks whose first line is the title, then one
   paragraph per line; cleaned as MLPerf's cleanup does (tags and title line dropped, leftover link and
   ref markup removed, empty lines dropped), then split into sentences;
-- a Wikipedia XML dump (see `data/wikidump.py`), which yields wikitext.
+- a Wikipedia XML dump (see `prepare/wikidump.py`), which yields wikitext;
+- record files, a document per record (JSON Lines, Parquet, Arrow IPC: see `prepare/records.py`), whose
+  text has one paragraph per line and is split into sentences as WikiExtractor bodies are, without cleanup.
 
 Reading is split in two so it parallelizes: the cheap scan that cuts a file into raw documents runs
 in one process (`*_documents`), and the costly per-document work (cleanup, sentence splitting) runs
@@ -34,6 +36,7 @@ import blingfire
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.prepare.markup_scan import cut_comments_and_refs, cut_tags
+from bert_pretrain.prepare.zstd_stream import open_zstd
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is not a sentence or paragraph; it is skipped and counted
 LONG_LINES = f"lines over {MAX_LINE_BYTES:,} bytes skipped"  # the Tally's reason for them
@@ -105,12 +108,14 @@ def _special_file_kind(path: Path) -> str | None:
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when it ends in .bz2 or .gz."""
+    """The file's bytes, decompressed when it ends in .bz2, .gz or .zst."""
     try:
         if path.suffix == ".bz2":
             return bz2.open(path, "rb")
         if path.suffix == ".gz":
             return gzip.open(path, "rb")
+        if path.suffix == ".zst":
+            return open_zstd(path)
         return open(path, "rb")
     except OSError as err:
         raise InputError(f"{path}: cannot open ({err.strerror or err})") from None
@@ -131,8 +136,8 @@ def refuse_binary(path: Path) -> bytes:
     except (EOFError, OSError) as err:
         raise read_error(path, err) from None
     if (why := binary_reason(head)) is not None:
-        raise InputError(f"{path}: {why}, so it is not text; pass plain text, WikiExtractor output "
-                         "or a pages-articles .xml/.xml.bz2 dump")
+        raise InputError(f"{path}: {why}, so it is not text; pass plain text, WikiExtractor output, a "
+                         "pages-articles .xml/.xml.bz2 dump, JSON Lines, Parquet or Arrow IPC")
     return head
 
 

@@ -16,7 +16,7 @@ check the result equals HF's whole pipeline on real Wikipedia text, cased and un
 Known differences of HF's normalizer from the reference, on characters English text rarely holds
 (checked with tokenizers 0.23): private-use and unassigned code points are dropped (the reference
 keeps them). With `exact=True` (prepare's reference method) non-ASCII pieces are cut into words by
-`data/basic_tokenizer.py` (the reference's rules, with Python's unicodedata), so the ids equal the
+`prepare/basic_tokenizer.py` (the reference's rules, with Python's unicodedata), so the ids equal the
 reference FullTokenizer's on every line; only WordPiece is left to HF.
 """
 

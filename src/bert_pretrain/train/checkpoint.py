@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert_pretrain import devices
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.distributed import gather_objects
 from bert_pretrain.errors import InputError
@@ -80,7 +81,8 @@ class TrainingState:
 
 
 def capture_rng(device: torch.device) -> dict:
-    """This process's random states: python, numpy's global, torch CPU and (on CUDA) the device's."""
+    """This process's random states: python, numpy's global, torch CPU and (on an accelerator) the device's, under
+    the device type's name ("cuda", "xpu", ...)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -88,8 +90,9 @@ def capture_rng(device: torch.device) -> dict:
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+    device_state = devices.rng_state(device)
+    if device_state is not None:
+        state[device.type] = device_state
     return state
 
 
@@ -99,8 +102,8 @@ def restore_rng(state: dict, device: torch.device) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    if device.type in state:  # a checkpoint from the same kind of device; dropout masks elsewhere start afresh
+        devices.set_rng_state(state[device.type], device)
 
 
 def gather_rank_states(state: TrainingState, device: torch.device) -> list[dict]:

@@ -8,6 +8,7 @@ checked, not only this process's.
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -98,9 +99,8 @@ def _check_rank_state(field: str, entry) -> None:
               "numpy": lambda s: np.random.RandomState().set_state(
                   (s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])),
               "torch": lambda s: torch.Generator().set_state(s)}
-    if "cuda" in rng:
-        checks["cuda"] = lambda s: _require(f"{field}.rng.cuda", isinstance(s, torch.Tensor) and s.dtype == torch.uint8,
-                                            "is not a generator state (a uint8 tensor)")
+    for device_type in set(rng) - set(checks):  # the accelerator's generator, under its type: "cuda", "xpu", ...
+        checks[device_type] = functools.partial(_require_generator_state, f"{field}.rng.{device_type}")
     for name, restore in checks.items():
         try:
             restore(rng[name])
@@ -108,6 +108,11 @@ def _check_rank_state(field: str, entry) -> None:
             raise
         except Exception as err:  # each library rejects a bad state with its own type
             raise _Fault(f"{field}.rng.{name}", f"is not a {name} random state ({type(err).__name__})") from None
+
+
+def _require_generator_state(field: str, state) -> None:
+    _require(field, isinstance(state, torch.Tensor) and state.dtype == torch.uint8,
+             "is not a generator state (a uint8 tensor)")
 
 
 def _count(value) -> bool:

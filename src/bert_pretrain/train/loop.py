@@ -27,20 +27,21 @@ import torch.distributed as dist
 from bert_pretrain.distributed import gather_objects, init_distributed, is_distributed, shutdown
 from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
-from bert_pretrain.optim import lr_at
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
 from bert_pretrain.train.checkpoint import Progress, gather_rank_states, host_snapshot
 from bert_pretrain.train.metrics import peak_memory_gb
-from bert_pretrain.train.setup import PeerLost, Run, guard, hold_output_folder, setup
+from bert_pretrain.train.setup import PeerLost, Run, hold_output_folder, peer_safe, setup
 
-# Several processes agree on stopping (signals, non-finite loss) at least this often, in steps.
+# Steps between sync points when nothing else is due. Each costs one all-reduce of three numbers and a wait for
+# the device (the step otherwise never waits); every 50 steps keeps that rare, while a SIGTERM or a non-finite
+# loss is still acted on within 50 steps, before a checkpoint could save damaged weights.
 SYNC_EVERY = 50
 
 
 def train(config: RunConfig, stream_factory=None) -> int:
     """Run training; returns the exit code (0 when done, 128 + signal number when interrupted).
-    `stream_factory` replaces the shard stream (see `train_setup.setup`)."""
+    `stream_factory` replaces the shard stream (see `setup.setup`)."""
     started = time.time()
     with said_by_the_first_process():  # the flags and files are the same on every process, so are their errors
         info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
@@ -118,7 +119,7 @@ def _loop(run: Run) -> tuple[str, str]:
         state.data_position = run.stream.position
         attempt = progress.step + progress.skipped_steps  # steps taken, skipped ones included
         run.tracker.add(result, attempt)
-        run.guard.add(result, attempt)
+        run.divergence.add(result, attempt)
         run.observers.step_done()
 
         log_due = config.run.log_freq > 0 and attempt % config.run.log_freq == 0
@@ -168,9 +169,7 @@ def _updates_applied(run: Run) -> int:
 
 
 def _set_learning_rate(run: Run, updates_applied: int) -> None:
-    opt = run.config.optimizer
-    warmup, start = run.warmup
-    lr = lr_at(updates_applied, opt.learning_rate, warmup, opt.max_steps, start)
+    lr = run.lr_schedule.at(updates_applied)
     for group in run.state.optimizer.param_groups:
         group["lr"] = lr
 
@@ -199,7 +198,7 @@ def _log(run: Run) -> None:
     grad_norm = run.state.optimizer.last_grad_norm  # of the last applied update, before clipping
     if grad_norm is not None:  # users watch it for divergence
         values["grad_norm"] = float(grad_norm)
-    run.guard.record.observe(values["loss"])  # already a mean over all processes: every process records alike
+    run.divergence.record.observe(values["loss"])  # already a mean over all processes: every process records alike
     run.observers.train_log(progress.step, progress.samples, values)
 
 
@@ -226,12 +225,12 @@ def _checkpoint(run: Run, forced: bool, final: bool) -> None:
         return
     began = time.time()
     _wait_for_write(run)  # before the check: it may delete the pending checkpoint, which must be on disk
-    _collective(run, lambda: run.guard.check(state.model.parameters(), progress.step + progress.skipped_steps))
+    _collective(run, lambda: run.divergence.check(state.model.parameters(), progress.step + progress.skipped_steps))
     progress.samples_at_last_checkpoint = progress.samples
     rank_states = _collective(run, lambda: gather_rank_states(state, run.info.device))
     path = run.schedule.path_for(progress.step)
     if run.info.is_main:
-        keep, say = run.guard.passed, run.observers.say
+        keep, say = run.divergence.passed, run.observers.say
 
         def written() -> None:
             run.schedule.remove_old(keep=keep)
@@ -240,7 +239,7 @@ def _checkpoint(run: Run, forced: bool, final: bool) -> None:
         run.writer.start(path, host_snapshot(state, rank_states, config.flat()), then=written)
         if final:
             _wait_for_write(run)
-    run.guard.saved(path)
+    run.divergence.saved(path)
     run.saved_step = progress.step
     run.last_checkpoint_time = time.monotonic()
     _pause(run, began)
@@ -283,6 +282,9 @@ def _sync_point(run: Run) -> tuple[bool, bool]:
     a checkpoint could save the damaged weights. Returns (signalled, checkpoint due by time)."""
     device = run.info.device
     clock_due = run.schedule.due_by_time(run.state.progress, time.monotonic() - run.last_checkpoint_time)
+    # One MAX all-reduce answers all three questions: the largest signal number; through the negation, the
+    # smallest (earliest) step whose loss was not finite on any process (a clean process holds +inf, so the
+    # result is -inf only when every process is clean); whether any clock says a checkpoint is due.
     flags = torch.stack([torch.tensor(float(run.signals[0] if run.signals else 0), dtype=torch.float64, device=device),
                          -run.tracker.first_bad_step,
                          torch.tensor(float(clock_due), dtype=torch.float64, device=device)])
@@ -294,13 +296,13 @@ def _sync_point(run: Run) -> tuple[bool, bool]:
     if negative_bad_step != float("-inf"):
         problem = (f"the loss of step {int(-negative_bad_step)} is not finite and fp16 loss scaling does not "
                    "explain it")
-        _wait_for_write(run)  # the guard may delete the pending checkpoint: it must be on disk first
-        raise _collective(run, lambda: run.guard.stopped(run.state.model.parameters(), problem))
+        _wait_for_write(run)  # the check may delete the pending checkpoint: it must be on disk first
+        raise _collective(run, lambda: run.divergence.stopped(run.state.model.parameters(), problem))
     return signalled > 0, clock_due > 0
 
 
 def _collective(run: Run, work):
-    return guard(run.info.world_size, work, run.schedule.latest)
+    return peer_safe(run.info.world_size, work, run.schedule.latest)
 
 
 def _run_eval(run: Run):

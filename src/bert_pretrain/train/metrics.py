@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bert_pretrain import strict_json
+from bert_pretrain import devices, strict_json
 from bert_pretrain.atomic import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -222,12 +222,12 @@ def _max_rss_bytes() -> int:
 def peak_memory_gb(device: torch.device | str) -> float:
     """Peak memory in GB (10^9 bytes) of this process on `device`.
 
-    CUDA: `torch.cuda.max_memory_allocated` (tensors only, not the allocator's cache; since the
-    process start or the last `reset_peak_memory_stats`). Any other device: the process's maximum
-    resident set size (`getrusage` ru_maxrss; 0.0 where the platform does not report it).
+    An accelerator that counts its allocations (CUDA, XPU, ...): the most bytes of tensors allocated (not the
+    allocator's cache; since the process start or the last reset, `devices.peak_memory_bytes`). The CPU and any
+    device that does not count them: the process's maximum resident set size (`getrusage` ru_maxrss; 0.0 where
+    the platform does not report it).
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return _max_rss_bytes() / 1e9
+    allocated = devices.peak_memory_bytes(device)
+    return (allocated if allocated is not None else _max_rss_bytes()) / 1e9
 

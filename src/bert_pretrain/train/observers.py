@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from bert_pretrain.distributed import all_reduce_sum, world_size
-from bert_pretrain.step import SUM_NAMES, StepResult
+from bert_pretrain.model import SUM_NAMES
+from bert_pretrain.step import StepResult
 from bert_pretrain.train.metrics import MetricsWriter
 from bert_pretrain.train.mlperf import MLPerfLogger
 

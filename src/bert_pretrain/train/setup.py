@@ -24,20 +24,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from bert_pretrain import fp8
+from bert_pretrain import devices, fp8
 from bert_pretrain.batch import Batch
+from bert_pretrain.build import Optimization, StepSettings, build, require
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
 from bert_pretrain.folder_lock import hold_folder
-from bert_pretrain.kernels import fused_norm
-from bert_pretrain.optim import LAMB_EPSILON, warmup_start_for, warmup_steps_for
-from bert_pretrain.options.fields import fp8_layer_names
+from bert_pretrain.optim import LAMB_EPSILON, LrSchedule
 from bert_pretrain.options.train import RunConfig
-from bert_pretrain.step import compile_model, training_parts
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
     CheckpointWriter,
@@ -54,7 +53,6 @@ from bert_pretrain.train.observers import RunObservers, StepTracker
 from bert_pretrain.train.recovery import Restart, began_by_this_job, mark_as_this_jobs, this_restart
 from bert_pretrain.weights import read_bert_config, require_positions
 
-POLY_POWER = 1.0
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact
 # (the fp8 ones when it trains in fp8).
 EXACT_RESUME_OPTIONS = ("train_batch_size", "gradient_accumulation_steps", "seed", "precision", "max_steps",
@@ -80,9 +78,9 @@ class Run:
     schedule: CheckpointSchedule
     observers: RunObservers
     tracker: StepTracker
-    guard: DivergenceGuard  # checkpoints only from sane states
+    divergence: DivergenceGuard  # checkpoints only from sane states
     global_batch_size: int
-    warmup: tuple[int, int]  # (warmup steps, step the warmup starts at)
+    lr_schedule: LrSchedule
     signals: list[int]  # signals received, appended by the handler
     resumed_from: Path | None = None
     saved_step: int = -1
@@ -93,7 +91,7 @@ class Run:
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # rank 0's background checkpoint writes
 
 
-def guard(world_size: int, collective, last_checkpoint=lambda: None):
+def peer_safe(world_size: int, collective, last_checkpoint=lambda: None):
     """Run something that talks to the other processes; a dead peer becomes a clear PeerLost
     (naming `last_checkpoint()`, looked up only then)."""
     try:
@@ -138,7 +136,9 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         schedule.remove_partial_writes()
     bert_config = read_bert_config(ckpt.bert_config_path)
     require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
-    state = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    state, notes = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    for note in notes:  # fp8's
+        observers.say(note)
     if resume_path is not None:
         checkpoint = read_training_checkpoint(resume_path)
         for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
@@ -151,27 +151,23 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         observers.metrics.resume_at(0)
     if restart is not None:
         observers.restarted(restart.count, resume_path, state.progress)
-    if config.system.precision == "fp8":  # in place, from outside the model, before it is compiled
-        for note in _convert_to_fp8(state.model, config, info.device).notes:
-            observers.say(note)
-    if config.system.compile:
-        # in place: parameter names, checkpoints and the optimizer are unchanged
-        compile_model(state.model, mode=config.system.compile_mode)
     model = state.model
     if info.world_size > 1:
-        model = DistributedDataParallel(state.model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                        else None, bucket_cap_mb=100)
+        # 100 MB buckets as the reference's native DDP (apex's message_size=1e8): BERT-large's 1.3 GB of fp32
+        # gradients go in 14 all-reduces instead of torch's default 25 MB (54), fewer launches to overlap.
+        model = DistributedDataParallel(state.model, device_ids=None if info.device.type == "cpu"
+                                        else [info.device.index], bucket_cap_mb=100)
     global_batch_size = config.batch.train_batch_size * info.world_size
-    warmup = warmup_steps_for(config.optimizer.max_steps, config.optimizer.warmup_proportion,
-                              config.optimizer.warmup_steps)
-    warmup_start = warmup_start_for(config.optimizer.warmup_steps, config.optimizer.start_warmup_step)
+    opt = config.optimizer
+    lr_schedule = LrSchedule.from_flags(opt.learning_rate, opt.max_steps, opt.warmup_proportion, opt.warmup_steps,
+                                        opt.start_warmup_step)
     stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
     run = Run(config=config, info=info, state=state, model=model, stream=stream,
               eval_batches=_eval_batches(config, info, bert_config.vocab_size),
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
               observers=observers, tracker=StepTracker(info.device),
-              guard=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
-              warmup=(warmup, warmup_start), signals=signals, resumed_from=resume_path,
+              divergence=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
+              lr_schedule=lr_schedule, signals=signals, resumed_from=resume_path,
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
@@ -189,14 +185,6 @@ def _require_writable_folder(output_dir: Path) -> None:
     except OSError as err:  # a regular file on the way (ENOTDIR), no permission, a read-only file system
         raise InputError(f"--output_dir {output_dir}: cannot be written ({err.strerror or err}); pass a folder "
                          "this user may write to, on a writable file system") from None
-
-
-def _convert_to_fp8(model: torch.nn.Module, config: RunConfig, device: torch.device) -> fp8.Conversion:
-    """--fp8_layers of every encoder layer as torchao float8 layers (the same Parameters: names, optimizer state
-    and checkpoints do not change); emulated where there are no float8 matrix units."""
-    system = config.system
-    return fp8.convert_encoder(model, system.fp8_recipe, fp8_layer_names(system.fp8_layers, system.fused_norm),
-                               emulate=device.type != "cuda")
 
 
 def _restart_in_this_jobs_folder(info: DistInfo, output_dir: Path) -> Restart | None:
@@ -235,8 +223,7 @@ def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> N
     writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
     launch raises the same error. What would refuse the run anyway is checked first, so that a refused run
     creates no folder."""
-    if config.system.precision == "fp8":
-        fp8.require(info.device)
+    require(step_settings(config), info.device)  # fp8 without torchao, --fused_norm without Triton or a GPU
     refusal = None
     if info.is_main:
         try:
@@ -276,22 +263,27 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
                          "them)")
 
 
-def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> TrainingState:
-    torch.manual_seed(config.run.seed)  # the reference initialisation, identical on every process
-    if config.system.fused_norm:
-        fused_norm.require(info.device)
+def step_settings(config: RunConfig) -> StepSettings:
+    system = config.system
+    return StepSettings(precision=system.precision, attention=system.attention, fused_norm=system.fused_norm,
+                        fp8_recipe=system.fp8_recipe, fp8_layers=system.fp8_layers, compile=system.compile,
+                        compile_optimizer=system.compile_optimizer, compile_mode=system.compile_mode)
+
+
+def _initial_state(config: RunConfig, info: DistInfo, bert_config, load_init: bool) -> tuple[TrainingState, list[str]]:
+    """The state before any resume: the reference initialisation (from --seed, identical on every process) or
+    --init_checkpoint, built by build.py; then this process's own random streams."""
+    torch.manual_seed(config.run.seed)
     opt = config.optimizer
-    model, optimizer, scaler = training_parts(
-        bert_config, info.device, config.system.precision, attention=config.system.attention,
-        fused_norm=config.system.fused_norm, init_checkpoint=config.checkpoint.init_checkpoint if load_init else None,
-        learning_rate=opt.learning_rate, betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2),
-        weight_decay=opt.weight_decay_rate, compiled_optimizer=config.system.compile_optimizer,
-        init_scale=_init_loss_scale())
+    optimization = Optimization(learning_rate=opt.learning_rate, betas=(opt.opt_lamb_beta_1, opt.opt_lamb_beta_2),
+                                weight_decay=opt.weight_decay_rate, init_scale=_init_loss_scale())
+    built = build(bert_config, step_settings(config), info.device, optimization,
+                  init_checkpoint=config.checkpoint.init_checkpoint if load_init else None)
     seed = worker_seed(config.run.seed, info.rank, info.world_size)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return TrainingState(model, optimizer, scaler, Progress(), DataPosition())
+    return TrainingState(built.model, built.optimizer, built.scaler, Progress(), DataPosition()), built.notes
 
 
 def _init_loss_scale() -> float:
@@ -322,17 +314,20 @@ def shard_stream(config: RunConfig, info: DistInfo, vocab_size: int, start: Data
         print(f"bert-pretrain train (rank {info.rank}): {message}", file=sys.stderr, flush=True)
 
     exchange = config.data.exchange_padding and config.system.packed and info.world_size > 1
-    pin_memory, make_batch = info.device.type == "cuda", _row_converter(config)
+    pin_memory, make_batch = devices.pins_host_memory(info.device), _row_converter(config)
     stream = ShardStream(
         config.data.input_dir, rank=info.rank, world_size=info.world_size, seed=config.run.seed,
-        micro_batch_size=config.batch.micro_batch_size, max_seq_length=config.data.max_seq_length,
-        max_predictions_per_seq=config.data.max_predictions_per_seq, vocab_size=vocab_size, start=start,
+        micro_batch_size=config.batch.micro_batch_size, shape=_shard_shape(config, vocab_size), start=start,
         pin_memory=pin_memory, skip_bad_shards=config.data.skip_bad_shards, on_skip=report, make_batch=make_batch,
     )
     if not exchange:
         return stream
     return ExchangedStream(stream, info.rank, info.world_size, config.batch.gradient_accumulation_steps,
                            make_batch, pin_memory=pin_memory)
+
+
+def _shard_shape(config: RunConfig, vocab_size: int) -> ShardShape:
+    return ShardShape(config.data.max_seq_length, config.data.max_predictions_per_seq, vocab_size)
 
 
 def _row_converter(config: RunConfig):
@@ -352,16 +347,17 @@ def _eval_batches(config: RunConfig, info: DistInfo, vocab_size: int) -> list[Ba
     if data.eval_dir is None:
         return []
     try:
-        batches = rank_eval_batches(data.eval_dir, data.num_eval_examples, data.max_seq_length,
-                                    data.max_predictions_per_seq, vocab_size, config.batch.eval_batch_size,
-                                    info.rank, info.world_size, packed=config.system.packed)
+        batches = rank_eval_batches(data.eval_dir, _shard_shape(config, vocab_size),
+                                    batch_size=config.batch.eval_batch_size, rank=info.rank,
+                                    world_size=info.world_size, num_examples=data.num_eval_examples,
+                                    packed=config.system.packed)
     except SettingsMismatch as err:  # the flags serve the training shards too: the eval set is what differs
         raise InputError(f"{err.path}: the eval set does not match this run's training settings ({err.problem}); "
                          "make it with the same prepare settings as the training shards (prepare writes both "
                          "together)") from None
     if config.data.cache_eval_data:
         return [b.to(info.device) for b in batches]
-    return [b.pin_memory() for b in batches] if info.device.type == "cuda" else batches
+    return [b.pin_memory() for b in batches] if devices.pins_host_memory(info.device) else batches
 
 
 def _eval_steps(config: RunConfig, global_batch_size: int, current_step: int) -> list[int]:
@@ -376,8 +372,7 @@ def _eval_steps(config: RunConfig, global_batch_size: int, current_step: int) ->
 
 
 def _platform(info: DistInfo) -> str:
-    name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
-    return f"{info.world_size}x{name}"
+    return f"{info.world_size}x{devices.name(info.device)}"
 
 
 def _log_submission(run: Run) -> None:
@@ -385,15 +380,15 @@ def _log_submission(run: Run) -> None:
     mlperf = run.config.mlperf
     run.observers.mlperf.submission(mlperf.submission_org, mlperf.submission_platform or _platform(run.info),
                                     mlperf.submission_division, mlperf.submission_status)
-    warmup, start = run.warmup
+    schedule = run.lr_schedule
     run.observers.mlperf.hyperparameters({
         "seed": config.run.seed, "global_batch_size": run.global_batch_size,
         "d_batch_size": config.batch.micro_batch_size,
         "gradient_accumulation_steps": config.batch.gradient_accumulation_steps,
         "max_predictions_per_seq": config.data.max_predictions_per_seq,
-        "opt_learning_rate_training_steps": opt.max_steps, "num_warmup_steps": warmup,
-        "opt_base_learning_rate": opt.learning_rate, "opt_epsilon": LAMB_EPSILON,
+        "opt_learning_rate_training_steps": schedule.total_steps, "num_warmup_steps": schedule.warmup_steps,
+        "opt_base_learning_rate": schedule.base_lr, "opt_epsilon": LAMB_EPSILON,
         "opt_lamb_beta_1": opt.opt_lamb_beta_1, "opt_lamb_beta_2": opt.opt_lamb_beta_2,
-        "opt_lamb_weight_decay_rate": opt.weight_decay_rate, "opt_learning_rate_warmup_steps": warmup,
-        "opt_lamb_learning_rate_decay_poly_power": POLY_POWER, "start_warmup_step": start,
+        "opt_lamb_weight_decay_rate": opt.weight_decay_rate, "opt_learning_rate_warmup_steps": schedule.warmup_steps,
+        "opt_lamb_learning_rate_decay_poly_power": schedule.degree, "start_warmup_step": schedule.start_warmup_step,
     })

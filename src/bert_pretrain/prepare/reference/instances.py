@@ -11,7 +11,7 @@ its masking: a shuffle of the positions other than [CLS]/[SEP], then per masked 
 of the whole vocab list); last, a shuffle of all instances. Every draw depends only on lengths, so
 token ids stand in for strings and the same draws are consumed here: `random.Random` itself (CPython's
 Mersenne Twister, the same stream on every Python 3), through the pair structure shared with
-data/instances.py. What is kept per instance is small (its four token offsets and its masked
+prepare/instances.py. What is kept per instance is small (its four token offsets and its masked
 positions and replacements); rows are built only when written, block by block, in the final order.
 """
 

@@ -6,12 +6,12 @@
 Three stages, each made of independent jobs spread over `workers` processes; every output is
 written atomically, so a rerun skips what is complete and redoes only the rest:
 1. Parts: each input text file gives `reference_parts/<file name>.hdf5`, the arrays NVIDIA's
-   create_pretraining_data.py writes for that file with the same flags (data/reference_documents.py,
-   data/reference_instances.py); `--part_range` makes a slice of the sorted files (one per machine).
+   create_pretraining_data.py writes for that file with the same flags (prepare/reference/documents.py,
+   prepare/reference/instances.py); `--part_range` makes a slice of the sorted files (one per machine).
 2. Eval: `--eval_file` through the same path; its first `num_eval_examples` instances are
    `eval_set_uncompressed/part_eval_10k.hdf5`, as pick_eval_samples.py takes the first rows.
 3. Cut: once every part is there, all parts' rows in sorted part order are cut into
-   `<N>_shards_uncompressed/part_<i>_of_<N>.hdf5` (data/shard_cut.py); `--shard_range` cuts a slice.
+   `<N>_shards_uncompressed/part_<i>_of_<N>.hdf5` (prepare/reference/shard_cut.py); `--shard_range` cuts a slice.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from bert_pretrain.data.vocab import check_pretraining_vocab, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.folder_lock import FolderBusy
 from bert_pretrain.options.prepare import InstanceOptions, PrepareOptions
+from bert_pretrain.prepare import records
 from bert_pretrain.prepare.instances import VocabIds
 from bert_pretrain.prepare.layout import OutputLayout, PrepareSummary
 from bert_pretrain.prepare.manifest import FinishedFiles, file_digest
@@ -62,7 +63,7 @@ class PartResult:
     instances: int  # written
     documents: int
     tokens: int
-    digest: dict  # data/manifest.py's record of the file written
+    digest: dict  # prepare/manifest.py's record of the file written
 
 
 def run(options: PrepareOptions) -> PrepareSummary:
@@ -115,6 +116,9 @@ def _part_files(options: PrepareOptions, layout: OutputLayout) -> list[Path]:
         raise InputError(f"--input_file {' '.join(options.input_list())}: holds no text file besides the vocab, "
                          f"the eval file and prepare's own outputs")
     for path in files:
+        if (fmt := records.detect_format(path)) is not None:  # NVIDIA's script would take each JSON line as a sentence
+            raise InputError(f"{path}: is {records.FORMAT_NAMES[fmt]}, not text; --method reference reads text files "
+                             "(one sentence per line) as NVIDIA's script does: drop --method reference to read records")
         refuse_binary(path)  # only what is clearly not text: invalid UTF-8 in text stops the reference too
     for one, two in zip(files, files[1:]):
         if one.name == two.name:
