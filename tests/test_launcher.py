@@ -254,3 +254,31 @@ def test_a_worker_stops_when_the_launcher_is_killed_outright_and_frees_the_folde
                 pass
     with hold_folder(out, "--output_dir", "a resumed run"):  # the worker's lock went with it
         pass
+
+
+def test_the_cause_named_is_the_worker_that_said_why_or_died_not_those_stopped_after_it(tmp_path):
+    from types import SimpleNamespace
+
+    from bert_pretrain.launch import _cause, _describe
+
+    said = tmp_path / "error.json"
+    said.write_text("{}")
+
+    def failure(exitcode, timestamp, error_file="<N/A>", message=""):
+        return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file=str(error_file), message=message)
+
+    def err(**failures):
+        ordered = {int(k[1:]): v for k, v in failures.items()}
+        return SimpleNamespace(failures=ordered, get_first_failure=lambda: min(ordered.items(),
+                                                                               key=lambda i: i[1].timestamp))
+
+    stopped, lost = failure(-signal.SIGTERM, 100), failure(1, 100)  # torchrun's SIGTERM; "lost contact"
+    shard = failure(2, 101, said, "DATA/part_3.hdf5: not a readable HDF5 file")
+    assert _cause(err(r0=stopped, r1=shard)) == (1, shard)
+    assert _describe(1, shard) == "rank 1: DATA/part_3.hdf5: not a readable HDF5 file"
+    killed = failure(-signal.SIGKILL, 101)
+    assert _cause(err(r0=lost, r1=killed)) == (1, killed)
+    assert _describe(1, killed) == "the process of rank 1 was killed by SIGKILL"
+    crashed = failure(1, 102)
+    assert _cause(err(r0=stopped, r1=crashed)) == (1, crashed)
+    assert _describe(1, crashed) == "the process of rank 1 exited with code 1"

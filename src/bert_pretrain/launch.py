@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cause(err) -> tuple[int, object]:
-    """The failed worker that says why (failure_cause.py: its error line), else one killed by a signal, else the
-    first to fail: the others of the attempt only lost contact with it."""
+    """The failed worker that says why (failure_cause.py: its error line), else one killed by a signal other than
+    the SIGTERM torchrun stops the rest with, else one that exited non-zero, else the first to fail: the others
+    of the attempt only lost contact with it or were stopped."""
     failures = sorted(err.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
-    for says_why in (lambda f: Path(f.error_file).is_file(), lambda f: f.exitcode < 0):
+    for says_why in (lambda f: Path(f.error_file).is_file(), lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
+                     lambda f: f.exitcode > 0):
         for rank, failure in failures:
             if says_why(failure):
                 return rank, failure
