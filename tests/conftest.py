@@ -36,6 +36,17 @@ def tiny_config(vocab_size: int = 100, **overrides) -> BertConfig:
     return BertConfig(**values)
 
 
+def write_vocab_file(path: Path, size: int, words: tuple[str, ...] = ()) -> Path:
+    """A WordPiece vocab.txt of `size` tokens: the five special ones at ids 0-4 (as `prepare` trains them), then
+    `words`, then filler tokens 'wordN'; for models whose export must carry a tokenizer."""
+    from bert_pretrain.data.vocab import SPECIAL_TOKENS
+
+    tokens = [*SPECIAL_TOKENS, *words]
+    tokens += [f"word{i}" for i in range(size - len(tokens))]
+    path.write_text("".join(f"{t}\n" for t in tokens[:size]), encoding="utf-8")
+    return path
+
+
 def mlperf_arrays(rng: np.random.Generator, n: int, seq_len: int, max_pred: int, vocab_size: int) -> dict:
     """Rows in the padded MLPerf schema that keep the reference's invariants: [CLS] A [SEP] B [SEP],
     padding after, masked positions ascending and never on [CLS]/[SEP], count = round(0.15 * len)."""
@@ -280,7 +291,7 @@ def write_wiki_sentences(shared: Path, target: Path, limit_bytes: int | None = N
 # refused by every reader (data/shards.py). The external storage and the links point at a file of the
 # test's own, never at a system file.
 CRAFTED_SHARDS = ("external_storage", "virtual_dataset", "external_link", "soft_link", "float64_ids", "uint8_ids",
-                  "group_ids", "varlength_int32_ids")
+                  "group_ids", "varlength_int32_ids", "gzip_ids", "unstored_ids")
 
 
 def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
@@ -322,6 +333,10 @@ def write_crafted_shard(path: Path, arrays: dict, variant: str) -> None:
             f["input_ids"] = h5py.SoftLink("/ids")
         elif variant == "group_ids":
             f.create_group("input_ids").create_dataset("values", data=ids)
+        elif variant == "gzip_ids":
+            f.create_dataset("input_ids", data=ids, compression="gzip", shuffle=True)
+        elif variant == "unstored_ids":  # declared, never written: a read returns the fill value for every row
+            f.create_dataset("input_ids", shape=ids.shape, dtype="i4")
         else:
             f.create_dataset("input_ids", data=ids.astype({"float64_ids": np.float64, "uint8_ids": np.uint8}[variant]))
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import cli_here, run_cli
 
 from bert_pretrain.cli import COMMANDS, build_parser
 
@@ -37,8 +37,32 @@ def test_a_flag_mistake_gets_one_line_and_a_pointer_to_help():
 def test_an_unknown_flag_points_to_the_subcommand_help():
     proc = run_cli("prepare", "--input_file", "x", "--vocab_file", "v.txt", "--output_dir", "o", "--bogus", "1")
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == ["bert-pretrain prepare: error: unrecognized arguments: --bogus 1",
+    assert proc.stderr.splitlines() == ["bert-pretrain prepare: error: unrecognized arguments: --bogus",
                                         "(`bert-pretrain prepare --help` lists every option)"]
+
+
+def test_a_mistyped_flag_is_named_with_the_nearest_one_before_the_required_flag_it_was_meant_to_be():
+    proc = cli_here("evaluate", "--init_chekpoint", "w.pt", "--bert_config_path", "c.json", "--eval_dir", "e")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == ("bert-pretrain evaluate: error: unrecognized arguments: --init_chekpoint "
+                                           "(did you mean --init_checkpoint?)")
+
+
+@pytest.mark.parametrize("command, dashed, underscored", [
+    ("train", ["--max-steps", "7", "--no-skip-checkpoint", "--input-dir=shards"],
+     ["--max_steps", "7", "--no-skip_checkpoint", "--input_dir=shards"]),
+    ("prepare", ["--input-file", "x", "--vocab-file", "v.txt", "--output-dir", "o", "--do-lower-case=False"],
+     ["--input_file", "x", "--vocab_file", "v.txt", "--output_dir", "o", "--do_lower_case=False"]),
+    ("convert", ["--input", "a.pt", "--output", "b", "--bert-config-path", "c.json"],
+     ["--input", "a.pt", "--output", "b", "--bert_config_path", "c.json"]),
+])
+def test_flags_spelt_with_dashes_mean_the_same_as_with_underscores(command, dashed, underscored):
+    from bert_pretrain.cli import _with_underscores
+
+    parser = build_parser()
+    assert _with_underscores(parser, [command, *dashed]) == [command, *underscored]
+    assert vars(parser.parse_args(_with_underscores(parser, [command, *dashed]))) == vars(
+        parser.parse_args([command, *underscored]))
 
 
 def test_create_pretraining_data_spellings_are_understood():
@@ -54,3 +78,13 @@ def test_create_pretraining_data_spellings_are_understood():
     assert proc.returncode == 2 and "--output_file: prepare writes a folder of HDF5 shards" in proc.stderr
     bad = run_cli(*base, "--do_lower_case=maybe")
     assert bad.returncode == 2 and "expected True or False, got 'maybe'" in bad.stderr
+
+
+def test_a_dashed_flag_reaches_the_command(tmp_path):
+    """`--bert-config-path` is read as --bert_config_path: the command runs and names the missing file."""
+    missing = tmp_path / "missing.pt"
+    proc = cli_here("convert", "--input", str(missing), "--output", str(tmp_path / "out.pt"),
+                    "--bert-config-path", str(tmp_path / "bert_config.json"))
+    assert proc.returncode == 2 and "unrecognized" not in proc.stderr
+    assert proc.stderr.strip() == f"bert-pretrain convert: error: {tmp_path / 'bert_config.json'}: no such " \
+                                  "bert_config.json; check --bert_config_path"

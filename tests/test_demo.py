@@ -29,6 +29,7 @@ def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     assert (tmp_path / "data" / "4_shards_uncompressed").is_dir()
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf_model")
     assert hf.config.vocab_size == len((tmp_path / "data" / "vocab.txt").read_text().splitlines())
+    _the_export_tokenizes_and_fills_masks_as_the_demo_trained(tmp_path)
 
     # The printed commands are what ran: prepare's finds its shards complete under the same settings (the
     # manifest refuses any other), convert writes the same export again.
@@ -48,3 +49,25 @@ def test_demo_runs_every_stage_and_stops_on_its_target(tmp_path, capsys):
     assert rerun["steps"] == 5 and (tmp_path / "results" / "mine.txt").read_text() == "kept"
     records = [json.loads(line) for line in (tmp_path / "results" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["step"] <= 5 for r in records)  # none of the earlier run's (it wrote evals, above)
+
+
+def _the_export_tokenizes_and_fills_masks_as_the_demo_trained(out):
+    """HF reads the export whole: AutoTokenizer gives the ids `prepare` gave the corpus, and fill-mask on a
+    sentence of the corpus answers with real WordPieces of the vocab (not the empty strings of a tokenizer
+    built from nothing)."""
+    from bert_pretrain.prepare.tokenization import WordPieceTokenizer
+
+    tokens = (out / "data" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    ours = WordPieceTokenizer(tokens, lower_case=True)
+    sentence = next(line for line in (out / "corpus" / "python_docs.txt").read_text().splitlines()
+                    if len(line.split()) > 8)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf_model")
+    assert tokenizer(sentence)["input_ids"] == [ours.ids["[CLS]"], *(ours.ids[t] for t in ours.tokenize(sentence)),
+                                                ours.ids["[SEP]"]]
+    words = sentence.split()
+    masked = " ".join([*words[:4], tokenizer.mask_token, *words[5:]])
+    fill = transformers.pipeline("fill-mask", model=str(out / "hf_model"), tokenizer=str(out / "hf_model"),
+                                 device="cpu")
+    predictions = fill(masked)
+    assert all(p["token_str"] in (tokens[p["token"]], tokens[p["token"]].removeprefix("##")) for p in predictions)
+    assert predictions[0]["token_str"].strip() and not tokens[predictions[0]["token"]].startswith("[")

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import run_cli, tiny_config
+from conftest import cli_here, run_cli, tiny_config, write_vocab_file
 from support.states import CPU, trained_state
 
 from bert_pretrain.inspect_checkpoint import checkpoint_summary
@@ -15,7 +15,7 @@ from bert_pretrain.weights import export_hf, save_reference_checkpoint
 def test_weights_and_an_hf_folder_give_the_models_shape_and_parameter_count(tmp_path):
     model = BertForPreTraining(tiny_config(vocab_size=100))  # vocab padded to 104 rows in the model
     save_reference_checkpoint(model, tmp_path / "model.pt")
-    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", write_vocab_file(tmp_path / "vocab.txt", 100))
     own = sum(p.numel() for p in model.parameters())  # tied weights counted once
     weights = checkpoint_summary(tmp_path / "model.pt")
     assert weights["kind"] == "weights ({'model': state_dict})" and "training" not in weights
@@ -46,3 +46,26 @@ def test_a_training_checkpoint_shows_where_the_run_stood(tmp_path):
     assert lines[4] == "  eval at step 1: masked-LM accuracy 0.2500"
     as_json = json.loads(run_cli("inspect", str(path), "--json").stdout)
     assert as_json["training"]["run"]["unlisted"] == 1 and as_json["training"]["optimizer_tensors"] > 0
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["progress"]["eval_history"][0].update(mlm_accuracy="0.25"),
+     "progress.eval_history[0].mlm_accuracy is '0.25', not a number"),
+    (lambda c: c["scaler"].update(scale="big"), "scaler.scale is 'big', not a positive number"),
+])
+def test_a_hand_edited_training_checkpoint_is_one_line_as_on_resume(tmp_path, edit, named):
+    """inspect reads a training state as strictly as a resume: the field named, not a traceback or a weights file."""
+    import torch
+
+    state = trained_state()
+    path = tmp_path / "phase1_ckpt_2.pt"
+    save_training_checkpoint(path, state, gather_rank_states(state, CPU), run={})
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, path)
+    printed = cli_here("inspect", str(path))
+    assert printed.returncode == 2 and "Traceback" not in printed.stderr, printed.stderr
+    assert printed.stderr.strip().splitlines() == [f"bert-pretrain inspect: error: {path}: {named}; this is not a "
+                                                   "training state as train writes it (damaged or edited): resume "
+                                                   "from another checkpoint, or start a new run from its weights "
+                                                   "with --init_checkpoint"]

@@ -9,15 +9,25 @@ real files with the writer of the table format in tests/oracles/tf_table_writer.
 """
 
 import json
+import os
 import re
 import shutil
+import struct
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import mlperf_arrays
-from oracles.tf_table_writer import snappy_reencoded, write_checkpoint
+from conftest import cli_here, mlperf_arrays
+from oracles.tf_table_writer import (
+    masked_crc,
+    proto_bytes,
+    proto_varint,
+    snappy_reencoded,
+    varint,
+    write_checkpoint,
+    write_table,
+)
 
 from bert_pretrain import cli, tf_checkpoint
 from bert_pretrain.data.shards import write_padded
@@ -227,3 +237,67 @@ def test_the_converted_file_evaluates_and_inspects(fixture_dir, tf_values, tmp_p
     weights = sum(v.size for k, v in tf_values.items() if not any(p in SKIPPED for p in k.split("/")))
     assert code == 0 and "TensorFlow checkpoint (141 variables in 1 data file(s): 46 weights, 95 optimizer" in out
     assert f"vocab rows 1018, 128 positions, 2 segment types; {weights:,} parameters in 46 tensors" in out
+
+
+def test_a_shape_whose_byte_count_wraps_int64_is_refused(tmp_path):
+    """(2**32, 2**32) float32 claims 2**66 bytes; an int64 product wraps it to 0, the size the entry gives."""
+    shape = proto_bytes(2, proto_varint(1, 2**32)) + proto_bytes(2, proto_varint(1, 2**32))
+    entry = proto_varint(1, 1) + proto_bytes(2, shape) + varint(6 << 3 | 5) + struct.pack("<I", masked_crc(b""))
+    header = proto_varint(1, 1) + proto_bytes(3, proto_varint(1, 1))
+    prefix = tmp_path / PREFIX
+    prefix.with_name(PREFIX + ".index").write_bytes(write_table([(b"", header), (b"bert/pooler/dense/bias", entry)]))
+    prefix.with_name(PREFIX + ".data-00000-of-00001").write_bytes(b"")
+    for args in (("inspect", str(prefix)), ("convert", "--input", str(prefix), "--bert_config_path",
+                                            str(_tiny_bert_config(tmp_path)), "--output", str(tmp_path / "o.pt"))):
+        done = cli_here(*args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{prefix}.index: variable bert/pooler/dense/bias has shape (4294967296, 4294967296) and 0 bytes" in \
+            done.stderr
+
+
+def _tiny_bert_config(folder):
+    path = folder / "bert_config.json"
+    path.write_text(json.dumps(dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=64)))
+    return path
+
+
+def test_an_integer_variable_is_not_cast_into_a_weight(fixture_dir, tf_values, tmp_path):
+    values = {**tf_values, "bert/embeddings/token_type_embeddings":
+              tf_values["bert/embeddings/token_type_embeddings"].astype(np.int64)}
+    write_checkpoint(tmp_path / PREFIX, values)
+    done = cli_here("convert", "--input", str(tmp_path / PREFIX), "--bert_config_path",
+                    str(fixture_dir / "bert_config.json"), "--output", str(tmp_path / "out.pt"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"{tmp_path / PREFIX}.index: variable bert/embeddings/token_type_embeddings holds int64 values, not "
+            "floating-point weights") in done.stderr
+    assert not (tmp_path / "out.pt").exists()
+
+
+def _fifo(path):
+    path.unlink()
+    os.mkfifo(path)
+    return "a FIFO (named pipe)"
+
+
+def _dev_zero(path):
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    return "a character device (a symlink to /dev/zero)"
+
+
+def _folder(path):
+    path.unlink()
+    path.mkdir()
+    return "a folder"
+
+
+@pytest.mark.parametrize("which", [".index", ".data-00000-of-00001"])
+@pytest.mark.parametrize("replace", [_fifo, _dev_zero, _folder], ids=["fifo", "dev-zero", "folder"])
+def test_an_index_or_data_file_that_is_no_regular_file_is_named(tmp_path, which, replace):
+    write_checkpoint(tmp_path / PREFIX, {"bert/pooler/dense/bias": np.zeros(4, np.float32)})
+    odd = tmp_path / (PREFIX + which)
+    kind = replace(odd)
+    done = cli_here("inspect", str(tmp_path / PREFIX))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"error: {odd}: is {kind}, not a regular file; " in done.stderr

@@ -20,7 +20,7 @@ from bert_pretrain.model import BertConfig, BertForPreTraining
 from bert_pretrain.optim import LAMB_EPSILON, MAX_GRAD_NORM, Lamb, parameter_groups
 from bert_pretrain.options.fields import DEFAULT_FP8_LAYERS, fp8_layer_names
 from bert_pretrain.step import make_grad_scaler
-from bert_pretrain.weights import load_weights
+from bert_pretrain.weights import load_reference_state, read_weights, require_finite
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,14 @@ def build(bert_config: BertConfig, settings: StepSettings, device: torch.device,
     takes its initial weights from torch's current seed (the reference initialisation), then from
     `init_checkpoint` if given; LAMB has the reference's fixed epsilon and gradient clip."""
     require(settings, device)
+    # the checkpoint is read and compared with the config (on the meta device) before the model is allocated
+    state = read_weights(init_checkpoint, bert_config) if init_checkpoint else None
+    if state is not None:
+        require_finite(state, init_checkpoint)  # NaN weights would pass for a diverged step
     model = BertForPreTraining(bert_config, attention_backend=settings.attention, fused_norm=settings.fused_norm)
-    if init_checkpoint:
-        load_weights(model, init_checkpoint)
+    if state is not None:
+        load_reference_state(model, state, str(init_checkpoint))
+        del state
     model.to(device)
     optimizer = Lamb(parameter_groups(model, optimization.weight_decay), lr=optimization.learning_rate,
                      betas=optimization.betas, eps=LAMB_EPSILON, weight_decay=optimization.weight_decay,

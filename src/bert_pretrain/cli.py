@@ -9,6 +9,7 @@ without them.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from dataclasses import dataclass
@@ -200,8 +201,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_key(flag: str) -> str:
+    return flag.replace("-", "_")
+
+
+def _flags_after_command(parser: argparse.ArgumentParser, argv: list[str]):
+    """(the subcommand's parser, [(index in argv, flag)] of every `--flag` given to it), or (None, [])."""
+    at = next((i for i, arg in enumerate(argv) if arg in parser.subcommands), None)
+    if at is None:
+        return None, []
+    flags = []
+    for i in range(at + 1, len(argv)):
+        if argv[i] == "--":
+            break
+        if argv[i].startswith("--"):
+            flags.append((i, argv[i].partition("=")[0]))
+    return parser.subcommands[argv[at]], flags
+
+
+def _with_underscores(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with each flag of the subcommand spelt with dashes (`--max-steps`, `--no-skip-checkpoint`) as the
+    command spells it: the flags are the reference's underscore names, and many other tools use dashes."""
+    command, given = _flags_after_command(parser, argv)
+    if command is None:
+        return argv
+    known = command._option_string_actions
+    spelt: dict[str, list[str]] = {}
+    for flag in known:
+        spelt.setdefault(_flag_key(flag), []).append(flag)
+    rewritten = list(argv)
+    for i, flag in given:
+        matches = spelt.get(_flag_key(flag), [])
+        if flag not in known and len(matches) == 1:
+            rewritten[i] = matches[0] + argv[i][len(flag):]
+    return rewritten
+
+
+def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A flag the subcommand does not have (nor begins, as argparse takes abbreviations) is named with the
+    nearest one, as a `--config` file's unknown key is; before argparse, whose first complaint would be
+    the required flag the misspelt one was meant to be."""
+    command, given = _flags_after_command(parser, argv)
+    if command is None:
+        return
+    flags = [flag for flag in command._option_string_actions if flag.startswith("--")]
+    unknown = [flag for _, flag in given if not any(known.startswith(flag) for known in flags)]
+    if not unknown:
+        return
+    hints = []
+    for flag in unknown:
+        close = difflib.get_close_matches(_flag_key(flag), [_flag_key(f) for f in flags], n=1)
+        hints.append(f"{flag} (did you mean {next(f for f in flags if _flag_key(f) == close[0])}?)" if close
+                     else flag)
+    command.error(f"unrecognized arguments: {', '.join(hints)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _with_underscores(parser, sys.argv[1:] if argv is None else argv)
+    _refuse_unknown_flags(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's own error, so that the hint names its --help
         parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -4,9 +4,11 @@ checkpoints and HF folders.
 The input is a TensorFlow checkpoint (its prefix, e.g. `tf1_ckpt/model.ckpt-28252`, or its `.index`), a
 .pt / .safetensors file, or an HF folder. The output's kind follows its path: ending in .pt, NVIDIA's
 `{'model': state_dict}` (vocab padded to a multiple of 8), what NVIDIA's `convert_tf_checkpoint.py` writes;
-anything else, an HF transformers `BertForPreTraining` folder (config.json + model.safetensors). An
-existing output is replaced only with `overwrite` (it may be a training checkpoint that a weights-only
-file would replace), and paths that would be read another way are refused, both before the input is read.
+anything else, an HF transformers `BertForPreTraining` folder (config.json + model.safetensors, and the
+tokenizer: vocab.txt, tokenizer_config.json, special_tokens_map.json, from --vocab_file or the vocab.txt beside
+bert_config.json). An existing output is replaced only with `overwrite` (it may be a training checkpoint that a
+weights-only file would replace), and paths that would be read another way are refused, both before the input
+is read.
 """
 
 from __future__ import annotations
@@ -19,22 +21,29 @@ from bert_pretrain.options.commands import ConvertOptions
 from bert_pretrain.tf_checkpoint import read_tf_weights
 from bert_pretrain.tf_table import tf_index_path
 from bert_pretrain.weights import (
+    HF_TOKENIZER_FILES,
+    check_fits,
     export_hf,
     load_reference_state,
     read_bert_config,
+    read_export_vocab,
     read_hf_directory,
     read_weights_file,
     save_reference_checkpoint,
 )
 
-_HF_FILES = {"config.json", "model.safetensors"}
+_HF_FILES = {"config.json", "model.safetensors", *HF_TOKENIZER_FILES}
 
 
 def convert(options: ConvertOptions) -> str:
     """Convert `options.input` to `options.output`; returns what was read and written."""
     source, output = Path(options.input), Path(options.output)
     check_output(output, options.overwrite)  # before the (possibly long) read of the input
+    vocab_file = None if output.suffix == ".pt" else export_vocab(options.vocab_file, options.bert_config_path, source)
     config, state, notes = _read_input(source, options.bert_config_path)
+    if vocab_file is not None:
+        read_export_vocab(vocab_file, config)  # refused now, before the weights are loaded
+    check_fits(state, config, str(source))  # before the model is built: a config may claim far more than the file
     model = BertForPreTraining(config)
     load_reference_state(model, state, str(source))
     del state  # the model holds the weights now: one copy in memory while writing
@@ -42,10 +51,29 @@ def convert(options: ConvertOptions) -> str:
         if output.suffix == ".pt":
             save_reference_checkpoint(model, output)
             return notes + f"wrote {output} (NVIDIA format, vocab {config.padded_vocab_size})"
-        export_hf(model, output)
-        return notes + f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors)"
+        export_hf(model, output, vocab_file)
+        return notes + (f"wrote {output}/ (HF transformers BertForPreTraining: config.json + model.safetensors; the "
+                        f"tokenizer of {vocab_file}: {', '.join(HF_TOKENIZER_FILES)})")
     except OSError as err:
         raise InputError(f"--output {output}: cannot write it ({err.strerror or err}); pick a writable path") from None
+
+
+def export_vocab(vocab_file: str | None, bert_config_path: str | None, source: Path) -> Path:
+    """The vocab an HF export carries: --vocab_file, else the vocab.txt beside bert_config.json (as in a DATA
+    folder), else the one in an HF input folder; a one-line error when there is none."""
+    if vocab_file is not None:
+        if not Path(vocab_file).is_file():
+            raise InputError(f"--vocab_file {vocab_file}: no such file; pass the vocab.txt the model was trained with")
+        return Path(vocab_file)
+    beside = [Path(bert_config_path).parent / "vocab.txt"] if bert_config_path else []
+    if tf_index_path(source) is None and source.is_dir():
+        beside.append(source / "vocab.txt")
+    found = next((path for path in beside if path.is_file()), None)
+    if found is None:
+        looked = f" (no {' or '.join(map(str, beside))})" if beside else ""
+        raise InputError(f"an HF export carries the model's tokenizer, and no vocab was found{looked}; pass "
+                         "--vocab_file with the vocab.txt the model was trained with")
+    return found
 
 
 def _read_input(source: Path, bert_config_path: str | None):

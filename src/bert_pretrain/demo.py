@@ -4,7 +4,7 @@
 2. prepare  a WordPiece vocab trained on it, 128-token MLPerf-layout shards and a held-out eval set
 3. train    a small BERT with LAMB until the masked-LM accuracy on the held-out set reaches the target
             (or the step limit), with the MLPerf log, metrics, plot and checkpoints of a real run
-4. export   the final checkpoint as an HF transformers folder
+4. export   the final checkpoint as an HF transformers folder, with the tokenizer (vocab, lower-casing)
 
 Nothing is downloaded. The output folder is laid out like an MLPerf DATA folder plus a results folder,
 so the prepare, train and export steps can be rerun by hand with the commands it prints.
@@ -111,7 +111,7 @@ def _run_demo(out: Path, target_accuracy: float, max_steps: int, workers: int, e
     hf_dir = out / "hf_model"
     trained = BertForPreTraining(read_bert_config(data_dir / "bert_config.json"))
     load_weights(trained, checkpoint)
-    export_hf(trained, hf_dir)
+    export_hf(trained, hf_dir, summary.vocab_file, lower_case=options.lower_case)  # the tokenizer it trained with
     run_summary = json.loads((results / "summary.json").read_text())
     convert = ["bert-pretrain", "convert", "--input", str(checkpoint), "--bert_config_path",
                str(data_dir / "bert_config.json"), "--output", str(hf_dir), "--overwrite"]

@@ -24,7 +24,7 @@ from bert_pretrain.errors import InputError
 from bert_pretrain.model import SUM_NAMES, BertForPreTraining
 from bert_pretrain.options.commands import EvaluateOptions
 from bert_pretrain.step import autocast
-from bert_pretrain.weights import load_weights, read_bert_config
+from bert_pretrain.weights import load_reference_state, read_bert_config, read_weights
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,10 @@ def evaluate_checkpoint(options: EvaluateOptions) -> EvalResult | None:
         raise InputError(f"--eval_batch_size must be at least 1, got {options.eval_batch_size}")
     config = read_bert_config(options.bert_config_path)
     info = init_distributed(options.device)
+    state = read_weights(options.init_checkpoint, config)  # compared with the config before the model is allocated
     model = BertForPreTraining(config)
-    load_weights(model, options.init_checkpoint)
+    load_reference_state(model, state, str(options.init_checkpoint))
+    del state
     model.to(info.device)
     shape = ShardShape(options.max_seq_length, options.max_predictions_per_seq, config.vocab_size)
     batches = rank_eval_batches(options.eval_dir, shape, batch_size=options.eval_batch_size, rank=info.rank,

@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from bert_pretrain import strict_json
-from bert_pretrain.errors import InputError
 from bert_pretrain.tf_checkpoint import TensorBundle, weight_plan
 from bert_pretrain.tf_table import tf_index_path
-from bert_pretrain.train.checkpoint import read_training_checkpoint
-from bert_pretrain.weights import COPY_KEYS, read_hf_directory, read_weights_file
+from bert_pretrain.train.checkpoint import WeightsOnly, read_training_checkpoint
+from bert_pretrain.weights import COPY_KEYS, check_tensors, read_hf_directory, read_weights_file
 
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 # The options of a training run worth a line of their own (all of them are in --json).
@@ -38,12 +37,16 @@ def checkpoint_summary(path: str | Path) -> dict:
         kind, state = "HF transformers folder", read_hf_directory(path)[1]
     elif path.suffix == ".safetensors":
         kind, state = "safetensors weights", read_weights_file(path)
-    else:
-        try:
+    elif path.is_file():
+        try:  # a training state is checked as strictly as a resume checks it: a damaged one is named, not shown
             training = read_training_checkpoint(path)
             kind, state = "training checkpoint (resumable)", training["model"]
-        except InputError:  # weights only, or unreadable: read_weights_file says which
+        except WeightsOnly:
             kind, state = "weights ({'model': state_dict})", read_weights_file(path)
+        if training is not None:
+            check_tensors(state, str(path))  # as resume does: a stride-0 tensor counts elements it never stored
+    else:
+        kind, state = "weights", read_weights_file(path)  # which names what is missing
     summary = {"path": str(path), "kind": kind, **_model_shape(state)}
     if training is not None:
         summary["training"] = _training_state(training)

@@ -17,6 +17,7 @@ optimizer part in their name (`LAMB`, `LAMB_1`, `adam_m`, `adam_v`, `global_step
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertConfig
+from bert_pretrain.regular_file import require_regular
 from bert_pretrain.tf_table import mask_crc32c, read_table, read_varint
 from bert_pretrain.weights import listed, reference_shapes
 
@@ -58,6 +60,8 @@ class TensorBundle:
     """The variables of one TensorFlow checkpoint: `entries` by name, `read(entry)` a verified tensor."""
 
     def __init__(self, index: Path):
+        require_regular(index, "pass the checkpoint's prefix (model.ckpt-28252) or its .index file, as TensorFlow "
+                        "wrote it")
         if not index.is_file():
             raise InputError(f"{index}: no such TensorFlow checkpoint index; pass the checkpoint's prefix "
                              "(model.ckpt-28252) or its .index file, with its .data-* files beside it")
@@ -118,7 +122,8 @@ class TensorBundle:
         dtype = DTYPES.get(_one(fields, 1, 0))
         entry = TensorEntry(name, dtype, tuple(dims), _one(fields, 3, 0), _one(fields, 4, 0), _one(fields, 5, 0),
                             _one(fields, 6, 0))
-        expected = None if dtype is None else int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        # Python's integers: an int64 product would wrap ((2**32, 2**32) would claim 0 bytes)
+        expected = None if dtype is None else math.prod(dims) * dtype.itemsize
         if min(dims, default=0) < 0 or (expected is not None and expected != entry.size):
             raise InputError(f"{self.index}: variable {name} has shape {tuple(dims)} and {entry.size} bytes, which "
                              "disagree; the index is damaged")
@@ -132,6 +137,7 @@ class TensorBundle:
         sizes = {}
         for shard in range(self.num_shards):
             path = self.data_path(shard)
+            require_regular(path, f"put the data file {path.name} that TensorFlow wrote beside {self.index.name}")
             if not path.is_file():
                 raise InputError(f"{path}: missing; the index {self.index.name} names {self.num_shards} data "
                                  f"file(s) ({self.prefix.name}.data-*-of-{self.num_shards:05d}): put all of them "
@@ -226,6 +232,12 @@ def read_tf_weights(index: Path, config: BertConfig) -> tuple[dict[str, torch.Te
 
 
 def _check_plan(bundle: TensorBundle, plan: dict, clashes: list[str], expected: dict[str, tuple[int, ...]]) -> None:
+    for entry, _ in plan.values():  # an integer variable would be cast into a float parameter without a word
+        if entry.dtype is None or not entry.dtype.is_floating_point:
+            kind = "not a numeric tensor" if entry.dtype is None else str(entry.dtype).removeprefix("torch.")
+            raise InputError(f"{bundle.index}: variable {entry.name} holds {kind} values, not floating-point weights; "
+                             "a BERT checkpoint's weights are float: check that this is a google-research BERT "
+                             "checkpoint")
     unmatched = sorted(clashes + [entry.name for reference, (entry, _) in plan.items() if reference not in expected])
     missing = sorted(set(expected) - set(plan))
     misshaped = []

@@ -1,4 +1,4 @@
-"""Model weights in and out: the NVIDIA MLPerf `.pt`, HF transformers folders, and name maps.
+"""Model weights in and out: the NVIDIA MLPerf `.pt`, HF transformers folders (with the tokenizer), and name maps.
 
 The "reference names" are the NVIDIA/HF `BertForPreTraining` state-dict names (399 keys for
 BERT-large: separate query/key/value, the tied `cls.predictions.decoder.weight`). This project's
@@ -12,6 +12,7 @@ unpickles arbitrary objects (`torch.load(weights_only=True)`).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 from pathlib import Path
@@ -22,10 +23,13 @@ from safetensors.torch import save_file as save_safetensors
 
 from bert_pretrain import strict_json
 from bert_pretrain.atomic import atomic_path
+from bert_pretrain.data.vocab import CLS, MASK, PAD, SEP, UNK, check_pretraining_vocab, is_lower_cased, read_vocab
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertConfig, BertForPreTraining
+from bert_pretrain.regular_file import require_regular
 
 MODEL_KEY = "model"
+_LAYER_0 = "bert.encoder.layer.0."
 _QKV = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.qkv\.(weight|bias)$")
 _SPLIT = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
 # Keys some reference files carry that hold nothing of their own: HF's position_ids buffer and
@@ -83,8 +87,8 @@ def _check_tied_decoder(state: dict[str, torch.Tensor], vocab_size: int, source:
     """The model ties the masked-LM decoder to the word embeddings: a file whose two matrices differ
     (an untied model) cannot be loaded without silently dropping one of them."""
     decoder, embeddings = state.get(_TIED_DECODER), state.get("bert.embeddings.word_embeddings.weight")
-    if decoder is None or embeddings is None or decoder.shape != embeddings.shape:
-        return  # absent (the usual case) or mis-shaped: the strict check reports that
+    if decoder is None or embeddings is None or decoder.shape != embeddings.shape or decoder.is_meta:
+        return  # absent (the usual case), mis-shaped (the strict check reports that) or shapes only
     if not torch.equal(decoder[:vocab_size], embeddings[:vocab_size]):
         raise InputError(f"{source}: {_TIED_DECODER} differs from bert.embeddings.word_embeddings.weight; "
                          "BERT ties them (one matrix), so this checkpoint is not one of this model's: "
@@ -93,20 +97,65 @@ def _check_tied_decoder(state: dict[str, torch.Tensor], vocab_size: int, source:
 
 def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tensor], source: str) -> None:
     """Load reference-named weights into `model`, strictly; the vocab may be padded or not."""
+    check_tensors(state, source)
+    state = _in_model_names(state, model.config, source)
+    _require_shapes(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
+    model.load_state_dict(state, strict=True)
+    model.zero_vocab_padding()
+
+
+def check_fits(state: dict[str, torch.Tensor], config: BertConfig, source: str,
+               config_source: str = "--bert_config_path") -> None:
+    """The checks of `load_reference_state`, made before any model is built: the tensors' names, shapes and
+    dtypes against `config`'s model as shapes on the meta device. A config that claims more than the file
+    holds (a vocab of 1e8, 5000 layers) is refused here instead of allocating that model first."""
+    check_tensors(state, source)
+    shapes = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
+    _require_shapes(_in_model_names(shapes, config, source), model_shapes(config), source, config_source)
+
+
+def check_tensors(state: dict[str, torch.Tensor], source: str) -> None:
+    """Every tensor a real floating-point one with storage for each of its elements. An integer or complex
+    tensor would be cast into a float parameter without a word (no BERT checkpoint has one); a tensor whose
+    strides repeat a small storage (stride 0) claims elements its file never held."""
+    for name, tensor in state.items():
+        if name in _REDUNDANT:  # dropped unread; HF's position_ids buffer is int64
+            continue
+        if not tensor.dtype.is_floating_point:
+            raise InputError(f"{source}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                             "floating-point weights; a BERT checkpoint's weights are float16, bfloat16 or float32: "
+                             "pass the weights file itself, or convert that tensor to float where it was made")
+        if not tensor.is_meta and tensor.numel() and _stored_elements(tensor) < tensor.numel():
+            raise InputError(f"{source}: {name} has shape {tuple(tensor.shape)} ({tensor.numel():,} elements) but "
+                             f"stores {_stored_elements(tensor):,} (its strides {tensor.stride()} repeat them); "
+                             "save each weight with its own storage (tensor.contiguous()) and pass that file")
+
+
+def _stored_elements(tensor: torch.Tensor) -> int:
+    """The elements of the tensor's storage from its first element on: at least numel() for a tensor that
+    holds each element once."""
+    return tensor.untyped_storage().nbytes() // tensor.element_size() - tensor.storage_offset()
+
+
+def _in_model_names(state: dict[str, torch.Tensor], config: BertConfig, source: str) -> dict[str, torch.Tensor]:
+    """Reference-named weights as this model names and shapes them: the file's copies dropped, the vocab
+    padded, the tied decoder checked, query/key/value fused."""
     state = {k: v for k, v in state.items() if k not in _REDUNDANT}
-    padded_rows = model.config.padded_vocab_size
-    state = {k: _pad_vocab(v, model.config.vocab_size, padded_rows) if k in _VOCAB_ROWS else v
+    state = {k: _pad_vocab(v, config.vocab_size, config.padded_vocab_size) if k in _VOCAB_ROWS else v
              for k, v in state.items()}
-    _check_tied_decoder(state, model.config.vocab_size, source)
+    _check_tied_decoder(state, config.vocab_size, source)
     state.setdefault(_TIED_DECODER, state.get("bert.embeddings.word_embeddings.weight"))
-    state = from_reference_names({k: v for k, v in state.items() if v is not None})
-    expected = model.state_dict()
+    return from_reference_names({k: v for k, v in state.items() if v is not None})
+
+
+def _require_shapes(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str,
+                    config_source: str = "--bert_config_path") -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
         for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
+        if tuple(state[k].shape) != expected[k]
     ]
     problems = [f"{label}: {listed(names)}"
                 for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
@@ -114,10 +163,8 @@ def load_reference_state(model: BertForPreTraining, state: dict[str, torch.Tenso
     if problems:
         raise InputError(
             f"{source}: does not match the model of the given bert_config ({'; '.join(problems)}); "
-            "check that --bert_config_path describes this checkpoint"
+            f"check that {config_source} describes {'these weights' if config_source.endswith('.json') else 'this checkpoint'}"
         )
-    model.load_state_dict(state, strict=True)
-    model.zero_vocab_padding()
 
 
 def listed(names: list[str], shown: int = 8) -> str:
@@ -128,10 +175,31 @@ def listed(names: list[str], shown: int = 8) -> str:
 def reference_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor a reference-named file holds for `config`, vocab unpadded (as TensorFlow
     and HF keep it), without the tied decoder (a copy of the word embeddings). Costs no memory (meta device)."""
+    shapes = _per_layer(config, lambda model: reference_state(model))
+    return {name: (config.vocab_size, *shape[1:]) if name in _VOCAB_ROWS else shape
+            for name, shape in shapes.items() if name not in COPY_KEYS}
+
+
+def model_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of `BertForPreTraining(config).state_dict()`, without building it."""
+    return _per_layer(config, lambda model: model.state_dict())
+
+
+def _per_layer(config: BertConfig, named) -> dict[str, tuple[int, ...]]:
+    """The shapes of `named(model)` for `config`'s model, from a one-layer model on the meta device with its
+    layer's names repeated for every layer: the layers are alike, and building thousands of them takes
+    seconds even on the meta device."""
     with torch.device("meta"):
-        state = reference_state(BertForPreTraining(config))
-    return {name: (config.vocab_size, *tensor.shape[1:]) if name in _VOCAB_ROWS else tuple(tensor.shape)
-            for name, tensor in state.items() if name not in COPY_KEYS}
+        state = named(BertForPreTraining(dataclasses.replace(config, num_hidden_layers=1)))
+    shapes = {}
+    for name, tensor in state.items():
+        if name.startswith(_LAYER_0):
+            rest = name.removeprefix(_LAYER_0)
+            shapes.update({f"bert.encoder.layer.{i}.{rest}": tuple(tensor.shape)
+                           for i in range(config.num_hidden_layers)})
+        else:
+            shapes[name] = tuple(tensor.shape)
+    return shapes
 
 
 def reference_state(model: BertForPreTraining) -> dict[str, torch.Tensor]:
@@ -142,6 +210,7 @@ def reference_state(model: BertForPreTraining) -> dict[str, torch.Tensor]:
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a `.safetensors` file, a `{'model': state_dict}` file or a bare state dict."""
     path = Path(path)
+    require_regular(path, "pass the checkpoint file itself")
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
     try:
@@ -151,11 +220,12 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # torch raises many types for bad files (pickle, zip, unsafe globals)
         raise refused_as_unsafe(path, err) or InputError(
             f"{path}: not a checkpoint this project reads ({type(err).__name__}); pass a PyTorch {{'model': "
-            "state_dict}} or state-dict file, a .safetensors file or an HF folder") from None
+            "state_dict} or state-dict file, a .safetensors file or an HF folder") from None
     if isinstance(loaded, dict) and isinstance(loaded.get(MODEL_KEY), dict):
         loaded = loaded[MODEL_KEY]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise InputError(f"{path}: expected a state dict or {{'model': state_dict}}, found {type(loaded).__name__}")
+    check_tensors(loaded, str(path))
     return loaded
 
 
@@ -163,6 +233,7 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
     """Config and weights of an HF transformers `BertForPreTraining` folder."""
     directory = Path(directory)
     config_file = directory / "config.json"
+    require_regular(config_file, "an HF model folder holds config.json and model.safetensors as files")
     if not config_file.is_file():
         raise InputError(f"{directory}: no config.json; an HF model folder holds config.json and model.safetensors")
     try:
@@ -171,15 +242,39 @@ def read_hf_directory(directory: str | Path) -> tuple[BertConfig, dict[str, torc
         raise InputError(str(err)) from None
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
-            return config, read_weights_file(directory / name)
+            state = read_weights_file(directory / name)
+            # config.json is a claim, checked against the weights before a model of its size is built
+            check_fits(state, config, str(directory), "its config.json")
+            return config, state
     raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
-def load_weights(model: BertForPreTraining, path: str | Path) -> None:
-    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`."""
+def load_weights(model: BertForPreTraining, path: str | Path, finite: bool = False) -> None:
+    """Load a checkpoint file (NVIDIA `.pt`, this project's, safetensors) or an HF folder into `model`; with
+    `finite`, refuse weights holding NaN or inf (weights to train from)."""
+    state = read_weights(path, model.config)
+    if finite:
+        require_finite(state, path)
+    load_reference_state(model, state, str(path))
+
+
+def read_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file or HF folder, checked against `config` before any model is built."""
     path = Path(path)
     state = read_hf_directory(path)[1] if path.is_dir() else read_weights_file(path)
-    load_reference_state(model, state, str(path))
+    check_fits(state, config, str(path))
+    return state
+
+
+def require_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Weights with NaN or inf make every loss NaN from the first step on, where the step's own message can only
+    guess at the cause (loss scaling, the learning rate): name the first such tensor as the file names it."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                             "weights to train from must be finite: pass a checkpoint written before the run that "
+                             "made them diverged (a diverged run names the last one that passed its check)")
 
 
 def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:
@@ -232,6 +327,7 @@ def read_bert_config(path: str | Path) -> BertConfig:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass its bert_config.json as --bert_config_path")
+    require_regular(path, "pass the bert_config.json file itself as --bert_config_path")
     if not path.is_file():
         raise InputError(f"{path}: no such bert_config.json; check --bert_config_path")
     try:
@@ -248,10 +344,41 @@ def hf_config_dict(config: BertConfig) -> dict:
     return {"architectures": ["BertForPreTraining"], "model_type": "bert", "pad_token_id": 0, **values}
 
 
-def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
-    """Write an HF folder (config.json + model.safetensors, unpadded vocab) that
-    `transformers.BertForPreTraining.from_pretrained` loads with the same outputs."""
+HF_TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hf_tokenizer_files(tokens: list[str], lower_case: bool, max_length: int) -> dict[str, str]:
+    """The files that make an HF folder's `AutoTokenizer` the WordPiece tokenizer the model was trained with: its
+    vocab (ids = line numbers, as the shards hold them), its lower-casing (with accents stripped, as uncased BERT
+    and `prepare` do) and its special tokens."""
+    special = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lower_case, "strip_accents": None,
+              "tokenize_chinese_chars": True, "model_max_length": max_length, **special}
+    return {"vocab.txt": "".join(f"{token}\n" for token in tokens),
+            "tokenizer_config.json": strict_json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": strict_json.dumps(special, indent=2) + "\n"}
+
+
+def read_export_vocab(vocab_file: str | Path, config: BertConfig) -> list[str]:
+    """The vocab an export carries: a pretraining vocab with one token per row of the model's embeddings."""
+    tokens = read_vocab(vocab_file)
+    check_pretraining_vocab(tokens, vocab_file)
+    if len(tokens) != config.vocab_size:
+        raise InputError(f"{vocab_file}: holds {len(tokens)} tokens, but the model has vocab_size {config.vocab_size}; "
+                         "pass the vocab the model was trained with (--vocab_file)")
+    return tokens
+
+
+def export_hf(model: BertForPreTraining, directory: str | Path, vocab_file: str | Path,
+              lower_case: bool | None = None) -> Path:
+    """Write an HF folder (config.json + model.safetensors, unpadded vocab, and the tokenizer of `vocab_file`:
+    lower-casing as `lower_case` says, or as the vocab shows when None) that
+    `transformers.BertForPreTraining.from_pretrained` loads with the same outputs and `AutoTokenizer` reads
+    with the ids the model was trained on."""
     config = model.config
+    tokens = read_export_vocab(vocab_file, config)
+    tokenizer = hf_tokenizer_files(tokens, is_lower_cased(tokens) if lower_case is None else lower_case,
+                                   config.max_position_embeddings)
     state = reference_state(model)
     state.pop(_TIED_DECODER)  # HF re-ties it to the word embeddings on load
     state = {k: (v[: config.vocab_size] if k in _VOCAB_ROWS else v).contiguous().clone() for k, v in state.items()}
@@ -261,4 +388,6 @@ def export_hf(model: BertForPreTraining, directory: str | Path) -> Path:
         tmp.mkdir()
         (tmp / "config.json").write_text(strict_json.dumps(hf_config_dict(config), indent=2) + "\n")
         save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in tokenizer.items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return directory

@@ -1,15 +1,18 @@
 """The HDF5 schema: exact keys/dtypes/shapes, atomic writes, validation errors naming the file."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
 from conftest import CRAFTED_SHARDS, mlperf_arrays, write_crafted_shard
+from support.peak_memory import cli_peak, one_line_refusal
 
 from bert_pretrain.data import shards
 from bert_pretrain.data.inspect_shard import read_any
 from bert_pretrain.data.loader import ShardStream
 from bert_pretrain.data.shards import ShardShape
-from bert_pretrain.errors import InputError
+from bert_pretrain.errors import InputError, SettingsMismatch
 
 
 @pytest.fixture
@@ -107,6 +110,8 @@ _CRAFTED_CASES = [
     ("group_ids", "missing key 'input_ids'"),
     ("varlength_int32_ids", "'input_ids' has dtype variable-length rows of int32, but the schema stores "
                             "variable-length rows of int16"),
+    ("gzip_ids", "'input_ids' is stored through the HDF5 filter(s) shuffle, deflate, which this project never writes"),
+    ("unstored_ids", "'input_ids' declares shape (10, 32) (1,280 bytes) but stores 0 bytes"),
 ]
 
 
@@ -117,6 +122,7 @@ def test_only_plain_data_of_the_schema_dtypes_is_read(tmp_path, arrays, variant,
     path = tmp_path / "part_0_of_1.hdf5"
     write_crafted_shard(path, arrays, variant)
     readers = [lambda: shards.read_padded(path, ShardShape(32, 5, 100)), lambda: read_any(path),
+               lambda: shards.shard_layout(path),
                lambda: ShardStream(tmp_path, rank=0, world_size=1, seed=1, micro_batch_size=2,
                                    shape=ShardShape(32, 5, 100))]
     if variant in ("external_link", "soft_link"):
@@ -136,3 +142,61 @@ def test_nvidia_output_keeps_being_read(shared_data):
     arrays = shards.read_padded(shared_data / "mlperf" / "reference_outputs" / "nvidia_sample_text_128.hdf5",
                                 ShardShape(128, 20))
     assert len(arrays["next_sentence_labels"]) == 60
+
+
+def test_a_shard_that_is_no_regular_file_is_named(tmp_path):
+    """A FIFO would block the open; /dev/zero would never end."""
+    fifo = tmp_path / "part_0_of_2.hdf5"
+    os.mkfifo(fifo)
+    (tmp_path / "part_1_of_2.hdf5").symlink_to("/dev/zero")
+    for read in (shards.read_padded, shards.shard_layout):  # the readers, and the check of every shard at setup
+        with pytest.raises(InputError, match=f"^{fifo}: is a FIFO \\(named pipe\\), not a regular file; "):
+            read(fifo)
+    with pytest.raises(InputError, match=r"part_1_of_2.hdf5: is a character device \(a symlink to /dev/zero\)"):
+        read_any(tmp_path / "part_1_of_2.hdf5")
+
+
+def _declaring_three_million_rows(path):
+    """Every dataset of the schema at MLPerf's widths, gzip-compressed, 3 million rows declared and none
+    written: a few kilobytes that a whole read turns into 7 GB of fill values."""
+    with h5py.File(path, "w") as f:
+        for key, dtype in shards.PADDED_DTYPES.items():
+            width = (512,) if key in shards.SEQUENCE_KEYS else (76,) if key in shards.PREDICTION_KEYS else ()
+            f.create_dataset(key, shape=(3_000_000, *width), dtype=dtype, compression="gzip", chunks=True)
+
+
+@pytest.mark.slow
+def test_inspect_of_a_gzip_shard_declaring_millions_of_rows_takes_an_ordinary_shards_memory(tmp_path):
+    crafted, ordinary = tmp_path / "part_0_of_1.hdf5", tmp_path / "ordinary" / "part_0_of_1.hdf5"
+    _declaring_three_million_rows(crafted)
+    shards.write_padded(ordinary, mlperf_arrays(np.random.default_rng(0), n=256, seq_len=512, max_pred=76,
+                                                vocab_size=30522))
+    baseline = cli_peak("inspect", str(ordinary))
+    assert baseline.returncode == 0 and baseline.peak_kb > 0, baseline.stderr
+    run = cli_peak("inspect", str(crafted))
+    assert one_line_refusal(run, f"{crafted}: 'input_ids' is stored through the HDF5 filter(s) deflate"), run.stderr
+    assert run.peak_kb < 1.5 * baseline.peak_kb, (run.peak_kb, baseline.peak_kb)
+
+
+def test_damaged_token_bytes_are_called_damage_not_another_vocab(tmp_path, arrays):
+    """Random bytes over a shard's token ids give ids no vocab has (negative, or in the billions); a shard of
+    another vocab gives ids just past this one's. Only the second is a setting to change; the first is a
+    damaged file, which --skip_bad_shards may skip."""
+    path = tmp_path / "part_0_of_1.hdf5"
+    shards.write_padded(path, arrays)
+    with h5py.File(path) as f:
+        offset, size = f["input_ids"].id.get_offset(), f["input_ids"].id.get_storage_size()
+    raw = bytearray(path.read_bytes())
+    raw[offset + size // 2: offset + size // 2 + 64] = np.random.default_rng(1).bytes(64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as err:
+        shards.read_padded(path, ShardShape(32, 5, 100))
+    assert not isinstance(err.value, SettingsMismatch)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key 'input_ids' holds token ids ") and "the shard is damaged" in message
+    assert "another vocab" not in message
+
+    other_vocab = dict(arrays, input_ids=np.where(arrays["input_mask"] == 1, arrays["input_ids"] + 100, 0))
+    shards.write_padded(path, other_vocab)
+    with pytest.raises(SettingsMismatch, match="was the shard made with another vocab"):
+        shards.read_padded(path, ShardShape(32, 5, 100))

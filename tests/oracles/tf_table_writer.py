@@ -50,17 +50,22 @@ def block_contents(entries: list[tuple[bytes, bytes]], restart_interval: int) ->
 
 
 class TableWriter:
-    """Blocks appended with their 5-byte trailer; `finish` adds the index block, the metaindex and the footer."""
+    """Blocks appended with their 5-byte trailer; `finish` adds the index block, the metaindex and the footer.
+    With `base`, the table is meant to be written at byte `base` of its file (handles count from the file's
+    start)."""
 
-    def __init__(self, snappy: bool):
-        self.out, self.snappy = bytearray(), snappy
+    def __init__(self, snappy: bool, base: int = 0):
+        self.out, self.snappy, self.base = bytearray(), snappy, base
 
     def block(self, contents: bytes) -> bytes:
-        kind = 0
         if self.snappy:
-            contents, kind = bytes(cramjam.snappy.compress_raw(contents)), 1
-        handle = varint(len(self.out)) + varint(len(contents))
-        self.out += contents + bytes([kind]) + struct.pack("<I", masked_crc(contents + bytes([kind])))
+            return self.stored_block(bytes(cramjam.snappy.compress_raw(contents)), 1)
+        return self.stored_block(contents, 0)
+
+    def stored_block(self, stored: bytes, kind: int) -> bytes:
+        """`stored` appended as the bytes of a block of compression type `kind`, as given; its handle."""
+        handle = varint(self.base + len(self.out)) + varint(len(stored))
+        self.out += stored + bytes([kind]) + struct.pack("<I", masked_crc(stored + bytes([kind])))
         return handle
 
     def finish(self, index: list[tuple[bytes, bytes]]) -> bytes:

@@ -190,6 +190,10 @@ HAND_EDITS = {
                                         r"rank_states\[0\].rng.torch is not a torch random state"),
     "a python state as a number": (_set(5, "rank_states", 0, "rng", "python"),
                                    r"rank_states\[0\].rng.python is not a python random state"),
+    "an eval accuracy as text": (_set("0.25", "progress", "eval_history", 0, "mlm_accuracy"),
+                                 r"progress.eval_history\[0\].mlm_accuracy is '0.25', not a number"),
+    "a loss scale as text": (_set("big", "scaler", "scale"), "scaler.scale is 'big', not a positive number"),
+    "a loss scale of zero": (_set(0.0, "scaler", "scale"), "scaler.scale is 0.0, not a positive number"),
     # an accelerator's generator is saved under its device type (devices.rng_state)
     "an XPU state as a list": (_set([1, 2], "rank_states", 0, "rng", "xpu"),
                                r"rank_states\[0\].rng.xpu is not a generator state"),

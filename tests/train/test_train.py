@@ -221,14 +221,38 @@ def test_a_non_finite_loss_stops_naming_the_step_and_deletes_the_checkpoint_whos
     assert not list(out.glob("phase1_ckpt_*.pt"))
 
 
-def _corrupt_the_second_shard_of_rank0(data: Path, copy: Path) -> Path:
+def _corrupt_the_second_shard_of_rank0(data: Path, copy: Path, truncate: bool = False) -> Path:
+    """Its token bytes overwritten (damage only reading the data finds), or the file cut short (its metadata lost)."""
+    import h5py
+
     shards = copy / "4_shards_uncompressed"
     shards.mkdir(parents=True)
     for f in list_shards(next(data.glob("*_shards_uncompressed"))):
         (shards / f.name).write_bytes(f.read_bytes())
     second = epoch_files(list_shards(shards), 42, 1, 1)[shard_index(1, 0, 1, 4)]
-    second.write_bytes(second.read_bytes()[:300])
+    raw = bytearray(second.read_bytes())
+    if truncate:
+        second.write_bytes(bytes(raw[:300]))
+        return second
+    with h5py.File(second) as f:
+        offset, size = f["input_ids"].id.get_offset(), f["input_ids"].id.get_storage_size()
+    raw[offset:offset + size] = b"\xff" * size
+    second.write_bytes(bytes(raw))
     return second
+
+
+def test_a_shard_whose_metadata_is_damaged_is_named_before_the_first_step(data, tmp_path):
+    bad = _corrupt_the_second_shard_of_rank0(data, tmp_path / "copy", truncate=True)
+    out = tmp_path / "out"
+    flags = train_flags(data, out, max_steps=1)
+    flags[1] = str(bad.parent)
+    result = cli_here("train", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{bad}: not a readable HDF5 file" in result.stderr and "pass --skip_bad_shards" in result.stderr
+    assert not out.exists() or not list(out.glob("*ckpt*"))
+    skipped = cli_here("train", *flags, "--skip_bad_shards")
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"note: the training shard {bad} will be skipped" in skipped.stderr
 
 
 @pytest.mark.slow
@@ -493,3 +517,124 @@ def test_a_process_killed_while_writing_a_checkpoint_leaves_the_one_before_intac
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {out / 'phase1_ckpt_5.pt'} at step 5" in resumed.stderr
     assert not list(out.glob(".*tmp*")) and read_training_checkpoint(out / "phase1_ckpt_40.pt")["global_step"] == 40
+
+
+def _refused_runs(data: Path, tmp_path: Path) -> list[tuple[list[str], str]]:
+    """(train flags, what the refusal says) for runs refused by something found while setting up."""
+    from conftest import easy_mlperf_arrays, write_crafted_shard
+
+    from bert_pretrain.data.shards import write_padded
+
+    good = train_flags(data, tmp_path / "unused", max_steps=1)
+    input_dir = good[1]
+
+    def changed(**values) -> list[str]:
+        flags = list(good)
+        for flag, value in values.items():
+            flags[flags.index(f"--{flag}") + 1] = str(value)
+        return flags
+
+    narrow = tmp_path / "narrow_config.json"
+    narrow.write_text(json.dumps(tiny_config(64, max_position_embeddings=16).to_dict()))
+    small_vocab = tmp_path / "small_vocab_config.json"
+    small_vocab.write_text(json.dumps(tiny_config(32, max_position_embeddings=32).to_dict()))
+    rng = np.random.default_rng(5)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(input_dir, mixed)
+    write_padded(mixed / "part_9_of_9.hdf5", easy_mlperf_arrays(rng, 8, 32, 6, 64))
+    empty_eval = tmp_path / "empty_eval"
+    empty_eval.mkdir()
+    write_padded(empty_eval / "part_eval.hdf5", {k: v[:0] for k, v in easy_mlperf_arrays(rng, 1, 32, 5, 64).items()})
+    no_shards = tmp_path / "no_shards"
+    no_shards.mkdir()
+    virtual = tmp_path / "virtual"
+    virtual.mkdir()
+    write_crafted_shard(virtual / "part_0_of_1.hdf5", easy_mlperf_arrays(rng, 8, 32, 5, 64), "virtual_dataset")
+    return [
+        (_without(changed(bert_config_path=narrow), "--init_checkpoint"), "more than the max_position_embeddings 16"),
+        (changed(input_dir=mixed), f"{mixed / 'part_9_of_9.hdf5'}: width 32 and 6 masked-LM slots, but 4 of the 5"),
+        (changed(max_predictions_per_seq=6), "pass --max_seq_length 32 --max_predictions_per_seq 5"),
+        (_without(changed(bert_config_path=small_vocab), "--init_checkpoint"), "outside the vocab of 32"),
+        (changed(eval_dir=empty_eval), "holds 0 eval samples"),
+        (changed(input_dir=no_shards), "holds no HDF5 shard"),
+        (changed(input_dir=virtual), "is a virtual dataset"),
+        (changed(eval_dir=input_dir), "the run would be scored on data it trains on"),
+    ]
+
+
+def test_a_run_refused_while_setting_up_leaves_its_folder_as_it_found_it_so_the_corrected_rerun_starts(
+        data, tmp_path):
+    """Nothing is written before everything that can refuse the run is read: no MLPerf log or metrics.jsonl
+    that the corrected rerun would take for an earlier run's."""
+    refused = _refused_runs(data, tmp_path)
+    fresh = tmp_path / "fresh" / "out"
+    flags, said = refused[0]
+    flags[flags.index("--output_dir") + 1] = str(fresh)
+    assert cli_here("train", *flags).returncode == 2 and not fresh.exists()  # a folder it made is gone again
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for flags, said in refused:
+        flags[flags.index("--output_dir") + 1] = str(out)
+        result = cli_here("train", *flags)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert said in result.stderr, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".bert-pretrain.lock", "notes.txt"], (said, result.stderr)
+    rerun = cli_here("train", *train_flags(data, out, max_steps=1, log_freq=1))
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1
+
+
+def test_a_training_set_that_shares_shards_with_the_eval_set_is_refused_unless_allowed(data, tmp_path):
+    """The same folder, or a copy of an eval shard among the training shards: named, with the flag that allows it."""
+    copy = tmp_path / "shards"
+    shutil.copytree(next(data.glob("*_shards_uncompressed")), copy)
+    eval_shard = data / "eval_set_uncompressed" / "part_eval_10k.hdf5"
+    shutil.copy(eval_shard, copy / "part_eval_copy.hdf5")
+    flags = train_flags(data, tmp_path / "out", max_steps=1)
+    flags[1] = str(copy)
+    refused = cli_here("train", *flags)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    message = refused.stderr.strip()
+    assert f"share 1 shard(s) ({copy / 'part_eval_copy.hdf5'} = {eval_shard})" in message
+    assert "--allow_eval_overlap" in message
+    allowed = cli_here("train", *flags, "--allow_eval_overlap")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_init_weights_with_nan_are_named_by_tensor_before_the_first_step(data, tmp_path):
+    """Not step 1's non-finite loss with advice about fp16 loss scaling and the learning rate, in an fp32 run."""
+    from bert_pretrain.weights import MODEL_KEY
+
+    state = torch.load(data / "model.ckpt-28252.apex.pt", weights_only=True)
+    state[MODEL_KEY]["bert.encoder.layer.1.attention.output.dense.weight"][3, 5] = float("nan")
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    flags = train_flags(data, tmp_path / "out", max_steps=2)
+    flags[flags.index("--init_checkpoint") + 1] = str(broken)
+    result = cli_here("train", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert f"{broken}: tensor bert.encoder.layer.1.attention.output.dense.weight holds 1 NaN or infinite " \
+           "value(s) of 1024" in message
+    assert "loss scaling" not in message and not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_the_logs_of_a_run_stopped_before_its_first_record_do_not_refuse_the_next_run(data, tmp_path, monkeypatch):
+    """Ctrl-C during the first step's compilation leaves an MLPerf log with no result, an empty metrics.jsonl and
+    an empty plot: nothing a new run would lose, so it starts; a run that logged is still refused."""
+    from bert_pretrain.train import loop
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(loop, "_loop", interrupted)
+    assert cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1)).returncode == 130
+    monkeypatch.undo()
+    assert {"mlperf.log", "metrics.jsonl", "metrics.png"} <= {p.name for p in out.iterdir()}
+    rerun = cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1))
+    assert rerun.returncode == 0, rerun.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    again = cli_here("train", *train_flags(data, out, max_steps=2, log_freq=1))
+    assert again.returncode == 2 and "logs of an earlier run" in again.stderr

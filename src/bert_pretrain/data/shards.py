@@ -12,7 +12,10 @@ masked slots, as vlen int16 (ids, positions) / vlen int8 (segments); next_senten
 
 Reading accepts exactly these dtypes (NVIDIA's create_pretraining_data.py writes the padded ones) and
 only data stored in the file itself: external links, soft links, external storage and virtual
-datasets are refused, as they make the reader open other files.
+datasets are refused, as they make the reader open other files. Data are stored as NVIDIA and this
+project write them, unfiltered, and whole: a compressed dataset (gzip, lzf, ...) or one whose storage
+holds fewer bytes than its shape declares is refused before it is read, so what a read allocates is
+bounded by the file's own bytes (a 10 MB gzip shard could declare 3 million rows).
 
 Files are written to a temporary name in the same folder and renamed when complete, so a file
 with the final name is always whole.
@@ -20,6 +23,8 @@ with the final name is always whole.
 
 from __future__ import annotations
 
+import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ import numpy as np
 
 from bert_pretrain.atomic import atomic_path
 from bert_pretrain.errors import InputError, SettingsMismatch
+from bert_pretrain.regular_file import require_regular
 
 PADDED_DTYPES = {
     "input_ids": np.dtype("i4"),
@@ -50,6 +56,9 @@ SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")
 _PREPARE_AGAIN = "prepare it again with bert-pretrain prepare"
+# Token ids at or above this come from damaged bytes, not from another vocab: BERT's vocabs hold 30k-120k
+# WordPieces, and a random 32-bit value falls below 2^20 once in 4,096.
+LARGEST_VOCAB = 2**20
 
 
 def masked_counts(masked_lm_positions: np.ndarray) -> np.ndarray:
@@ -79,6 +88,7 @@ def list_shards(directory: str | Path) -> list[Path]:
 def _open_for_reading(path: Path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
+    require_regular(path, "pass an HDF5 shard file")  # a FIFO would block the open, /dev/zero never end
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -98,8 +108,11 @@ def _refuse_links(f, path: Path) -> None:
         if not isinstance(link, h5py.HardLink):
             target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else getattr(
                 link, "path", "?")
-            raise InputError(f"{path}: '{name}' is an HDF5 {type(link).__name__} (to {target}), not data stored in "
-                             f"the shard; {_PREPARE_AGAIN}")
+            _refuse_link(path, name, type(link).__name__, target)
+
+
+def _refuse_link(path: Path, name: str, kind: str, target: str):
+    raise InputError(f"{path}: '{name}' is an HDF5 {kind} (to {target}), not data stored in the shard; {_PREPARE_AGAIN}")
 
 
 def _missing(f, keys) -> list[str]:
@@ -112,21 +125,46 @@ def _dataset(f, path: Path, key: str, dtype: np.dtype, vlen: bool = False) -> h5
     (for `vlen`, the element type of a variable-length dataset). External storage and virtual
     datasets read other files: a crafted shard would hand any local file to the reader as tokens."""
     item = f[key]  # a dataset: `_missing` counts a group as missing
+    _check_dataset(path, key, dtype, vlen, item.is_virtual, item.external[0][0] if item.external else None,
+                   item.dtype, item.id)
+    return item
+
+
+def _check_dataset(path: Path, key: str, dtype: np.dtype, vlen: bool, virtual: bool, external: str | None,
+                   stored: np.dtype, dataset: h5py.h5d.DatasetID) -> None:
+    """`_dataset`'s checks on what a dataset's header says: its data in the file, unfiltered and whole, the
+    schema's dtype."""
 
     def refuse(problem: str, fix: str = _PREPARE_AGAIN):
         raise InputError(f"{path}: '{key}' {problem}; {fix}")
 
-    if item.is_virtual:
+    if virtual:
         refuse("is a virtual dataset (its data are read from other files), not data stored in the shard")
-    if item.external:
-        refuse(f"keeps its data outside the shard (HDF5 external storage in {item.external[0][0]}), not in it")
+    if external is not None:
+        refuse(f"keeps its data outside the shard (HDF5 external storage in {external}), not in it")
+    filters = _filter_names(dataset)
+    if filters:
+        refuse(f"is stored through the HDF5 filter(s) {', '.join(filters)}, which this project never writes (a "
+               "compressed dataset's rows are decompressed whole, whatever the file's size)",
+               f"rewrite the file unfiltered (h5repack -f NONE {path.name} OUT.hdf5) or {_PREPARE_AGAIN}")
+    # unfiltered, a dataset's storage holds each element's bytes once; less, and a read returns fill values
+    declared_bytes = math.prod(dataset.shape) * dataset.get_type().get_size()
+    stored_bytes = dataset.get_storage_size()
+    if stored_bytes < declared_bytes:
+        refuse(f"declares shape {dataset.shape} ({declared_bytes:,} bytes) but stores {stored_bytes:,} bytes (a "
+               "shard cut short or crafted)")
     rows = "variable-length rows of " if vlen else ""
-    stored = h5py.check_vlen_dtype(item.dtype) if vlen else item.dtype
-    if stored != dtype:
-        found = f"{rows}{stored}" if stored is not None else str(item.dtype)
+    element = h5py.check_vlen_dtype(stored) if vlen else stored
+    if element != dtype:
+        found = f"{rows}{element}" if element is not None else str(stored)
         refuse(f"has dtype {found}, but the schema stores {rows}{dtype}",
                f"convert it to {rows}{dtype} or {_PREPARE_AGAIN}")
-    return item
+
+
+def _filter_names(dataset: h5py.h5d.DatasetID) -> list[str]:
+    plist = dataset.get_create_plist()
+    return [plist.get_filter(i)[3].decode("ascii", "replace") or str(plist.get_filter(i)[0])
+            for i in range(plist.get_nfilters())]
 
 
 def shard_format(path: str | Path) -> str:
@@ -144,6 +182,93 @@ def num_samples(path: str | Path) -> int:
         if _missing(f, ["next_sentence_labels"]):
             raise InputError(f"{path}: missing key 'next_sentence_labels'; not a pretraining shard")
         return int(_dataset(f, path, "next_sentence_labels", PADDED_DTYPES["next_sentence_labels"]).shape[0])
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What a shard's HDF5 metadata says, no data read: its layout, widths (None for varlength) and rows."""
+
+    format: str  # "padded" or "varlength"
+    max_seq_length: int | None
+    max_predictions_per_seq: int | None
+    rows: int
+
+    def widths(self) -> str:
+        if self.format == "varlength":
+            return "variable-length rows"
+        return f"width {self.max_seq_length} and {self.max_predictions_per_seq} masked-LM slots"
+
+
+_LINK_KINDS = {h5py.h5l.TYPE_SOFT: "SoftLink", h5py.h5l.TYPE_EXTERNAL: "ExternalLink"}
+
+
+def shard_layout(path: str | Path) -> ShardLayout:
+    """The layout of one shard from its metadata alone: every key of its schema present, with the schema's
+    dtype and data in the file, and one row count shared by all keys; else an InputError naming the file.
+
+    The same checks as the readers' (`_open_for_reading`, `_dataset`), through h5py's low-level interface:
+    it runs for every shard of a training set before the first step, and h5py's high-level objects cost
+    about 4x as much per shard (0.7 against 2.6 ms, benchmarks/shard_check_bench.py)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass one HDF5 shard file in it")
+    require_regular(path, "pass an HDF5 shard file")  # a FIFO would block the open, /dev/zero never end
+    access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    access.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # closing the file closes every handle opened in it
+    try:
+        file = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=access)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({err}); it may be truncated or not a shard") from None
+    try:
+        return _layout(file, path)
+    finally:
+        file.close()
+
+
+def _layout(file, path: Path) -> ShardLayout:
+    root = h5py.h5g.open(file, b"/")
+    datasets = {}
+    for raw in root:
+        name = raw.decode("utf-8", "replace")
+        kind = root.links.get_info(raw).type
+        if kind != h5py.h5l.TYPE_HARD:
+            target = root.links.get_val(raw) if kind in _LINK_KINDS else b"?"
+            target = ":".join(t.decode("utf-8", "replace") for t in target) if isinstance(target, tuple) else \
+                target.decode("utf-8", "replace")
+            _refuse_link(path, name, _LINK_KINDS.get(kind, "user-defined link"), target)
+        item = h5py.h5o.open(root, raw)
+        if isinstance(item, h5py.h5d.DatasetID):
+            datasets[name] = item
+    if "input_ids" not in datasets:
+        raise InputError(f"{path}: missing key 'input_ids'; not a pretraining shard")
+    varlength = h5py.check_vlen_dtype(datasets["input_ids"].dtype) is not None
+    schema = {**VARLENGTH_DTYPES, "next_sentence_labels": PADDED_DTYPES["next_sentence_labels"]} if varlength \
+        else PADDED_DTYPES
+    missing = [key for key in schema if key not in datasets]
+    if missing:
+        raise InputError(f"{path}: missing keys {missing}; a {'variable-length' if varlength else 'padded'} "
+                         f"shard needs {list(schema)}")
+    for key, dtype in schema.items():
+        creation = datasets[key].get_create_plist()
+        external = (creation.get_external(0)[0].decode("utf-8", "replace") if creation.get_external_count()
+                    else None)
+        _check_dataset(path, key, dtype, varlength and key in VARLENGTH_DTYPES,
+                       creation.get_layout() == h5py.h5d.VIRTUAL, external, datasets[key].dtype, datasets[key])
+    shapes = {key: datasets[key].shape for key in schema}
+    rows = shapes["next_sentence_labels"][0] if len(shapes["next_sentence_labels"]) == 1 else None
+    expected_rank = {key: 1 if varlength or key == "next_sentence_labels" else 2 for key in schema}
+    if rows is None or any(len(shape) != expected_rank[key] or shape[0] != rows for key, shape in shapes.items()):
+        raise InputError(f"{path}: its keys' shapes {shapes} do not share one row count; the shard is damaged: "
+                         f"{_PREPARE_AGAIN}")
+    if varlength:
+        return ShardLayout("varlength", None, None, rows)
+    widths = [{shapes[key][1] for key in group} for group in (SEQUENCE_KEYS, PREDICTION_KEYS)]
+    if any(len(found) != 1 for found in widths):
+        raise InputError(f"{path}: keys {list(SEQUENCE_KEYS)} and {list(PREDICTION_KEYS)} must each share one "
+                         f"width, but their shapes are {shapes}; the shard is damaged: {_PREPARE_AGAIN}")
+    return ShardLayout("padded", widths[0].pop(), widths[1].pop(), rows)
 
 
 @dataclass(frozen=True)
@@ -224,13 +349,19 @@ def validate_padded(arrays: dict[str, np.ndarray], path: str | Path, shape: Shar
         row = int(np.argwhere(outside)[0][0])
         fail(f"row {row} masks position {positions[row][outside[row]][0]} but has only {lengths[row]} tokens "
              "(input_mask); the shard is damaged or was written with another layout")
-    if vocab_size is not None:
-        for key in ("input_ids", "masked_lm_ids"):
-            values = arrays[key]
-            if values.size and (values.min() < 0 or values.max() >= vocab_size):
-                raise SettingsMismatch(path, f"key '{key}' holds token ids {values.min()}..{values.max()} outside "
-                                             f"the vocab of {vocab_size}",
-                                       "was the shard made with another vocab? (bert_config.json's vocab_size)")
+    for key in ("input_ids", "masked_lm_ids"):
+        values = arrays[key]
+        if not values.size:
+            continue
+        low, high = values.min(), values.max()
+        if low < 0 or high >= max(LARGEST_VOCAB, vocab_size or 0):
+            fail(f"key '{key}' holds token ids {low}..{high}, which no vocab gives (ids are 0 or more, and "
+                 f"WordPiece vocabs have fewer than {LARGEST_VOCAB:,} tokens); the shard is damaged: {_PREPARE_AGAIN}, "
+                 "or copy it again from where it was made")
+        if vocab_size is not None and high >= vocab_size:
+            raise SettingsMismatch(path, f"key '{key}' holds token ids up to {high}, outside the vocab of "
+                                         f"{vocab_size}", "was the shard made with another vocab? (bert_config.json's "
+                                         "vocab_size)")
 
 
 def _write_atomically(path: str | Path, write_datasets) -> None:

@@ -53,6 +53,13 @@ def check_pretraining_vocab(tokens: list[str], source: str | Path) -> None:
                          "with 0 and reads label 0 as 'not masked')")
 
 
+def is_lower_cased(tokens: list[str]) -> bool:
+    """Whether a vocab is uncased (made from lower-cased text, so its tokenizer lower-cases too): none of its
+    tokens, bar the bracketed special ones, changes when lower-cased. A cased vocab holds capitals by the
+    thousand; BERT's uncased one holds only caseless symbols such as 'ℝ'."""
+    return all(token == token.lower() for token in tokens if not (token.startswith("[") and token.endswith("]")))
+
+
 def write_vocab(path: str | Path, tokens: list[str]) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")

@@ -41,6 +41,10 @@ class ConvertOptions:
                               "of 8 (what NVIDIA's convert_tf_checkpoint.py writes, e.g. model.ckpt-28252.apex.pt)")
     bert_config_path: str | None = option(None, "bert_config.json of the input; not needed when the input is an HF "
                                                 "folder (it has config.json)")
+    vocab_file: str | None = option(None, "the vocab.txt the model was trained with, written into an HF --output "
+                                          "with its tokenizer settings (lower-casing as the vocab shows: uncased "
+                                          "when no token has capitals); default: the vocab.txt beside "
+                                          "--bert_config_path (as in a DATA folder), or in an HF input folder")
     overwrite: bool = option(False, "replace an existing --output (without it, an existing file or export is "
                                     "refused: it may be a training checkpoint)")
 

@@ -48,6 +48,10 @@ class DataOptions:
     cache_eval_data: bool = option(False, "keep the eval batches on the device between evals (else in host memory)")
     skip_bad_shards: bool = option(False, "skip (and count) a training shard that cannot be read instead of "
                                           "stopping with an error naming it")
+    allow_eval_overlap: bool = option(False, "accept training shards that are also in --eval_dir (the same files, "
+                                             "or copies of them); the eval then scores data the model trains on, so "
+                                             "its accuracy measures nothing and MLPerf does not allow it (without "
+                                             "it such a run is refused, naming the shared shards)")
     exchange_padding: bool = option(True, "with several processes and --packed: pool each optimizer step's rows "
                                           "of every process and deal them longest first, so every process trains "
                                           "about the same number of real tokens (the reference's "

@@ -191,6 +191,10 @@ class CheckpointWriter:
             raise error
 
 
+class WeightsOnly(InputError):
+    """The file is readable but holds weights only (no training state): something to start a run from."""
+
+
 def read_training_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by `save_training_checkpoint`, loaded without unpickling code."""
     path = Path(path)
@@ -202,7 +206,7 @@ def read_training_checkpoint(path: str | Path) -> dict:
         raise refused_as_unsafe(path, err) or InputError(
             f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise InputError(f"{path}: holds weights only, not a training state to resume; start a run from it with "
+        raise WeightsOnly(f"{path}: holds weights only, not a training state to resume; start a run from it with "
                          "--init_checkpoint instead")
     check_training_checkpoint(checkpoint, path, tuple(f.name for f in fields(Progress)))
     return checkpoint

@@ -9,6 +9,7 @@ checked, not only this process's.
 from __future__ import annotations
 
 import functools
+import math
 import random
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def _check(checkpoint: dict, progress_fields: tuple[str, ...]) -> None:
     _require("model", model and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()),
              "holds no weights or something other than named tensors")
     _check_optimizer(checkpoint["optimizer"])
+    _check_scaler(checkpoint["scaler"])
     _check_progress(checkpoint["progress"], progress_fields)
     step = checkpoint.get("global_step")
     _require("global_step", _count(step), f"is {step!r}, not a count of steps (an integer of at least 0)")
@@ -79,6 +81,24 @@ def _check_progress(progress: dict, fields: tuple[str, ...]) -> None:
     history = progress["eval_history"]
     _require("progress.eval_history", isinstance(history, list) and all(isinstance(e, dict) for e in history),
              "is not a list of evals")
+    for i, entry in enumerate(history):  # what the summary, the plot and inspect read of each eval
+        for name, valid, kind in (("step", _count, "an integer of at least 0"), ("samples", _count,
+                                  "an integer of at least 0"), ("mlm_accuracy", _number, "a number")):
+            value = entry.get(name)
+            _require(f"progress.eval_history[{i}].{name}", valid(value), f"is {value!r}, not {kind}")
+
+
+def _check_scaler(scaler: dict) -> None:
+    """Empty for fp32 and bf16 runs; an fp16 run's GradScaler state otherwise, whose numbers it computes with."""
+    if not scaler:
+        return
+    for name in ("scale", "growth_factor", "backoff_factor"):
+        value = scaler.get(name)
+        _require(f"scaler.{name}", _number(value) and math.isfinite(value) and value > 0,
+                 f"is {value!r}, not a positive number")
+    for name in ("growth_interval", "_growth_tracker"):
+        value = scaler.get(name)
+        _require(f"scaler.{name}", _count(value), f"is {value!r}, not an integer of at least 0")
 
 
 def _check_rank_state(field: str, entry) -> None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
 from bert_pretrain.train.checkpoint import Progress, gather_rank_states, host_snapshot
 from bert_pretrain.train.metrics import peak_memory_gb
-from bert_pretrain.train.setup import PeerLost, Run, hold_output_folder, peer_safe, setup
+from bert_pretrain.train.setup import PeerLost, Run, hold_output_folder, peer_safe, remove_unused_folder, setup
 
 # Steps between sync points when nothing else is due. Each costs one all-reduce of three numbers and a wait for
 # the device (the step otherwise never waits); every 50 steps keeps that rare, while a SIGTERM or a non-finite
@@ -47,10 +48,11 @@ def train(config: RunConfig, stream_factory=None) -> int:
         info = init_distributed(config.system.device, config.system.dist_backend, config.system.dist_timeout)
     signals: list[int] = []
     previous_handlers = _catch_signals(signals)
-    run, peer_lost, output_folder = None, False, ExitStack()
+    run, peer_lost, output_folder, made_folder = None, False, ExitStack(), False
     try:
         with said_by_the_first_process():  # but for each process's own shards (setup marks those)
-            hold_output_folder(config, info, output_folder)  # before anything in the folder is read or written
+            # before anything in the folder is read or written
+            made_folder = hold_output_folder(config, info, output_folder)
             run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
         loop_started = time.time()
@@ -74,6 +76,8 @@ def train(config: RunConfig, stream_factory=None) -> int:
             run.observers.close()
             run.stream.close()
             _release_ddp(run)
+        if run is None and made_folder:  # refused while setting up: nothing was written but the lock file
+            remove_unused_folder(Path(config.checkpoint.output_dir))
         output_folder.close()  # once the last log is written
         if not peer_lost:  # a group with a dead member cannot be torn down collectively
             shutdown()

@@ -98,19 +98,21 @@ class MLPerfLogger:
             logger, self._handler = _file_logger(self.partial_path)
             self._mllog = MLLogger(logger=logger, default_stack_offset=_STACK_OFFSET)
 
-    def _log(self, kind: str, key: str, value=None, metadata: dict | None = None) -> None:
+    def _log(self, kind: str, key: str, value=None, metadata: dict | None = None, time_ms: int | None = None) -> None:
         if not self.enabled:
             return
         if self._mllog is None:
             raise RuntimeError(f"MLPerf log {self.path} is closed (after run_stop); cannot log {key!r}")
         # mllog writes the JSON itself: a non-finite number (a diverged eval's accuracy) goes in as null, as
         # strict JSON has it; finite values are passed unchanged, as the compliance checker expects them
-        getattr(self._mllog, kind)(key=key, value=strict_json.finite(value), metadata=strict_json.finite(metadata))
+        getattr(self._mllog, kind)(key=key, value=strict_json.finite(value), metadata=strict_json.finite(metadata),
+                                   time_ms=time_ms)
 
-    def init_start(self, cache_cleared: bool = False) -> None:
-        """`cache_clear` (True only if the launcher really dropped the OS caches), then `init_start`."""
-        self._log("event", constants.CACHE_CLEAR, value=bool(cache_cleared))
-        self._log("start", constants.INIT_START)
+    def init_start(self, cache_cleared: bool = False, time_ms: int | None = None) -> None:
+        """`cache_clear` (True only if the launcher really dropped the OS caches), then `init_start`, at `time_ms`
+        (unix milliseconds) when initialisation began before the log was opened."""
+        self._log("event", constants.CACHE_CLEAR, value=bool(cache_cleared), time_ms=time_ms)
+        self._log("start", constants.INIT_START, time_ms=time_ms)
 
     def restart(self, count: int, resumed_from: str, samples: int) -> None:
         """A worker torchrun restarted after a failure: which restart, and the checkpoint it continues from ("" for

@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,12 @@ from bert_pretrain.build import Optimization, StepSettings, build, require
 from bert_pretrain.data.exchange import ExchangedStream
 from bert_pretrain.data.loader import DataPosition, ShardStream, padded_rows_batch, worker_seed
 from bert_pretrain.data.packing import PackingOptions, pack_padded_rows
+from bert_pretrain.data.shard_set import check_training_shards, refuse_training_on_the_eval_set
 from bert_pretrain.data.shards import ShardShape
 from bert_pretrain.distributed import DistInfo, broadcast_object
 from bert_pretrain.errors import InputError, SettingsMismatch, own_to_this_process
 from bert_pretrain.evaluate import rank_eval_batches
-from bert_pretrain.folder_lock import hold_folder
+from bert_pretrain.folder_lock import LOCK_FILE, hold_folder
 from bert_pretrain.optim import LAMB_EPSILON, LrSchedule
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.train.checkpoint import (
@@ -110,7 +112,13 @@ def peer_safe(world_size: int, collective, last_checkpoint=lambda: None):
 
 def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=None) -> Run:
     """Build the run. `stream_factory(config, info, vocab_size, start_position)` replaces the shard
-    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`)."""
+    stream (anything with `__next__` -> Batch, `position`, `skipped_shards` and `close()`).
+
+    Everything that can refuse the run (the config, the shards, the eval set, the weights, the checkpoint to
+    resume) is read before the first file is written, so a refused run leaves --output_dir as it found it and
+    the corrected rerun into it is not taken for a second run. The MLPerf log, created after, records its
+    init_start at the time initialisation really started."""
+    init_started_ms = int(time.time() * 1000)
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
                                   ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints,
@@ -121,36 +129,21 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     # anew, as told); a restarted worker's folder holds its own job's files
     if ckpt.resume_from_checkpoint is None and restart is None:
         _refuse_an_earlier_runs_folder(info, schedule)
-    if restart is None and info.is_main:  # accepted: restarts of this job may continue in it
-        mark_as_this_jobs(schedule.output_dir)
-    log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
-    # a restart from the beginning keeps metrics.jsonl's restart records (resume_at(0) below drops the rest)
-    observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
-                             resumed=resume_path is not None or restart is not None,
-                             progress_bar=config.system.progress, total_steps=config.optimizer.max_steps,
-                             target_accuracy=config.run.target_mlm_accuracy)
-    observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared)
-    if resume_note:
-        observers.say(resume_note)
-    if info.is_main:
-        schedule.remove_partial_writes()
+    notes = [resume_note] if resume_note else []
     bert_config = read_bert_config(ckpt.bert_config_path)
     require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
-    state, notes = _initial_state(config, info, bert_config, load_init=resume_path is None)
-    for note in notes:  # fp8's
-        observers.say(note)
+    if stream_factory is None:
+        notes += _check_data(config, info)
+    eval_batches = _eval_batches(config, info, bert_config.vocab_size)
+    state, built_notes = _initial_state(config, info, bert_config, load_init=resume_path is None)
+    notes += built_notes  # fp8's
+    checkpoint = None
     if resume_path is not None:
         checkpoint = read_training_checkpoint(resume_path)
-        for note in restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
-                                           info.device) + _changed_options(checkpoint.get("run", {}), config):
-            observers.say(note)
-        observers.metrics.resume_at(state.progress.samples)
-        observers.say(f"{f'{restart}: ' if restart else ''}resuming from {resume_path} at step "
-                      f"{state.progress.step} ({state.progress.samples} samples)")
-    elif restart is not None:
-        observers.metrics.resume_at(0)
-    if restart is not None:
-        observers.restarted(restart.count, resume_path, state.progress)
+        notes += restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
+                                        info.device) + _changed_options(checkpoint.get("run", {}), config)
+        notes.append(f"{f'{restart}: ' if restart else ''}resuming from {resume_path} at step {state.progress.step} "
+                     f"({state.progress.samples} samples)")
     model = state.model
     if info.world_size > 1:
         # 100 MB buckets as the reference's native DDP (apex's message_size=1e8): BERT-large's 1.3 GB of fp32
@@ -162,8 +155,24 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     lr_schedule = LrSchedule.from_flags(opt.learning_rate, opt.max_steps, opt.warmup_proportion, opt.warmup_steps,
                                         opt.start_warmup_step)
     stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
-    run = Run(config=config, info=info, state=state, model=model, stream=stream,
-              eval_batches=_eval_batches(config, info, bert_config.vocab_size),
+    try:
+        if restart is None and info.is_main:  # nothing refused the folder: restarts of this job may continue in it
+            mark_as_this_jobs(schedule.output_dir)
+        observers = _observers(config, info, schedule, resume_path, restart is not None, init_started_ms)
+    except BaseException:
+        stream.close()
+        raise
+    for note in notes:
+        observers.say(note)
+    if checkpoint is not None:
+        observers.metrics.resume_at(state.progress.samples)
+    elif restart is not None:  # from the beginning: the restart records stay, the killed attempt's logs go
+        observers.metrics.resume_at(0)
+    if restart is not None:
+        observers.restarted(restart.count, resume_path, state.progress)
+    if info.is_main:
+        schedule.remove_partial_writes()
+    run = Run(config=config, info=info, state=state, model=model, stream=stream, eval_batches=eval_batches,
               eval_at=_eval_steps(config, global_batch_size, state.progress.step), schedule=schedule,
               observers=observers, tracker=StepTracker(info.device),
               divergence=DivergenceGuard(info.device, info.is_main, resume_path), global_batch_size=global_batch_size,
@@ -171,6 +180,36 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
               samples_at_start=state.progress.samples)
     _log_submission(run)
     return run
+
+
+def _observers(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule, resume_path: Path | None,
+               restarted: bool, init_started_ms: int) -> RunObservers:
+    """The MLPerf log, metrics and progress bar: the run's first files in --output_dir (a restart continues
+    metrics.jsonl, whose restart records it keeps)."""
+    log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
+    observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
+                             resumed=resume_path is not None or restarted, progress_bar=config.system.progress,
+                             total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
+    observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared, time_ms=init_started_ms)
+    return observers
+
+
+def _check_data(config: RunConfig, info: DistInfo) -> list[str]:
+    """Every training shard's metadata against the others' and the flags, and the training set against the eval
+    set, on rank 0 (the others learn its verdict): notes for the user, or an InputError."""
+    data, refusal, notes = config.data, None, []
+    if info.is_main:
+        try:
+            notes = check_training_shards(data.input_dir, data.max_seq_length, data.max_predictions_per_seq,
+                                          skip_bad_shards=data.skip_bad_shards)
+            if data.eval_dir is not None and not data.allow_eval_overlap:
+                refuse_training_on_the_eval_set(data.input_dir, data.eval_dir)
+        except InputError as err:
+            refusal = str(err)
+    refusal, notes = broadcast_object((refusal, notes))
+    if refusal is not None:
+        raise InputError(refusal)
+    return notes
 
 
 def _require_writable_folder(output_dir: Path) -> None:
@@ -218,23 +257,37 @@ def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule
                   "the beginning")
 
 
-def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> None:
+def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> bool:
     """Make this run the only writer of --output_dir until `stack` closes (see folder_lock.py). Rank 0 alone
     writes the folder, so it holds the lock; a second launch's rank 0 is refused, and every process of that
     launch raises the same error. What would refuse the run anyway is checked first, so that a refused run
-    creates no folder."""
+    creates no folder. True on the process that made the folder (it did not exist), for
+    `remove_unused_folder`."""
     require(step_settings(config), info.device)  # fp8 without torchao, --fused_norm without Triton or a GPU
-    refusal = None
+    refusal, made = None, False
     if info.is_main:
+        output_dir = Path(config.checkpoint.output_dir)
         try:
-            _require_writable_folder(Path(config.checkpoint.output_dir))
-            stack.enter_context(hold_folder(config.checkpoint.output_dir, "--output_dir",
-                                            "this training run's checkpoints and logs"))
+            made = not output_dir.exists()
+            _require_writable_folder(output_dir)
+            stack.enter_context(hold_folder(output_dir, "--output_dir", "this training run's checkpoints and logs"))
         except InputError as err:
-            refusal = str(err)
+            refusal, made = str(err), False
     refusal = broadcast_object(refusal)
     if refusal is not None:
         raise InputError(refusal)
+    return made
+
+
+def remove_unused_folder(output_dir: Path) -> None:
+    """A run refused while setting up leaves the --output_dir it made as it found it, absent: the folder goes
+    when it holds nothing but the lock file. Called while the lock is held, so no other run is writing there."""
+    try:
+        if [path.name for path in output_dir.iterdir()] == [LOCK_FILE]:
+            (output_dir / LOCK_FILE).unlink()
+            output_dir.rmdir()
+    except OSError:  # what cannot go stays: the lock file means nothing once its process has ended
+        pass
 
 
 def earlier_run_files(output_dir: Path, phase2: bool) -> list[Path]:
@@ -252,6 +305,8 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
     keeping --keep_n_most_recent_checkpoints, delete its own newer checkpoints as the older ones; one that
     holds only its logs (--skip_checkpoint) would have them replaced without a word."""
     found = earlier_run_files(schedule.output_dir, schedule.phase2) if info.is_main else []
+    if _record_nothing(found):
+        found = []  # a run stopped before it logged anything (Ctrl-C while compiling, a kill): the next one replaces them
     earlier = broadcast_object([path.name for path in found])  # rank 0 decides, so every process raises
     if earlier:
         named = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
@@ -261,6 +316,26 @@ def _refuse_an_earlier_runs_folder(info: DistInfo, schedule: CheckpointSchedule)
         raise InputError(f"{schedule.output_dir}: holds the {what} of an earlier run ({named}); pass "
                          "--resume_from_checkpoint to continue it, or another --output_dir for a new run (or delete "
                          "them)")
+
+
+# MLPerf log events that only a run that trained writes: an eval's result, the end of a block or of the run.
+_RESULT_EVENTS = ('"key": "eval_accuracy"', '"key": "block_stop"', '"key": "run_stop"')
+
+
+def _record_nothing(files: list[Path]) -> bool:
+    """Whether `earlier_run_files` are all a run leaves that stopped before its first record: no checkpoint, no
+    summary, no line in metrics.jsonl, no result in its MLPerf log (the plot and TensorBoard folder then show
+    nothing either). A new run replaces them and loses nothing."""
+    for path in files:
+        if path.suffix == ".pt" or path.name == SUMMARY_FILE:
+            return False
+        if path.name == METRICS_FILE and path.read_text(encoding="utf-8", errors="replace").strip():
+            return False
+        if path.name.startswith("mlperf") and path.is_file():
+            with open(path, encoding="utf-8", errors="replace") as log:
+                if any(event in line for line in log for event in _RESULT_EVENTS):
+                    return False
+    return True
 
 
 def step_settings(config: RunConfig) -> StepSettings:
