@@ -161,10 +161,6 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None
-
     def start(self, path: Path, payload: dict, then: Callable[[], None] = lambda: None) -> None:
         """Write `payload` (a `host_snapshot`) to `path`, then call `then` (on the writer's thread); waits for the
         write before it first."""
