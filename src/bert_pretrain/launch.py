@@ -8,8 +8,8 @@ launcher adds only one line, for a worker killed by a signal, and exits as a sin
 the failed worker's code, or 128 + the signal's number. With a restart budget (`--max_restarts`),
 torchrun starts the workers again after a failure (each continues from its newest checkpoint,
 train/recovery.py); once the budget is spent, one line names the cause of the last failure: the
-error line the failing worker left for torchrun (failure_cause.py), else its signal or exit code. The train_bert_pretraining_amp_dist.sh
-script calls it; it takes exactly torchrun's options. Its workers stop (SIGTERM: a checkpoint, then
+error line the failing worker left for torchrun (failure_cause.py), else its signal or exit code.
+The train_bert_pretraining_amp_dist.sh script calls it; it takes exactly torchrun's options. Its workers stop (SIGTERM: a checkpoint, then
 exit) when it is killed outright, as they do when it is stopped by a signal.
 """
 
@@ -60,7 +60,8 @@ def _cause(err) -> tuple[int, object]:
     the SIGTERM torchrun stops the rest with, else one that exited non-zero, else the first to fail: the others
     of the attempt only lost contact with it or were stopped."""
     failures = sorted(err.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
-    for says_why in (lambda f: Path(f.error_file).is_file(), lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
+    for says_why in (lambda f: Path(f.error_file).is_file(),
+                     lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
                      lambda f: f.exitcode > 0):
         for rank, failure in failures:
             if says_why(failure):
