@@ -14,8 +14,9 @@
 # through torch.accelerator), or one CPU process without any. Several nodes: run this on each with NNODES,
 # MASTER_ADDR and MASTER_PORT set (torchrun's c10d rendezvous; node ranks are assigned when the nodes
 # meet), or under Slurm with one task per node (srun --ntasks-per-node=1 ...), which sets them
-# (docs/training.md, "Slurm"). With DATA unset it runs the built-in demo, which needs no download.
-# CLEAR_CACHES=1 drops the OS page cache first (root).
+# (docs/training.md, "Slurm"). MAX_RESTARTS (default 3 on one node, 10 on several) is how often a failed
+# job is restarted from its newest checkpoint. With DATA unset it runs the built-in demo, which needs no
+# download. CLEAR_CACHES=1 drops the OS page cache first (root).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME="train_bert_pretraining_amp_dist.sh"
@@ -92,7 +93,18 @@ if [ "$NNODES" -gt 1 ]; then
 else
     RENDEZVOUS=(--standalone)
 fi
-echo "$NAME: $NNODES node(s) x $NPROC process(es)${NODE_RANK:+ (Slurm node $NODE_RANK)}; shards $SHARDS" >&2
+# Automatic recovery: when a process dies, torchrun starts the workers again, each continuing from the
+# newest checkpoint in its --output_dir (or from the start before the first one), up to MAX_RESTARTS times.
+# A failure that repeats (a corrupt shard, a bug) costs a restart each time, so one node gets few; on
+# several nodes independent losses (a host, a link) grow with the node count, so more.
+if [ "$NNODES" -gt 1 ]; then MAX_RESTARTS=${MAX_RESTARTS:-10}; else MAX_RESTARTS=${MAX_RESTARTS:-3}; fi
+case "$MAX_RESTARTS" in
+    ''|*[!0-9]*) echo "$NAME: error: MAX_RESTARTS=$MAX_RESTARTS is not a whole number; pass 0 or more (0: no" \
+                      "restarts)" >&2
+                 exit 2 ;;
+esac
+echo "$NAME: $NNODES node(s) x $NPROC process(es)${NODE_RANK:+ (Slurm node $NODE_RANK)}; shards $SHARDS; up to" \
+     "$MAX_RESTARTS restart(s)" >&2
 
 # A new results folder per run; --resume_from_checkpoint (without an --output_dir of yours) continues
 # in the newest one.
@@ -127,7 +139,8 @@ fi
 # given here come after it and win; a --config of yours replaces the recipe file.
 # bert_pretrain.launch is torchrun exiting with the failed worker's code (2 for bad input), without
 # torchrun's traceback.
-exec "$PYTHON" -m bert_pretrain.launch "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --nproc_per_node "$NPROC" \
+exec "$PYTHON" -m bert_pretrain.launch "${RENDEZVOUS[@]}" "${SHUTDOWN[@]}" --max_restarts "$MAX_RESTARTS" \
+    --nproc_per_node "$NPROC" \
     -m bert_pretrain train --config "$HERE/configs/bert_large_deepsparkhub.toml" \
     --init_checkpoint "$DATA/model.ckpt-28252.apex.pt" --input_dir "$SHARDS" \
     --bert_config_path "$DATA/bert_config.json" --eval_dir "$DATA/eval_set_uncompressed" \

@@ -155,6 +155,15 @@ def test_several_nodes_use_the_c10d_rendezvous(data, recording_python):
     assert no_master.returncode == 2 and "MASTER_ADDR" in no_master.stderr
 
 
+def test_the_restart_budget_defaults_to_3_on_one_node_and_10_on_several(data, recording_python):
+    stub, record = recording_python
+    for extra, budget in (({}, "3"), ({"NNODES": "2", "MASTER_ADDR": "10.0.0.1"}, "10"), ({"MAX_RESTARTS": "0"}, "0")):
+        result = launch(data, extra_env={"PYTHON": str(stub), **extra})
+        assert result.returncode == 0 and f"up to {budget} restart(s)" in result.stderr, result.stderr
+        argv = record.read_text().splitlines()
+        assert argv[argv.index("--max_restarts") + 1] == budget and argv.index("--max_restarts") < argv.index("-m", 3)
+
+
 def test_without_data_it_runs_the_demo(recording_python):
     stub, record = recording_python
     result = launch(None, "--quick", extra_env={"PYTHON": str(stub)})
@@ -245,3 +254,31 @@ def test_a_worker_stops_when_the_launcher_is_killed_outright_and_frees_the_folde
                 pass
     with hold_folder(out, "--output_dir", "a resumed run"):  # the worker's lock went with it
         pass
+
+
+def test_the_cause_named_is_the_worker_that_said_why_or_died_not_those_stopped_after_it(tmp_path):
+    from types import SimpleNamespace
+
+    from bert_pretrain.launch import _cause, _describe
+
+    said = tmp_path / "error.json"
+    said.write_text("{}")
+
+    def failure(exitcode, timestamp, error_file="<N/A>", message=""):
+        return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file=str(error_file), message=message)
+
+    def err(**failures):
+        ordered = {int(k[1:]): v for k, v in failures.items()}
+        return SimpleNamespace(failures=ordered, get_first_failure=lambda: min(ordered.items(),
+                                                                               key=lambda i: i[1].timestamp))
+
+    stopped, lost = failure(-signal.SIGTERM, 100), failure(1, 100)  # torchrun's SIGTERM; "lost contact"
+    shard = failure(2, 101, said, "DATA/part_3.hdf5: not a readable HDF5 file")
+    assert _cause(err(r0=stopped, r1=shard)) == (1, shard)
+    assert _describe(1, shard) == "rank 1: DATA/part_3.hdf5: not a readable HDF5 file"
+    killed = failure(-signal.SIGKILL, 101)
+    assert _cause(err(r0=lost, r1=killed)) == (1, killed)
+    assert _describe(1, killed) == "the process of rank 1 was killed by SIGKILL"
+    crashed = failure(1, 102)
+    assert _cause(err(r0=stopped, r1=crashed)) == (1, crashed)
+    assert _describe(1, crashed) == "the process of rank 1 exited with code 1"

@@ -2,8 +2,8 @@
 
 The levels, bottom up, with what each subpackage may use:
   0 helpers        errors, atomic, strict_json, folder_lock (one writer per output folder), parent_death (a child
-                   that ends with its parent), regular_file (an input is a regular file, not a FIFO or device):
-                   no project imports beyond each other
+                   that ends with its parent), regular_file (an input is a regular file, not a FIFO or device),
+                   failure_cause (a worker's error line for torchrun's agent): no project imports beyond each other
   0 options/       every command's flags (dataclass fields -> argparse and TOML); helpers only, and no torch,
                    h5py or numpy (test_the_command_line_is_built_without_heavy_imports)
   1 kernels/       Triton and compiled pieces; only helpers (each has a plain reference in its tests)
@@ -34,6 +34,7 @@ PACKAGE = Path(bert_pretrain.__file__).parent
 SUBPACKAGE_LEVELS = {"options": 0, "kernels": 1, "data": 3, "prepare": 4, "train": 5, "bench": 5}
 MODULE_LEVELS = {
     "errors": 0, "atomic": 0, "strict_json": 0, "folder_lock": 0, "parent_death": 0, "regular_file": 0,
+    "failure_cause": 0,
     "batch": 2, "attention": 2, "model": 2, "optim": 2, "distributed": 2, "tf_table": 2, "fp8": 2,
     "devices": 2,
     "step": 4, "build": 4, "weights": 4, "tf_checkpoint": 4, "evaluate": 4,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bert_pretrain.errors import InputError, said_by_the_first_process
+from bert_pretrain.failure_cause import record_failure_cause
 from bert_pretrain.options.bench import BenchOptions
 from bert_pretrain.options.commands import ConvertOptions, DemoOptions, EvaluateOptions, InspectOptions
 from bert_pretrain.options.fields import add_options, from_args
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if not getattr(err, "reported", False):  # said already (train, several processes) or by the first process
             print(f"bert-pretrain {args.command}: error: {err}", file=sys.stderr)
+        record_failure_cause(str(err))  # for the launcher, once torchrun's restarts are spent
         return 2
     except KeyboardInterrupt:
         print(f"bert-pretrain {args.command}: interrupted", file=sys.stderr)

@@ -280,7 +280,12 @@ def require_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
 def save_reference_checkpoint(model: BertForPreTraining, path: str | Path, extra: dict | None = None) -> None:
     """`torch.save({'model': reference_state, **extra})` to `path`, atomically. A write the disk refuses (full,
     failing) raises its OSError and leaves nothing at `path` (nor the temporary)."""
-    payload = {MODEL_KEY: reference_state(model), **(extra or {})}
+    write_checkpoint_file({MODEL_KEY: reference_state(model), **(extra or {})}, path)
+
+
+def write_checkpoint_file(payload: dict, path: str | Path) -> None:
+    """`torch.save(payload)` to `path`, atomically; a write the disk refuses raises its OSError and leaves nothing
+    at `path` (nor the temporary)."""
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "wb") as file:  # a Python file: the disk's error reaches torch with its errno

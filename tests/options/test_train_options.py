@@ -64,6 +64,14 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path, paths):
     assert config.optimizer.max_steps == 1536  # default kept
 
 
+def test_the_time_cadence_of_checkpoints_is_a_flag_and_a_toml_key(tmp_path, paths):
+    assert load(paths).checkpoint.checkpoint_every_minutes == 0  # by samples only, as the reference
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text("checkpoint_every_minutes = 30\n")
+    assert load(["--config", str(run_toml), *paths]).checkpoint.checkpoint_every_minutes == 30
+    assert load(["--checkpoint_every_minutes", "2.5", *paths]).checkpoint.checkpoint_every_minutes == 2.5
+
+
 # DeepSparkHub's train_bert_pretraining_amp_dist.sh, its run_pretraining.py flags as written there.
 DEEPSPARKHUB_LINE = ("--do_train --eval_iter_start_samples 150000 --eval_iter_samples 150000 --num_eval_examples 10000 "
             "--warmup_proportion=0 --warmup_steps=0 --start_warmup_step=0 --phase2 --max_seq_length=512 "

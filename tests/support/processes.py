@@ -1,6 +1,20 @@
-"""Waiting for a process to end, by polling /proc (a poll, not a timing)."""
+"""Finding torchrun's workers and waiting for a process to end, by polling /proc (a poll, not a timing)."""
 
 import time
+from pathlib import Path
+
+
+def worker_pids(parent: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (Linux /proc)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"RANK="):
+                ranks[int(item[5:])] = pid
+    return ranks
+
 
 
 def wait_until_gone(pid: int, patience_s: float = 60.0) -> bool:

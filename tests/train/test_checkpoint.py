@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
-from support.states import CPU, make_state, trained_state
+from support.states import CPU, assert_same_training_state, make_state, trained_state
 
 from bert_pretrain.data.loader import DataPosition
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
+    CheckpointWriter,
     Progress,
     gather_rank_states,
+    host_snapshot,
     read_training_checkpoint,
     restore_training_state,
     save_training_checkpoint,
@@ -101,6 +103,45 @@ def test_checkpoints_are_due_on_the_reference_sample_rule(tmp_path):
     assert s.due(Progress(samples=400, samples_at_last_checkpoint=300))
     assert s.path_for(12).name == "phase2_ckpt_12.pt"
     assert schedule(tmp_path, phase2=False).path_for(12).name == "phase1_ckpt_12.pt"
+
+
+def test_checkpoints_are_also_due_by_the_clock_when_asked(tmp_path):
+    s = schedule(tmp_path, every_minutes=2.0)
+    assert not s.due_by_time(Progress(samples=400), seconds_since_last=119.9)
+    assert s.due_by_time(Progress(samples=400), seconds_since_last=120.0)
+    assert not s.due_by_time(Progress(samples=250), seconds_since_last=1e6)  # before min_samples_to_start
+    assert not schedule(tmp_path).due_by_time(Progress(samples=400), seconds_since_last=1e6)  # 0: samples only
+
+
+def test_a_background_write_saves_the_state_as_it_was_when_started(tmp_path):
+    """The steps after a save change the state in place while it is written: the file holds the copy."""
+    state = trained_state()
+    blocking, background = tmp_path / "phase1_ckpt_2.pt", tmp_path / "later" / "phase1_ckpt_2.pt"
+    save_training_checkpoint(blocking, state, gather_rank_states(state, CPU), run={"seed": 42})
+    writer, written = CheckpointWriter(), []
+    writer.start(background, host_snapshot(state, gather_rank_states(state, CPU), {"seed": 42}),
+                 then=lambda: written.append(background.exists()))
+    with torch.no_grad():  # what the next steps do, possibly before the writer has read a byte
+        for tensor in [*state.model.parameters(), *state.optimizer.state_dict()["state"][0].values()]:
+            tensor.add_(1.0)
+    writer.wait()
+    assert written == [True]
+    assert_same_training_state(blocking, background)
+    loaded = torch.load(background, weights_only=True)["model"]  # the tied decoder is still one storage
+    assert loaded["cls.predictions.decoder.weight"].data_ptr() == loaded[
+        "bert.embeddings.word_embeddings.weight"].data_ptr()
+
+
+def test_a_failed_background_write_is_raised_by_wait_and_leaves_nothing(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    path = tmp_path / "a_file" / "phase1_ckpt_2.pt"
+    state = trained_state()
+    writer = CheckpointWriter()
+    writer.start(path, host_snapshot(state, gather_rank_states(state, CPU), {}))
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # said once
+    assert not path.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_only_the_newest_checkpoints_are_kept_and_partial_writes_ignored(tmp_path):

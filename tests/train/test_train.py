@@ -434,6 +434,91 @@ def test_resuming_from_a_checkpoint_the_safe_loader_refuses_says_why_without_tor
     assert not marker.exists()
 
 
+def test_the_steps_after_a_checkpoint_run_while_it_is_written_and_writes_never_overlap(data, tmp_path, monkeypatch):
+    """The first save's write holds until two more steps are trained (up to a minute): a blocking save never
+    lets them run. Each later save waits for the write before it."""
+    import threading
+
+    from bert_pretrain.train import loop
+
+    real_save, real_step = torch.save, loop.train_step
+    steps, writing, seen = [], [], {"overlap": False, "steps_during_first_write": 0}
+    lock = threading.Lock()
+
+    def counted_step(*args, **kwargs):
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    def held_save(payload, file, *args, **kwargs):
+        with lock:
+            seen["overlap"] |= bool(writing)
+            writing.append(1)
+        try:
+            if payload["global_step"] == 2:
+                before, deadline = len(steps), time.monotonic() + 60
+                while len(steps) < before + 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen["steps_during_first_write"] = len(steps) - before
+            return real_save(payload, file, *args, **kwargs)
+        finally:
+            writing.pop()
+
+    monkeypatch.setattr(loop, "train_step", counted_step)
+    monkeypatch.setattr(torch, "save", held_save)
+    out = tmp_path / "out"
+    result = cli_here("train", *train_flags(data, out, max_steps=8, log_freq=1, num_samples_per_checkpoint=32,
+                                            min_samples_to_start_checkpoints=0, keep_n_most_recent_checkpoints=10))
+    assert result.returncode == 0, result.stderr
+    assert seen == {"overlap": False, "steps_during_first_write": 2}
+    assert sorted(p.name for p in out.glob("phase1_ckpt_*.pt")) == [f"phase1_ckpt_{s}.pt" for s in (2, 4, 6, 8)]
+    assert read_training_checkpoint(out / "phase1_ckpt_2.pt")["progress"]["samples"] == 32  # the state at step 2
+
+
+def test_checkpoint_every_minutes_adds_checkpoints_at_the_sync_points(data, tmp_path):
+    """A cadence of 6 microseconds is due at every sync point (here every log, 2 steps); the sample cadence
+    (the default 500,000) never is."""
+    out = tmp_path / "out"
+    result = cli_here("train", *train_flags(data, out, max_steps=6, log_freq=2, min_samples_to_start_checkpoints=0,
+                                            checkpoint_every_minutes=1e-7))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("phase1_ckpt_*.pt")) == [f"phase1_ckpt_{s}.pt" for s in (2, 4, 6)]
+    negative = cli_here("train", *train_flags(data, tmp_path / "other", checkpoint_every_minutes=-1))
+    assert negative.returncode == 2 and "--checkpoint_every_minutes must be >= 0" in negative.stderr
+
+
+@pytest.mark.slow
+def test_a_process_killed_while_writing_a_checkpoint_leaves_the_one_before_intact(data, tmp_path):
+    """The second checkpoint's write stops half way (its bytes in the temporary) and the process is killed: the
+    first stays whole, the resumed run removes the temporary and continues from the first."""
+    script = ("import sys, time, torch\n"
+              "real, calls = torch.save, []\n"
+              "def half_then_hang(payload, file, *args, **kwargs):\n"
+              "    calls.append(1)\n"
+              "    if len(calls) == 2:\n"
+              "        file.write(b'PK half a checkpoint'); file.flush(); time.sleep(3600)\n"
+              "    return real(payload, file, *args, **kwargs)\n"
+              "torch.save = half_then_hang\n"
+              "from bert_pretrain import cli\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    out = tmp_path / "out"
+    flags = train_flags(data, out, max_steps=40, log_freq=1, num_samples_per_checkpoint=16 * 5,
+                        min_samples_to_start_checkpoints=0, target_mlm_accuracy=0.999)
+    process = subprocess.Popen([sys.executable, "-c", script, "train", *flags], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, **SUBPROCESS_ENV})
+    deadline = time.time() + 120
+    while not list(out.glob(".phase1_ckpt_10.pt.tmp-*")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert not (out / "phase1_ckpt_10.pt").exists()
+    assert read_training_checkpoint(out / "phase1_ckpt_5.pt")["global_step"] == 5
+    resumed = train(*flags, "--resume_from_checkpoint")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {out / 'phase1_ckpt_5.pt'} at step 5" in resumed.stderr
+    assert not list(out.glob(".*tmp*")) and read_training_checkpoint(out / "phase1_ckpt_40.pt")["global_step"] == 40
+
+
 def _refused_runs(data: Path, tmp_path: Path) -> list[tuple[list[str], str]]:
     """(train flags, what the refusal says) for runs refused by something found while setting up."""
     from conftest import easy_mlperf_arrays, write_crafted_shard

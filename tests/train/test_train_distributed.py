@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, SUBPROCESS_ENV, tiny_config, train_flags, write_data_folder
+from support.processes import worker_pids
 
 from bert_pretrain.train.checkpoint import read_training_checkpoint
 
@@ -62,18 +63,6 @@ def test_two_processes_equal_one_process_accumulating_two_micro_batches(data, tm
     weights_one = read_training_checkpoint(one / "phase1_ckpt_12.pt")["model"]
     for name, tensor in weights_two.items():
         torch.testing.assert_close(tensor, weights_one[name], rtol=1e-5, atol=1e-5, msg=name)
-
-
-def _worker_pids(parent: int) -> dict[int, int]:
-    """rank -> pid of torchrun's worker processes (Linux /proc)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    ranks = {}
-    for pid in map(int, children):
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        for item in environ:
-            if item.startswith(b"RANK="):
-                ranks[int(item[5:])] = pid
-    return ranks
 
 
 def test_a_bad_shard_on_one_rank_is_named_before_the_others_lose_contact(data, tmp_path):
@@ -128,7 +117,7 @@ def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(data, tmp_path
     while not list(out.glob("phase1_ckpt_*.pt")):
         assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
         time.sleep(0.05)
-    os.kill(_worker_pids(process.pid)[1], signal.SIGKILL)
+    os.kill(worker_pids(process.pid)[1], signal.SIGKILL)
     killed_at = time.time()
     output = process.communicate(timeout=120)[0]
     assert time.time() - killed_at < 60
@@ -152,7 +141,7 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(data, tmp_path)
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # both ranks are in the loop
         assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
         time.sleep(0.05)
-    os.kill(_worker_pids(process.pid)[1], signal.SIGTERM)
+    os.kill(worker_pids(process.pid)[1], signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     # torchrun reports the exit code 128 + 15 of the interrupted workers as a failure (its own traceback);
     # the rank that got no signal must not fail on it (it did: IndexError) nor lose contact with the other

@@ -124,6 +124,8 @@ class CheckpointOptions:
     skip_checkpoint: bool = option(False, "write no periodic or final checkpoint (an interrupted run still "
                                           "writes one, so it can be resumed)")
     num_samples_per_checkpoint: int = option(500_000, "samples between checkpoints")
+    checkpoint_every_minutes: float = option(0.0, "also a checkpoint once this many minutes have passed since the "
+                                                   "last (checked at least every 50 steps); 0: by samples only")
     min_samples_to_start_checkpoints: int = option(3_000_000, "no periodic checkpoint before this many samples")
     keep_n_most_recent_checkpoints: int = option(20, "older checkpoints in --output_dir are deleted")
 
@@ -352,6 +354,8 @@ def validate(config: RunConfig) -> None:
     _require(0 <= run.target_mlm_accuracy <= 1,
              f"--target_mlm_accuracy is a fraction in [0, 1] (MLPerf: 0.720), got {run.target_mlm_accuracy}")
     _require(run.log_freq >= 0, f"--log_freq must be >= 0 (0 turns the training log off), got {run.log_freq}")
+    _require(ckpt.checkpoint_every_minutes >= 0,
+             f"--checkpoint_every_minutes must be >= 0 (0: by samples only), got {ckpt.checkpoint_every_minutes}")
     _require(ckpt.min_samples_to_start_checkpoints >= 0,
              f"--min_samples_to_start_checkpoints must be >= 0, got {ckpt.min_samples_to_start_checkpoints}")
     if run.eval_iter_start_samples is not None:

@@ -14,14 +14,24 @@ Everything is plain data (tensors, numbers, strings, lists, dicts), so loading u
 
 Periodic checkpoints follow the reference: one once `num_samples_per_checkpoint` samples have
 passed since the last and at least `min_samples_to_start_checkpoints` were trained; one at the
-end; the `keep_n_most_recent_checkpoints` newest are kept. Names: phase2_ckpt_<step>.pt with
+end; the `keep_n_most_recent_checkpoints` newest are kept. Beside it, `checkpoint_every_minutes`
+makes one due once that much wall time has passed since the last (same minimum of samples), so a
+lost process costs at most those minutes whatever the step time. Names: phase2_ckpt_<step>.pt with
 --phase2, else phase1_ckpt_<step>.pt.
+
+Saving does not stall training: the state is copied to host memory (`host_snapshot`, the only part
+the steps wait for) and `CheckpointWriter` writes the copy on a background thread while the next
+steps run. One write at a time: the next save, and the end of the run, wait for the one in progress.
+The write goes to a temporary name that is renamed into place only when whole (atomic.py), so a
+process killed mid-write leaves the previous checkpoints intact.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -34,7 +44,13 @@ from bert_pretrain.distributed import gather_objects
 from bert_pretrain.errors import InputError
 from bert_pretrain.model import BertForPreTraining
 from bert_pretrain.train.checkpoint_check import check_training_checkpoint
-from bert_pretrain.weights import load_reference_state, refused_as_unsafe, save_reference_checkpoint
+from bert_pretrain.weights import (
+    MODEL_KEY,
+    load_reference_state,
+    reference_state,
+    refused_as_unsafe,
+    write_checkpoint_file,
+)
 
 FORMAT = "bert-pretrain training state v1"
 _STEP = re.compile(r"^phase[12]_ckpt_(\d+)\.pt$")
@@ -96,8 +112,19 @@ def gather_rank_states(state: TrainingState, device: torch.device) -> list[dict]
 
 
 def save_training_checkpoint(path: Path, state: TrainingState, rank_states: list[dict], run: dict) -> None:
-    """Write the checkpoint atomically (call on rank 0 only)."""
-    extra = {
+    """Write the checkpoint atomically (call on rank 0 only), blocking until it is on disk."""
+    write_checkpoint_file(_payload(state, rank_states, run), path)
+
+
+def host_snapshot(state: TrainingState, rank_states: list[dict], run: dict) -> dict:
+    """The checkpoint's payload, every tensor copied to host memory: the training steps may change the state as
+    soon as this returns, while the copy is written."""
+    return _copied(_payload(state, rank_states, run), {})
+
+
+def _payload(state: TrainingState, rank_states: list[dict], run: dict) -> dict:
+    return {
+        MODEL_KEY: reference_state(state.model),
         "format": FORMAT,
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict(),
@@ -106,7 +133,58 @@ def save_training_checkpoint(path: Path, state: TrainingState, rank_states: list
         "rank_states": rank_states,
         "run": run,
     }
-    save_reference_checkpoint(state.model, path, extra=extra)
+
+
+def _copied(value, seen: dict):
+    """`value` with every tensor copied to the CPU and every container rebuilt. Views of one storage stay one
+    copy (the tied word embeddings and decoder: torch.save writes shared storage once)."""
+    if isinstance(value, torch.Tensor):
+        key = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if key not in seen:
+            seen[key] = value.detach().to("cpu", copy=True)
+        return seen[key]
+    if isinstance(value, dict):
+        return {k: _copied(v, seen) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v, seen) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, one at a time (rank 0's).
+
+    `start` returns once the write has begun; `wait` blocks until it is done and raises what it raised (an
+    OSError from a full or failing disk), so the caller reports it where the run can stop cleanly.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, path: Path, payload: dict, then: Callable[[], None] = lambda: None) -> None:
+        """Write `payload` (a `host_snapshot`) to `path`, then call `then` (on the writer's thread); waits for the
+        write before it first."""
+        self.wait()
+
+        def write() -> None:
+            try:
+                write_checkpoint_file(payload, path)
+                then()
+            except BaseException as err:  # handed to the main thread by `wait`
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint {path.name}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in progress (if any) is done; raise its error."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 class WeightsOnly(InputError):
@@ -179,6 +257,7 @@ class CheckpointSchedule:
     num_samples_per_checkpoint: int
     min_samples_to_start_checkpoints: int
     keep_n_most_recent_checkpoints: int
+    every_minutes: float = 0.0  # 0: no time-based checkpoints
 
     @property
     def prefix(self) -> str:
@@ -188,7 +267,14 @@ class CheckpointSchedule:
         return self.output_dir / f"{self.prefix}{step}.pt"
 
     def due(self, progress: Progress) -> bool:
+        """Due by samples: the same verdict on every process."""
         return (progress.samples - progress.samples_at_last_checkpoint >= self.num_samples_per_checkpoint
+                and progress.samples >= self.min_samples_to_start_checkpoints)
+
+    def due_by_time(self, progress: Progress, seconds_since_last: float) -> bool:
+        """Due by this process's clock: the processes must agree on it before acting (the loop does, at its
+        sync points)."""
+        return (self.every_minutes > 0 and seconds_since_last >= self.every_minutes * 60
                 and progress.samples >= self.min_samples_to_start_checkpoints)
 
     def existing(self) -> list[Path]:

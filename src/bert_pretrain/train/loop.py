@@ -4,7 +4,9 @@ The loop (`_loop`) reads as its steps: next micro-batches, learning rate, `train
 then, when due, log, eval, checkpoint; stop on the target (status success), --max_steps or
 --max_samples_termination (aborted), a signal (a checkpoint, then a clean exit) or a divergence:
 a non-finite loss, or a state that fails the check before a save (train/divergence.py); the error
-names the step and the last checkpoint that passed, and nothing is saved from the diverged state. Losses stay on
+names the step and the last checkpoint that passed, and nothing is saved from the diverged state.
+A checkpoint is copied to host memory and written on a background thread while the next steps run
+(train/checkpoint.py); the next save, a divergence stop and the end of the run wait for it. Losses stay on
 the device and are read only at sync points (log, eval, checkpoint, every SYNC_EVERY steps), where
 the processes also agree on whether to stop. Counting follows the reference: `step` is updates
 applied (an fp16 step skipped for overflow is not one), `samples` is sequences consumed by all
@@ -28,12 +30,11 @@ from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
-from bert_pretrain.train.checkpoint import Progress, gather_rank_states, save_training_checkpoint
+from bert_pretrain.train.checkpoint import Progress, gather_rank_states, host_snapshot
 from bert_pretrain.train.metrics import peak_memory_gb
 from bert_pretrain.train.setup import PeerLost, Run, hold_output_folder, peer_safe, remove_unused_folder, setup
 
-# Several processes agree on stopping (signals, non-finite loss) at least this often, in steps.
-# Steps between sync points when nothing else is due. Each costs one all-reduce of two numbers and a wait for
+# Steps between sync points when nothing else is due. Each costs one all-reduce of three numbers and a wait for
 # the device (the step otherwise never waits); every 50 steps keeps that rare, while a SIGTERM or a non-finite
 # loss is still acted on within 50 steps, before a checkpoint could save damaged weights.
 SYNC_EVERY = 50
@@ -71,6 +72,7 @@ def train(config: RunConfig, stream_factory=None) -> int:
     finally:
         _restore_signals(previous_handlers)
         if run is not None:
+            _finish_write_quietly(run)
             run.observers.close()
             run.stream.close()
             _release_ddp(run)
@@ -105,6 +107,7 @@ def _loop(run: Run) -> tuple[str, str]:
         return done
     run.observers.run_start(progress.step)
     run.last_log = (time.time(), progress.samples)
+    run.last_checkpoint_time = time.monotonic()
     while True:
         _open_block(run)
         # a collective with --exchange_padding: the step's rows are pooled over the processes
@@ -130,8 +133,10 @@ def _loop(run: Run) -> tuple[str, str]:
         if not (log_due or eval_due or checkpoint_due or status or attempt % SYNC_EVERY == 0
                 or (run.signals and run.info.world_size == 1)):
             continue
-        if _agree_to_stop(run):  # every process now holds the signal some process received
+        signalled, clock_due = _sync_point(run)
+        if signalled:  # every process now holds the signal some process received
             status, reason = "interrupted", f"signal {signal.Signals(run.signals[0]).name}"
+        checkpoint_due = checkpoint_due or (clock_due and not config.checkpoint.skip_checkpoint)
         if log_due:
             _log(run)
         if eval_due:  # also when interrupted: the checkpoint then carries this eval, as an uninterrupted run's
@@ -217,36 +222,55 @@ def _evaluate(run: Run) -> bool:
 
 def _checkpoint(run: Run, forced: bool, final: bool) -> None:
     """Save on rank 0 (every process contributes its data position and RNG states), only from a sane state:
-    a divergent one stops the run instead, with an error naming the last checkpoint that passed."""
+    a divergent one stops the run instead, with an error naming the last checkpoint that passed. The write
+    runs in the background; the final one is waited for."""
     config, state, progress = run.config, run.state, run.state.progress
     if (config.checkpoint.skip_checkpoint and not forced) or run.saved_step == progress.step:
         return
     began = time.time()
+    _wait_for_write(run)  # before the check: it may delete the pending checkpoint, which must be on disk
     _collective(run, lambda: run.divergence.check(state.model.parameters(), progress.step + progress.skipped_steps))
     progress.samples_at_last_checkpoint = progress.samples
     rank_states = _collective(run, lambda: gather_rank_states(state, run.info.device))
     path = run.schedule.path_for(progress.step)
     if run.info.is_main:
-        _save(run, path, rank_states)
-        run.schedule.remove_old(keep=run.divergence.passed)
-        run.observers.say(f"{'final ' if final else ''}checkpoint {path}")
+        keep, say = run.divergence.passed, run.observers.say
+
+        def written() -> None:
+            run.schedule.remove_old(keep=keep)
+            say(f"{'final ' if final else ''}checkpoint {path}")
+
+        run.writer.start(path, host_snapshot(state, rank_states, config.flat()), then=written)
+        if final:
+            _wait_for_write(run)
     run.divergence.saved(path)
     run.saved_step = progress.step
+    run.last_checkpoint_time = time.monotonic()
     _pause(run, began)
 
 
-def _save(run: Run, path, rank_states: list[dict]) -> None:
-    """Write the checkpoint; a disk that fills or fails mid-write is a one-line error. The write goes to a
-    temporary that is removed on failure (atomic_path), so the checkpoints before it stay whole."""
+def _wait_for_write(run: Run) -> None:
+    """Wait for the checkpoint being written; a disk that filled or failed mid-write is a one-line error. The
+    write went to a temporary that was removed on failure (atomic_path), so the checkpoints before it are whole."""
     try:
-        save_training_checkpoint(path, run.state, rank_states, run.config.flat())
+        run.writer.wait()
     except OSError as err:
+        path = run.schedule.path_for(run.saved_step)
         reason = err.strerror or str(err)
         latest = run.schedule.latest()
         kept = f"the last checkpoint, {latest}, is intact" if latest else "no earlier checkpoint was written"
         raise InputError(f"{path}: the checkpoint could not be written ({reason}); {kept}; free space on the "
                          "disk of --output_dir (or pass another one) and resume with --resume_from_checkpoint"
                          ) from None
+
+
+def _finish_write_quietly(run: Run) -> None:
+    """On the way out of a run that failed: the checkpoint being written is finished (it is whole and sane, and
+    a restart continues from it); an error of its own is said, not raised over the one in flight."""
+    try:
+        _wait_for_write(run)
+    except InputError as err:
+        print(f"bert-pretrain train: error: {err}", file=sys.stderr, flush=True)
 
 
 def _pause(run: Run, began: float) -> None:
@@ -256,26 +280,29 @@ def _pause(run: Run, began: float) -> None:
     run.last_log = (run.last_log[0] + now - began, run.last_log[1])
 
 
-def _agree_to_stop(run: Run) -> bool:
-    """The sync point: every process learns whether any received a signal (and which: a process that
-    received none records it too), and a non-finite loss stops the run here, before a checkpoint
-    could save the damaged weights."""
+def _sync_point(run: Run) -> tuple[bool, bool]:
+    """Every process learns whether any received a signal (and which: a process that received none records it
+    too) and whether any clock says a time-based checkpoint is due; a non-finite loss stops the run here, before
+    a checkpoint could save the damaged weights. Returns (signalled, checkpoint due by time)."""
     device = run.info.device
-    # One MAX all-reduce answers both questions: the largest signal number, and, through the negation, the
+    clock_due = run.schedule.due_by_time(run.state.progress, time.monotonic() - run.last_checkpoint_time)
+    # One MAX all-reduce answers all three questions: the largest signal number; through the negation, the
     # smallest (earliest) step whose loss was not finite on any process (a clean process holds +inf, so the
-    # result is -inf only when every process is clean).
+    # result is -inf only when every process is clean); whether any clock says a checkpoint is due.
     flags = torch.stack([torch.tensor(float(run.signals[0] if run.signals else 0), dtype=torch.float64, device=device),
-                         -run.tracker.first_bad_step])
+                         -run.tracker.first_bad_step,
+                         torch.tensor(float(clock_due), dtype=torch.float64, device=device)])
     if is_distributed():
         _collective(run, lambda: dist.all_reduce(flags, op=dist.ReduceOp.MAX))
-    signalled, negative_bad_step = flags.tolist()
+    signalled, negative_bad_step, clock_due = flags.tolist()
     if signalled and not run.signals:
         run.signals.append(int(signalled))
     if negative_bad_step != float("-inf"):
         problem = (f"the loss of step {int(-negative_bad_step)} is not finite and fp16 loss scaling does not "
                    "explain it")
+        _wait_for_write(run)  # the check may delete the pending checkpoint: it must be on disk first
         raise _collective(run, lambda: run.divergence.stopped(run.state.model.parameters(), problem))
-    return signalled > 0
+    return signalled > 0, clock_due > 0
 
 
 def _collective(run: Run, work):
@@ -297,6 +324,7 @@ def _verify_checkpoint(run: Run) -> None:
 def _finish(run: Run, status: str, reason: str, started: float, loop_started: float) -> None:
     """Close the MLPerf log; print and write the end-of-run summary (rank 0)."""
     progress, info = run.state.progress, run.info
+    _wait_for_write(run)
     run.observers.run_stop("success" if status == "success" else "aborted", progress.samples,
                            run.config.data.num_eval_examples)
     memory = _collective(run, lambda: gather_objects(peak_memory_gb(info.device)))
@@ -321,6 +349,7 @@ def _finish(run: Run, status: str, reason: str, started: float, loop_started: fl
         summary["final_mlm_accuracy"] = progress.eval_history[-1]["mlm_accuracy"]
     if run.resumed_from is not None:
         summary["resumed_from"] = str(run.resumed_from)
+    summary["restarts"] = run.observers.metrics.restarts()  # torchrun's restarts of this job, each where it went on
     run.observers.metrics.write_summary(summary)
     shown = ["status", "stopped_by", "end_to_end_seconds", "train_samples_per_second", "final_mlm_accuracy",
              "steps", "samples_trained", "peak_memory_gb_max"]

@@ -62,7 +62,7 @@ def _checked(values: dict) -> dict:
 class MetricsWriter:
     """Appends one JSON object per `train`/`eval` call to `<output_dir>/metrics.jsonl` (flushed at once).
 
-    Each line is {"kind": "train"|"eval", "step": optimizer steps, "samples": training samples
+    Each line is {"kind": "train"|"eval"|"restart", "step": optimizer steps, "samples": training samples
     seen, "time": unix seconds, **values}. With `resume=True` the file is continued and its earlier
     lines are kept in the plot; otherwise it starts empty. When the tensorboard package is
     installed, every numeric value is also a scalar "<kind>/<key>" against samples, under
@@ -105,6 +105,15 @@ class MetricsWriter:
     def eval(self, step: int, samples: int, values: dict) -> None:
         """Eval results at `step`, e.g. EvalResult.to_dict() ({"mlm_accuracy": ..., ...})."""
         self._record("eval", step, samples, values)
+
+    def restart(self, step: int, samples: int, restart: int, resumed_from: str) -> None:
+        """torchrun's restart `restart` of the job continues at `step` from `resumed_from` ("": the beginning)."""
+        self._record("restart", step, samples, {"restart": restart, "resumed_from": resumed_from})
+
+    def restarts(self) -> list[dict]:
+        """The job's restarts recorded in this folder, oldest first (empty when disabled)."""
+        return [{k: r[k] for k in ("restart", "step", "samples", "resumed_from")}
+                for r in self._history if r.get("kind") == "restart"]
 
     def _record(self, kind: str, step: int, samples: int, values: dict) -> None:
         if not self.enabled:
@@ -184,7 +193,10 @@ class MetricsWriter:
         if not self.enabled:
             return
         with atomic_path(self.output_dir / SUMMARY_FILE) as tmp:
-            tmp.write_text(strict_json.dumps(_checked(values), indent=2) + "\n", encoding="utf-8")
+            _checked({k: v for k, v in values.items() if not isinstance(v, list)})
+            for record in (r for v in values.values() if isinstance(v, list) for r in v):  # the restarts
+                _checked(record)
+            tmp.write_text(strict_json.dumps(values, indent=2) + "\n", encoding="utf-8")
 
     def close(self) -> None:
         if self._plotter is not None:

@@ -29,6 +29,7 @@ DIVISIONS = ("closed", "open")
 SUBMISSION_STATUSES = ("cloud", "onprem", "preview", "research")
 RUN_STATUSES = (constants.SUCCESS, constants.ABORTED)
 EPSILON_KEYS = ("opt_epsilon", "opt_lamb_epsilon")
+RESTART = "restart"  # a worker torchrun restarted (train/recovery.py): the job's restart count
 # Keys `hyperparameters()` insists on: every key the 1.0.0 and 5.0.0 BERT rules require, except the
 # epsilon, which may come under either of its names and is logged under both.
 REQUIRED_HYPERPARAMETERS = (
@@ -112,6 +113,11 @@ class MLPerfLogger:
         (unix milliseconds) when initialisation began before the log was opened."""
         self._log("event", constants.CACHE_CLEAR, value=bool(cache_cleared), time_ms=time_ms)
         self._log("start", constants.INIT_START, time_ms=time_ms)
+
+    def restart(self, count: int, resumed_from: str, samples: int) -> None:
+        """A worker torchrun restarted after a failure: which restart, and the checkpoint it continues from ("" for
+        the beginning). Not an MLPerf key; the compliance checker allows keys it does not know."""
+        self._log("event", RESTART, value=int(count), metadata={"resumed_from": resumed_from, **_at(samples)})
 
     def submission(self, org: str, platform: str, division: str = "closed", status: str = "onprem") -> None:
         """The submission records (benchmark "bert"); org, e.g. "ACME"; platform, e.g. "1xH100-SXM"."""

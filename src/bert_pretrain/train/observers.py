@@ -87,6 +87,12 @@ class RunObservers:
         else:
             print(message, file=sys.stderr, flush=True)
 
+    def restarted(self, count: int, resumed_from: Path | None, progress) -> None:
+        """This is torchrun's restart `count` of the job, continuing from `resumed_from` (None: from the start)."""
+        source = str(resumed_from) if resumed_from is not None else ""
+        self.mlperf.restart(count, source, progress.samples)
+        self.metrics.restart(progress.step, progress.samples, count, source)
+
     def run_start(self, step: int) -> None:
         self.mlperf.init_stop()
         self.mlperf.run_start()

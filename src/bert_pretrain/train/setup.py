@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from bert_pretrain.optim import LAMB_EPSILON, LrSchedule
 from bert_pretrain.options.train import RunConfig
 from bert_pretrain.train.checkpoint import (
     CheckpointSchedule,
+    CheckpointWriter,
     Progress,
     TrainingState,
     checkpoints_in,
@@ -51,6 +52,7 @@ from bert_pretrain.train.divergence import DivergenceGuard
 from bert_pretrain.train.metrics import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from bert_pretrain.train.mlperf import eval_interval_samples, eval_steps
 from bert_pretrain.train.observers import RunObservers, StepTracker
+from bert_pretrain.train.recovery import Restart, began_by_this_job, mark_as_this_jobs, this_restart
 from bert_pretrain.weights import read_bert_config, require_positions
 
 # Options that must match between a checkpoint and the run resuming it for the continuation to be exact
@@ -87,6 +89,8 @@ class Run:
     paused_seconds: float = 0.0  # evals and checkpoints
     samples_at_start: int = 0
     last_log: tuple[float, int] = (0.0, 0)  # (time, samples) at the last log
+    last_checkpoint_time: float = 0.0  # time.monotonic() of the last save (or of the loop's start)
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # rank 0's background checkpoint writes
 
 
 def peer_safe(world_size: int, collective, last_checkpoint=lambda: None):
@@ -117,10 +121,14 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
     init_started_ms = int(time.time() * 1000)
     ckpt = config.checkpoint
     schedule = CheckpointSchedule(Path(ckpt.output_dir), ckpt.phase2, ckpt.num_samples_per_checkpoint,
-                                  ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints)
-    resume_path, resume_note = _resume_path(config, info, schedule)
-    if ckpt.resume_from_checkpoint is None:  # asked to resume, a run continues the folder's logs (or, with no
-        _refuse_an_earlier_runs_folder(info, schedule)  # checkpoint to resume from, starts them anew, as told)
+                                  ckpt.min_samples_to_start_checkpoints, ckpt.keep_n_most_recent_checkpoints,
+                                  ckpt.checkpoint_every_minutes)
+    restart = _restart_in_this_jobs_folder(info, schedule.output_dir)
+    resume_path, resume_note = _resume_path(config, info, schedule, restart)
+    # asked to resume, a run continues the folder's logs (or, with no checkpoint to resume from, starts them
+    # anew, as told); a restarted worker's folder holds its own job's files
+    if ckpt.resume_from_checkpoint is None and restart is None:
+        _refuse_an_earlier_runs_folder(info, schedule)
     notes = [resume_note] if resume_note else []
     bert_config = read_bert_config(ckpt.bert_config_path)
     require_positions(bert_config, ckpt.bert_config_path, config.data.max_seq_length)
@@ -134,7 +142,8 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         checkpoint = read_training_checkpoint(resume_path)
         notes += restore_training_state(state, checkpoint, str(resume_path), info.rank, info.world_size,
                                         info.device) + _changed_options(checkpoint.get("run", {}), config)
-        notes.append(f"resuming from {resume_path} at step {state.progress.step} ({state.progress.samples} samples)")
+        notes.append(f"{f'{restart}: ' if restart else ''}resuming from {resume_path} at step {state.progress.step} "
+                     f"({state.progress.samples} samples)")
     model = state.model
     if info.world_size > 1:
         # 100 MB buckets as the reference's native DDP (apex's message_size=1e8): BERT-large's 1.3 GB of fp32
@@ -147,7 +156,9 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
                                         opt.start_warmup_step)
     stream = (stream_factory or shard_stream)(config, info, bert_config.vocab_size, state.data_position)
     try:
-        observers = _observers(config, info, schedule, resume_path, init_started_ms)
+        if restart is None and info.is_main:  # nothing refused the folder: restarts of this job may continue in it
+            mark_as_this_jobs(schedule.output_dir)
+        observers = _observers(config, info, schedule, resume_path, restart is not None, init_started_ms)
     except BaseException:
         stream.close()
         raise
@@ -155,6 +166,10 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
         observers.say(note)
     if checkpoint is not None:
         observers.metrics.resume_at(state.progress.samples)
+    elif restart is not None:  # from the beginning: the restart records stay, the killed attempt's logs go
+        observers.metrics.resume_at(0)
+    if restart is not None:
+        observers.restarted(restart.count, resume_path, state.progress)
     if info.is_main:
         schedule.remove_partial_writes()
     run = Run(config=config, info=info, state=state, model=model, stream=stream, eval_batches=eval_batches,
@@ -168,11 +183,12 @@ def setup(config: RunConfig, info: DistInfo, signals: list[int], stream_factory=
 
 
 def _observers(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule, resume_path: Path | None,
-               init_started_ms: int) -> RunObservers:
-    """The MLPerf log, metrics and progress bar: the run's first files in --output_dir."""
+               restarted: bool, init_started_ms: int) -> RunObservers:
+    """The MLPerf log, metrics and progress bar: the run's first files in --output_dir (a restart continues
+    metrics.jsonl, whose restart records it keeps)."""
     log_name = f"mlperf_resumed_{resume_path.stem}.log" if resume_path else "mlperf.log"
     observers = RunObservers(schedule.output_dir, info.is_main, schedule.output_dir / log_name,
-                             resumed=resume_path is not None, progress_bar=config.system.progress,
+                             resumed=resume_path is not None or restarted, progress_bar=config.system.progress,
                              total_steps=config.optimizer.max_steps, target_accuracy=config.run.target_mlm_accuracy)
     observers.mlperf.init_start(cache_cleared=config.mlperf.cache_cleared, time_ms=init_started_ms)
     return observers
@@ -210,19 +226,35 @@ def _require_writable_folder(output_dir: Path) -> None:
                          "this user may write to, on a writable file system") from None
 
 
-def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule) -> tuple[Path | None, str]:
-    """The checkpoint to resume from (the same on every process) and a note for the user."""
+def _restart_in_this_jobs_folder(info: DistInfo, output_dir: Path) -> Restart | None:
+    """The restart this worker is, when its job began --output_dir; else None (a first attempt, or a restart
+    of one that was refused: it is judged as a first attempt again). Rank 0 decides, so every process agrees."""
+    restart = this_restart()
+    if restart is None:
+        return None
+    return restart if broadcast_object(began_by_this_job(output_dir) if info.is_main else None) else None
+
+
+def _resume_path(config: RunConfig, info: DistInfo, schedule: CheckpointSchedule,
+                 restart: Restart | None) -> tuple[Path | None, str]:
+    """The checkpoint to resume from (the same on every process) and a note for the user. A worker torchrun
+    restarted continues from the newest checkpoint in its folder, whatever it was started with."""
     wanted = config.checkpoint.resume_from_checkpoint
-    if wanted is None:
+    if wanted is None and restart is None:
         return None, ""
-    if wanted != "latest":
+    if wanted not in (None, "latest") and restart is None:
         return Path(wanted), ""
     found = schedule.latest() if info.is_main else None
     latest = broadcast_object(str(found) if found else None)  # rank 0 decides, so every process agrees
-    if latest is None:
+    if latest is not None:
+        return Path(latest), ""
+    if restart is None:
         return None, (f"note: --resume_from_checkpoint found no {schedule.prefix}*.pt in {schedule.output_dir}; "
                       "starting a new run")
-    return Path(latest), ""
+    if wanted not in (None, "latest"):  # restarted before this job wrote a checkpoint: where the user started it
+        return Path(wanted), ""
+    return None, (f"{restart}: no {schedule.prefix}*.pt in {schedule.output_dir} yet; starting the run again from "
+                  "the beginning")
 
 
 def hold_output_folder(config: RunConfig, info: DistInfo, stack: ExitStack) -> bool:
