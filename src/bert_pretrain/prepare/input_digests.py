@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bert_pretrain.errors import InputError
-from bert_pretrain.prepare.manifest import read_manifest, write_manifest
+from bert_pretrain.prepare.manifest import read_manifest, update_manifest
 from bert_pretrain.prepare.workers import Workers
 
 INPUTS_KEY = "input_files"  # absolute path -> {"bytes", "mtime_ns", "ctime_ns", "md5"}; not a setting
@@ -103,9 +103,7 @@ class InputDigests:
 
     def save(self) -> None:
         if self._updated:
-            values = read_manifest(self.manifest)
-            values[INPUTS_KEY] = {**values.get(INPUTS_KEY, {}), **self._updated}
-            write_manifest(self.manifest, values)
+            update_manifest(self.manifest, INPUTS_KEY, self._updated)
             self._updated = {}
 
     def notes(self) -> list[str]:

@@ -40,6 +40,13 @@ def write_manifest(path: Path, values: dict) -> None:
         tmp.write_text(strict_json.dumps(values, indent=1) + "\n")
 
 
+def update_manifest(path: Path, key: str, records: dict) -> None:
+    """Add `records` to the manifest's `key` section, keeping the rest (read, merged, written whole)."""
+    values = read_manifest(path)
+    values[key] = {**values.get(key, {}), **records}
+    write_manifest(path, values)
+
+
 def file_digest(path: Path) -> dict:
     """{"bytes": size, "crc32": hex} of the file's bytes, read in 1 MiB chunks."""
     crc, size = 0, 0
@@ -123,9 +130,7 @@ class FinishedFiles:
 
     def save(self) -> None:
         if self._updated:
-            values = read_manifest(self.manifest)
-            values[RECORDS_KEY] = {**values.get(RECORDS_KEY, {}), **self._updated}
-            write_manifest(self.manifest, values)
+            update_manifest(self.manifest, RECORDS_KEY, self._updated)
             self._updated = {}
         self._saved_at = time.monotonic()
 

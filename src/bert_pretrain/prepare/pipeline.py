@@ -105,14 +105,12 @@ def _prepare(options: PrepareOptions, layout: OutputLayout, files: list[tuple[Pa
         shutil.rmtree(spool_dir, ignore_errors=True)  # left by a killed run of this range
         if todo or eval_todo:
             spool_dir.mkdir()
-            spool = SpoolWriter(spool_dir)
+            job = _Job(options, layout, files, todo, eval_todo, SpoolWriter(spool_dir), workers, summary, finished)
             try:
-                _read_corpus(options, files, (str(vocab_file), vocab_sha256), set(todo), eval_todo, spool, workers,
-                             summary)
-                _build(options, layout, todo, eval_todo, spool, VocabIds.from_tokens(vocab_tokens), workers, summary,
-                       finished)
+                _read_corpus(job, (str(vocab_file), vocab_sha256))
+                _build(job, VocabIds.from_tokens(vocab_tokens))
             finally:
-                shutil.rmtree(spool.directory, ignore_errors=True)
+                shutil.rmtree(spool_dir, ignore_errors=True)
                 finished.save()  # what this run finished, also when it fails later
         finished.save()  # the files `check` found whole without a record
     summary.seconds = time.perf_counter() - started
@@ -287,9 +285,25 @@ class _Batches:
         self.eval_members = selector.members()
 
 
-def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_todo: bool, spool: SpoolWriter,
-                 workers: Workers, summary: PrepareSummary) -> None:
+@dataclass
+class _Job:
+    """What this run makes and with what: the two stages (read the corpus, build the outputs) share it."""
+
+    options: PrepareOptions
+    layout: OutputLayout
+    files: list[tuple[Path, str]]
+    todo: list[int]  # the shards of this run's range not yet complete
+    eval_todo: bool  # the eval set too
+    spool: SpoolWriter
+    workers: Workers
+    summary: PrepareSummary  # filled in as the stages go
+    finished: FinishedFiles
+
+
+def _read_corpus(job: _Job, vocab: tuple[str, str]) -> None:
     """Stage 1: tokenize the documents this run needs and spool them by shard (and 'eval')."""
+    options, spool, summary, eval_todo = job.options, job.spool, job.summary, job.eval_todo
+    todo = set(job.todo)
     tally = Tally()
     batches = _Batches(options, todo, eval_todo)
     held: dict[int, tuple[int, tuple | None]] = {}  # held-out documents: index -> (shard, tokens)
@@ -301,9 +315,10 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
             raise InputError(f"a shard passed {slots_limit:,} tokens: more than one worker should hold at "
                              f"--dupe_factor {options.dupe_factor} (see docs/data.md); raise --num_shards")
 
-    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(_raw_documents(files, options, tally)))
+    documents = _raw_documents(job.files, options, tally)
+    arguments = ((batch, *vocab, options.lower_case) for batch in batches.tasks(documents))
     bar = tqdm(unit="doc", desc="read", disable=not options.progress)
-    for results in workers.ordered(tasks.tokenize_documents, arguments):
+    for results in job.workers.ordered(tasks.tokenize_documents, arguments):
         placed, results = batches.placements.popleft(), iter(results)
         for place in placed:
             content = next(results) if place.tokenize else None
@@ -335,12 +350,12 @@ def _read_corpus(options, files, vocab: tuple[str, str], todo: set[int], eval_to
     spool.flush()
     summary.eval_documents = len(eval_members)
     summary.skipped = tally.lines()
-    _check_corpus(options, files, todo, eval_todo, spool, summary, tally)
+    _check_corpus(job, tally)
 
 
-def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: PrepareSummary,
-                  tally: Tally) -> None:
-    names = ", ".join(str(p) for p, _ in files[:3]) + (" ..." if len(files) > 3 else "")
+def _check_corpus(job: _Job, tally: Tally) -> None:
+    options, spool, summary = job.options, job.spool, job.summary
+    names = ", ".join(str(p) for p, _ in job.files[:3]) + (" ..." if len(job.files) > 3 else "")
     if summary.documents == 0 and tally.counts[LONG_LINES]:
         raise InputError(f"{names}: no documents found: {tally.counts[LONG_LINES]:,} lines were skipped because "
                          f"they are longer than the {MAX_LINE_BYTES:,} bytes allowed (first: "
@@ -353,27 +368,27 @@ def _check_corpus(options, files, todo, eval_todo, spool: SpoolWriter, summary: 
         raise InputError(f"{names}: {summary.documents:,} documents, {summary.eval_documents:,} held out for the eval "
                          f"set, leave {training:,} for {options.num_shards:,} shards; lower --num_shards"
                          + (" or --num_eval_documents" if summary.eval_documents else ""))
-    empty = [i for i in sorted(todo) if spool.documents.get(f"part_{i}", 0) == 0]
+    empty = [i for i in sorted(job.todo) if spool.documents.get(f"part_{i}", 0) == 0]
     if empty:
         raise InputError(f"{names}: shard {empty[0]} would get no document with text; lower --num_shards")
-    if eval_todo and spool.documents.get("eval", 0) == 0:
+    if job.eval_todo and spool.documents.get("eval", 0) == 0:
         raise InputError(f"{names}: none of the {summary.eval_documents} held-out documents has text; "
                          "raise --num_eval_documents")
 
 
-def _build(options, layout: OutputLayout, todo: list[int], eval_todo: bool, spool: SpoolWriter, vocab: VocabIds,
-           workers: Workers, summary: PrepareSummary, finished: FinishedFiles) -> None:
-    """Stage 2: one job per output file, spread over the workers."""
+def _build(job: _Job, vocab: VocabIds) -> None:
+    """Stage 2: one task per output file, spread over the workers."""
+    options, layout, spool, summary = job.options, job.layout, job.spool, job.summary
     instance_options = options.instance_options()
     varlength = layout.varlength
     jobs = [tasks.ShardJob(spool.path(f"part_{i}"), layout.shard_path(i), (options.random_seed, _TRAIN_STREAM, i),
-                           instance_options, vocab, varlength) for i in todo]
-    if eval_todo:
+                           instance_options, vocab, varlength) for i in job.todo]
+    if job.eval_todo:
         jobs.insert(0, tasks.ShardJob(spool.path("eval"), layout.eval_path, (options.random_seed, _EVAL_STREAM),
                                       instance_options, vocab, varlength, limit=options.num_eval_examples))
     bar = tqdm(unit="inst", desc="build", disable=not options.progress)
-    for result in workers.unordered(tasks.build_shard, jobs):
-        finished.record(result.output, result.digest)
+    for result in job.workers.unordered(tasks.build_shard, jobs):
+        job.finished.record(result.output, result.digest)
         if result.output == layout.eval_path:
             summary.eval_instances = result.instances
             if result.instances < options.num_eval_examples:
