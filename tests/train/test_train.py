@@ -454,11 +454,11 @@ def test_the_steps_after_a_checkpoint_run_while_it_is_written_and_writes_never_o
             seen["overlap"] |= bool(writing)
             writing.append(1)
         try:
-            if payload["global_step"] == 2:
-                before, deadline = len(steps), time.monotonic() + 60
-                while len(steps) < before + 2 and time.monotonic() < deadline:
+            if payload["global_step"] == 2:  # saved after the 2nd step; counted from there, not from when this
+                deadline = time.monotonic() + 60  # thread got to run (step 3 may have started already)
+                while len(steps) < 4 and time.monotonic() < deadline:
                     time.sleep(0.01)
-                seen["steps_during_first_write"] = len(steps) - before
+                seen["steps_during_first_write"] = len(steps) - 2
             return real_save(payload, file, *args, **kwargs)
         finally:
             writing.pop()
