@@ -51,7 +51,6 @@ VARLENGTH_DTYPES = {
     "masked_lm_ids": np.dtype("i2"),
 }
 PADDED_KEYS = tuple(PADDED_DTYPES)  # also `packing.padded_batch`'s argument names
-VARLENGTH_KEYS = (*VARLENGTH_DTYPES, "next_sentence_labels")
 SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")  # (N, T)
 PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")  # (N, P)
 SHARD_SUFFIXES = (".hdf5", ".h5")

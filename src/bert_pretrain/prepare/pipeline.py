@@ -49,8 +49,6 @@ from bert_pretrain.prepare.text import (
 from bert_pretrain.prepare.wikidump import iter_articles
 from bert_pretrain.prepare.workers import Workers
 
-__all__ = ["PrepareOptions", "PrepareSummary", "run"]
-
 _BATCH_DOCUMENTS = 64  # documents per worker task
 _BATCH_CHARS = 256 << 10  # or this many characters of raw text
 _BATCH_DECISIONS = 1 << 16  # documents looked at per task, tokenized or not (bounds memory)
