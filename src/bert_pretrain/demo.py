@@ -28,7 +28,7 @@ from bert_pretrain.prepare.builtin_corpus import write_builtin_corpus
 from bert_pretrain.prepare.pipeline import run as prepare
 from bert_pretrain.train.checkpoint import checkpoints_in
 from bert_pretrain.train.loop import train
-from bert_pretrain.train.setup import earlier_run_files
+from bert_pretrain.train.output_folder import earlier_run_files
 from bert_pretrain.weights import export_hf, load_weights, read_bert_config
 
 # A BERT small enough to learn on two CPU cores in minutes (vocab_size is filled in from the vocab).

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bert_pretrain.build import require
 from bert_pretrain.distributed import gather_objects, init_distributed, is_distributed, shutdown
 from bert_pretrain.errors import InputError, said_by_the_first_process
 from bert_pretrain.evaluate import evaluate
@@ -32,7 +33,8 @@ from bert_pretrain.options.train import RunConfig
 from bert_pretrain.step import train_step
 from bert_pretrain.train.checkpoint import Progress, gather_rank_states, host_snapshot
 from bert_pretrain.train.metrics import peak_memory_gb
-from bert_pretrain.train.setup import PeerLost, Run, hold_output_folder, peer_safe, remove_unused_folder, setup
+from bert_pretrain.train.output_folder import hold_output_folder, remove_unused_folder
+from bert_pretrain.train.setup import PeerLost, Run, peer_safe, setup, step_settings
 
 # Steps between sync points when nothing else is due. Each costs one all-reduce of three numbers and a wait for
 # the device (the step otherwise never waits); every 50 steps keeps that rare, while a SIGTERM or a non-finite
@@ -52,7 +54,10 @@ def train(config: RunConfig, stream_factory=None) -> int:
     try:
         with said_by_the_first_process():  # but for each process's own shards (setup marks those)
             # before anything in the folder is read or written
-            made_folder = hold_output_folder(config, info, output_folder)
+            # what would refuse the run anyway (fp8 without torchao, --fused_norm without Triton or a GPU) is
+            # checked first, so that a refused run creates no folder
+            require(step_settings(config), info.device)
+            made_folder = hold_output_folder(Path(config.checkpoint.output_dir), info, output_folder)
             run = setup(config, info, signals, stream_factory)
         _verify_checkpoint(run)
         loop_started = time.time()
